@@ -1,0 +1,25 @@
+"""A model zoo whose architectures are defined once, as specs, and built in PyTorch, Flax NNX and Keras 3.
+
+    >>> import zoo                                  # imports no framework
+    >>> zoo.list_models()
+    ['nin', 'nin_cifar10', 'nin_imagenet']
+    >>> model = zoo.load('nin', framework='flax')   # NHWC input, inference mode
+    >>> weights = zoo.get_weights(model)            # canonical: PyTorch names and layout, float32
+
+Frameworks are imported only when a model of theirs is asked for.
+"""
+
+from zoo import nin as _nin  # noqa: F401  (registers the NiN presets)
+from zoo._frameworks import FRAMEWORKS, FrameworkNotInstalled
+from zoo._registry import UnknownModelError, get_spec, list_models
+from zoo.api import WeightsError, check_weights, get_weights, load, predict, set_weights, spec_of, summary
+from zoo.nin import BlockSpec, NiNSpec, PoolSpec, SpecError, StageSpec, init_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FRAMEWORKS", "FrameworkNotInstalled", "UnknownModelError", "SpecError", "WeightsError",
+    "NiNSpec", "BlockSpec", "PoolSpec", "StageSpec",
+    "list_models", "get_spec", "load", "get_weights", "set_weights", "check_weights", "spec_of",
+    "predict", "summary", "init_weights",
+]

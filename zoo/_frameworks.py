@@ -1,0 +1,74 @@
+"""The framework table and the lazy import of each framework's adapter module.
+
+Every adapter module (zoo/frameworks/*_nin.py) offers the same few functions:
+    build(spec, weights) -> model          ready for inference, weights canonical
+    get_weights(model) -> dict             canonical names, OIHW, float32 copies
+    set_weights(model, weights)            weights already checked against the spec
+    owns(model) -> bool                    is this one of this adapter's models?
+    spec_of(model) -> NiNSpec
+    predict(model, x) -> np.ndarray        x in the framework's own layout (LAYOUT)
+    trace(model, x) -> [(layer, shape)]    the spec's layers, run one by one
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+
+
+@dataclass(frozen=True)
+class Framework:
+    name: str
+    module: str  # the zoo's adapter module
+    packages: tuple[str, ...]  # top-level imports the adapter needs
+    extra: str  # pip extra that installs them
+    layout: str  # input layout of its models
+
+
+FRAMEWORKS: dict[str, Framework] = {
+    "torch": Framework("torch", "zoo.frameworks.torch_nin", ("torch",), "torch", "NCHW"),
+    "flax": Framework("flax", "zoo.frameworks.flax_nin", ("jax", "flax"), "flax", "NHWC"),
+    "keras": Framework("keras", "zoo.frameworks.keras_nin", ("keras",), "keras", "NHWC"),
+}
+
+
+class FrameworkNotInstalled(ImportError):
+    """The framework asked for, or a package it needs, is not installed."""
+
+
+def framework(name: str) -> Framework:
+    if name not in FRAMEWORKS:
+        raise ValueError(f"unknown framework {name!r}; choose one of: {', '.join(FRAMEWORKS)}")
+    return FRAMEWORKS[name]
+
+
+def adapter(name: str) -> ModuleType:
+    """Import a framework's adapter, or say which pip extra installs what is missing."""
+    fw = framework(name)
+    try:
+        return importlib.import_module(fw.module)
+    except ImportError as e:
+        missing = (getattr(e, "name", None) or "").split(".")[0]
+        if missing == fw.module.split(".")[0]:  # a bug of ours, not a missing package
+            raise
+        detail = f"{missing!r} is not installed" if missing else f"importing it failed ({e})"
+        if name == "keras" and missing in ("tensorflow", "jax", "torch"):
+            detail += f" (Keras backend {os.environ.get('KERAS_BACKEND', 'tensorflow')!r}; set KERAS_BACKEND to change it)"
+        raise FrameworkNotInstalled(
+            f"framework {name!r} is not available: {detail}. "
+            f"Install it with: pip install 'multizoo[{fw.extra}]' (from a checkout: pip install '.[{fw.extra}]')"
+        ) from e
+
+
+def adapter_for(model) -> tuple[Framework, ModuleType]:
+    """The framework a model belongs to. Only frameworks already imported are asked."""
+    for fw in FRAMEWORKS.values():
+        if all(p in sys.modules for p in fw.packages):
+            mod = adapter(fw.name)
+            if mod.owns(model):
+                return fw, mod
+    raise TypeError(f"{type(model).__module__}.{type(model).__qualname__} is not a zoo model; "
+                    f"load one with zoo.load(name, framework)")

@@ -1,0 +1,62 @@
+"""The model registry: plain dicts of preset functions, filled by a decorator."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from typing import Any, Callable
+
+_PRESETS: dict[str, Callable[..., Any]] = {}
+
+
+class UnknownModelError(KeyError):
+    """A model name that no preset is registered under."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Register a preset: a function of keyword-only overrides that returns a spec."""
+    if fn.__name__ in _PRESETS:
+        raise ValueError(f"model {fn.__name__!r} is registered twice")
+    _PRESETS[fn.__name__] = fn
+    return fn
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names, sorted; `pattern` takes shell wildcards.
+
+    >>> list_models('nin*')
+    ['nin', 'nin_cifar10', 'nin_imagenet']
+    """
+    return sorted(n for n in _PRESETS if fnmatch.fnmatchcase(n, pattern))
+
+
+def _preset(name: str) -> Callable[..., Any]:
+    if name not in _PRESETS:
+        known = list_models()
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownModelError(f"unknown model {name!r}.{hint} Known models: {', '.join(known)}")
+    return _PRESETS[name]
+
+
+def get_spec(name, **overrides):
+    """The spec of a registered model, with validated overrides.
+
+    >>> get_spec('nin', num_classes=100).num_classes
+    100
+    """
+    if not isinstance(name, str):  # already a spec
+        if overrides:
+            raise TypeError("overrides apply to a model name, not to a spec; use dataclasses.replace")
+        return name
+    preset = _preset(name)
+    accepted = list(inspect.signature(preset).parameters)
+    unknown = sorted(set(overrides) - set(accepted))
+    if unknown:
+        raise TypeError(f"{name} takes no override {', '.join(map(repr, unknown))}; "
+                        f"it accepts: {', '.join(accepted)}")
+    return preset(**overrides)

@@ -1,0 +1,125 @@
+"""The public functions: load, get_weights, set_weights, predict, summary."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from zoo._frameworks import FRAMEWORKS, adapter, adapter_for
+from zoo._registry import get_spec
+from zoo.nin import ConvSpec, Dropout, NiNSpec, PoolSpec, init_weights
+
+
+class WeightsError(ValueError):
+    """Weights that do not fit a model: wrong names, shapes or dtypes. Lists every problem."""
+
+
+def check_weights(spec: NiNSpec, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Check canonical weights against a spec; return them as numpy arrays, or raise listing all problems."""
+    expected = spec.param_shapes()
+    problems = []
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(unexpected)}")
+    arrays = {}
+    for name, shape in expected.items():
+        if name not in weights:
+            continue
+        a = np.asarray(weights[name])
+        if a.shape != shape:
+            problems.append(f"{name}: expected shape {shape}, got {a.shape}")
+        elif a.dtype != np.float32:
+            problems.append(f"{name}: expected float32, got {a.dtype} (cast it explicitly with .astype(np.float32))")
+        arrays[name] = a
+    if problems:
+        raise WeightsError(f"weights do not fit {spec.name} ({len(expected)} tensors expected):\n  "
+                           + "\n  ".join(problems))
+    return arrays
+
+
+def load(name, framework: str, *, seed: int = 0, **overrides):
+    """A model ready for inference: torch.nn.Module (NCHW), flax.nnx.Module or keras.Model (NHWC).
+
+    The same `seed` gives the same parameters in every framework. `name` may also be a spec.
+
+    >>> model = zoo.load('nin', framework='torch', num_classes=100)
+    """
+    spec = get_spec(name, **overrides)
+    mod = adapter(framework)  # fails here, before any work, if the framework is missing
+    return mod.build(spec, init_weights(spec, seed))
+
+
+def get_weights(model) -> dict[str, np.ndarray]:
+    """A zoo model's parameters in canonical form (names as NiNSpec's docs, OIHW, float32 copies)."""
+    return adapter_for(model)[1].get_weights(model)
+
+
+def set_weights(model, weights: Mapping[str, np.ndarray]) -> None:
+    """Load canonical weights into a zoo model of any framework, after checking every name and shape."""
+    _, mod = adapter_for(model)
+    mod.set_weights(model, check_weights(mod.spec_of(model), weights))
+
+
+def spec_of(model) -> NiNSpec:
+    """The spec a zoo model was built from."""
+    return adapter_for(model)[1].spec_of(model)
+
+
+def predict(model, x: np.ndarray) -> np.ndarray:
+    """Logits as numpy for a numpy batch in the model's own layout (NCHW for torch, NHWC otherwise)."""
+    return adapter_for(model)[1].predict(model, np.asarray(x, np.float32))
+
+
+def _describe(op) -> str:
+    if isinstance(op, ConvSpec):
+        return (f"Conv {op.kernel_size}x{op.kernel_size}/{op.stride} pad {op.padding}, "
+                f"{op.in_channels}->{op.out_channels}")
+    if isinstance(op, PoolSpec):
+        extra = "" if op.kind == "max" else f", count_include_pad={op.count_include_pad}"
+        return f"{op.kind.capitalize()}Pool {op.size}x{op.size}/{op.stride} pad {op.padding}{extra}"
+    if isinstance(op, Dropout):
+        return f"Dropout {op.rate}"
+    return type(op).__name__.replace("Activation", "ReLU")
+
+
+def summary(name, framework: str | None = None, *, input_size: int | tuple[int, int] | None = None,
+            batch_size: int = 1, print_fn=print, **overrides) -> str:
+    """Print every layer's output shape and parameter count; return the table.
+
+    With a framework, the shapes are those its model really produces, layer by layer;
+    without one, those the spec predicts (NCHW).
+
+    >>> zoo.summary('nin', framework='keras', input_size=(224, 224))
+    """
+    spec = get_spec(name, **overrides)
+    if isinstance(input_size, int):
+        input_size = (input_size, input_size)
+    h, w = input_size or spec.input_size
+    mod = adapter(framework) if framework else None  # also refuses an unknown framework
+    layout = FRAMEWORKS[framework].layout if framework else "NCHW"
+    shape = (batch_size, spec.in_channels, h, w) if layout == "NCHW" else (batch_size, h, w, spec.in_channels)
+    spec.check_input(shape, layout)
+    if mod:
+        model = mod.build(spec, init_weights(spec))
+        shapes = mod.trace(model, np.zeros(shape, np.float32))
+    else:
+        shapes = spec.layer_shapes((h, w), batch_size)
+    params = spec.param_shapes()
+    rows = [("Layer", "Type", "Output shape", "Params")]
+    for layer, (_, out) in zip(spec.layers(), shapes):
+        n = sum(int(np.prod(params[f"{layer.name}.{k}"])) for k in ("weight", "bias") if f"{layer.name}.{k}" in params)
+        rows.append((layer.name, _describe(layer.op), str(tuple(out)), f"{n:,}" if n else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [f"{spec.name} ({framework or 'spec'}, input {shape} {layout})"]
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(wd) if j < 3 else c.rjust(wd) for j, (c, wd) in enumerate(zip(r, widths))))
+        if i == 0:
+            lines.append("  ".join("-" * wd for wd in widths))
+    lines.append(f"Total params: {spec.num_params:,}   minimum input: {spec.min_input_size}x{spec.min_input_size}")
+    table = "\n".join(lines)
+    print_fn(table)
+    return table

@@ -1,0 +1,131 @@
+"""NiN in Flax NNX, built from a NiNSpec. Input [B, H, W, C].
+
+Attribute paths mirror the canonical names (`blocks.0.conv0.weight` is
+`model.blocks[0].conv0.kernel`); kernels are HWIO here, OIHW in canonical form.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from zoo.nin import ConvSpec, NiNSpec, PoolSpec
+
+LAYOUT = "NHWC"
+
+
+def _conv(c: ConvSpec, rngs: nnx.Rngs) -> nnx.Conv:
+    p = c.padding
+    return nnx.Conv(c.in_channels, c.out_channels, (c.kernel_size, c.kernel_size), (c.stride, c.stride),
+                    padding=((p, p), (p, p)), rngs=rngs)
+
+
+def pool(x: jax.Array, p: PoolSpec | None) -> jax.Array:  # [B, H, W, C]
+    if p is None:
+        return x
+    args = dict(window_shape=(p.size, p.size), strides=(p.stride, p.stride), padding=((p.padding,) * 2,) * 2)
+    if p.kind == "max":
+        return nnx.max_pool(x, **args)  # pads with -inf
+    return nnx.avg_pool(x, **args, count_include_pad=p.count_include_pad)
+
+
+class NiNBlock(nnx.Module):
+    """A KxK conv and two 1x1 convs, each followed by ReLU."""
+
+    def __init__(self, convs: tuple[ConvSpec, ConvSpec, ConvSpec], *, rngs: nnx.Rngs):
+        self.conv0, self.conv1, self.conv2 = (_conv(c, rngs) for c in convs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, H, W, C]
+        x = nnx.relu(self.conv0(x))
+        x = nnx.relu(self.conv1(x))
+        return nnx.relu(self.conv2(x))
+
+
+class NiN(nnx.Module):
+    def __init__(self, spec: NiNSpec, *, rngs: nnx.Rngs):
+        self.spec = spec
+        blocks, channels = [], spec.in_channels
+        for stage in spec.stages:
+            blocks.append(NiNBlock(stage.block.convs(channels), rngs=rngs))
+            channels = stage.block.widths[-1]
+        self.blocks = nnx.List(blocks)
+        # rate 0 is the identity: one dropout per stage keeps the lists aligned
+        self.dropouts = nnx.List(nnx.Dropout(s.dropout, rngs=rngs) for s in spec.stages)
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, H, W, C] -> [B, num_classes]
+        self.spec.check_input(x.shape, LAYOUT)
+        for block, stage, dropout in zip(self.blocks, self.spec.stages, self.dropouts):
+            x = dropout(pool(block(x), stage.pool))
+        return x.mean(axis=(1, 2))
+
+
+# --------------------------------------------------------------------------- adapter
+
+def _layer(model: NiN, name: str):
+    """The callable for one of the spec's layer names."""
+    kind, *rest = name.split(".")
+    if kind == "blocks":
+        block, attr = model.blocks[int(rest[0])], rest[1]
+        return getattr(block, attr) if attr.startswith("conv") else nnx.relu
+    if kind == "pools":
+        return functools.partial(pool, p=model.spec.stages[int(rest[0])].pool)
+    if kind == "dropouts":
+        return model.dropouts[int(rest[0])]
+    if kind == "global_pool":
+        return lambda x: x.mean(axis=(1, 2), keepdims=True)
+    if kind == "flatten":
+        return lambda x: x.reshape(x.shape[0], -1)
+    raise KeyError(name)
+
+
+def build(spec: NiNSpec, weights: dict[str, np.ndarray]) -> NiN:
+    model = NiN(spec, rngs=nnx.Rngs(0))  # these initial values are overwritten at once
+    set_weights(model, weights)
+    model.eval()  # dropout off
+    return model
+
+
+def owns(model) -> bool:
+    return isinstance(model, NiN)
+
+
+def spec_of(model: NiN) -> NiNSpec:
+    return model.spec
+
+
+def get_weights(model: NiN) -> dict[str, np.ndarray]:
+    out = {}
+    for name in model.spec.convs():
+        conv = _layer(model, name)
+        out[f"{name}.weight"] = np.array(conv.kernel[...]).transpose(3, 2, 0, 1)  # HWIO -> OIHW
+        out[f"{name}.bias"] = np.array(conv.bias[...])
+    return out
+
+
+def set_weights(model: NiN, weights: dict[str, np.ndarray]) -> None:
+    for name in model.spec.convs():
+        conv = _layer(model, name)
+        conv.kernel[...] = jnp.asarray(weights[f"{name}.weight"].transpose(2, 3, 1, 0))  # OIHW -> HWIO
+        conv.bias[...] = jnp.asarray(weights[f"{name}.bias"])
+
+
+@nnx.jit
+def _forward(model: NiN, x: jax.Array) -> jax.Array:
+    return model(x)
+
+
+def predict(model: NiN, x: np.ndarray) -> np.ndarray:
+    return np.asarray(_forward(model, jnp.asarray(x)))
+
+
+def trace(model: NiN, x: np.ndarray) -> list[tuple[str, tuple[int, ...]]]:
+    model.spec.check_input(x.shape, LAYOUT)
+    out, a = [], jnp.asarray(x)
+    for layer in model.spec.layers():
+        a = _layer(model, layer.name)(a)
+        out.append((layer.name, tuple(a.shape)))
+    return out

@@ -1,0 +1,160 @@
+"""NiN in Keras 3 (any backend), built from a NiNSpec. Input [B, H, W, C].
+
+A functional model with one Keras layer per entry of `spec.layers()`, each named
+after it (`blocks.0.conv0`, `pools.0`, ...); kernels are HWIO here, OIHW in
+canonical form. Keras offers only 'valid' and 'same' padding, so convs and pools
+pad explicitly, as the spec says.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from zoo.nin import Activation, ConvSpec, Dropout, Flatten, GlobalAvgPool, LayerSpec, NiNSpec, PoolSpec
+
+LAYOUT = "NHWC"
+
+
+def _pad(x, p: int, value: float = 0.0):
+    return ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=value) if p else x
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class PaddedConv2D(keras.layers.Conv2D):
+    """Conv2D with explicit symmetric zero padding of `pad` pixels."""
+
+    def __init__(self, filters, kernel_size, strides=1, *, pad: int = 0, **kwargs):
+        kwargs.pop("padding", None)  # always 'valid' after the explicit pad
+        super().__init__(filters, kernel_size, strides, padding="valid", **kwargs)
+        self.pad = pad
+
+    def build(self, input_shape):
+        super().build(self._padded(input_shape))
+
+    def call(self, x):
+        return super().call(_pad(x, self.pad))
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(self._padded(input_shape))
+
+    def _padded(self, shape):
+        return (shape[0], *(None if n is None else n + 2 * self.pad for n in shape[1:3]), shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class Pool2D(keras.layers.Layer):
+    """Max or average pooling with explicit padding and floor sizes, as a PoolSpec says."""
+
+    def __init__(self, kind: str, size: int, stride: int, padding: int = 0, count_include_pad: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = PoolSpec(kind, size, stride, padding, count_include_pad)
+
+    def call(self, x):
+        p = self.spec
+        if p.kind == "max":
+            return ops.max_pool(_pad(x, p.padding, -np.inf), p.size, p.stride, "valid")
+        y = ops.average_pool(_pad(x, p.padding), p.size, p.stride, "valid")
+        if p.padding and not p.count_include_pad:
+            # divide by the share of each window that lies inside the input
+            inside = ops.average_pool(_pad(ops.ones_like(x[:1, :, :, :1]), p.padding), p.size, p.stride, "valid")
+            y = y / inside
+        return y
+
+    def compute_output_shape(self, shape):
+        return (shape[0], *(None if n is None else self.spec.out_size(n) for n in shape[1:3]), shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.spec.kind, "size": self.spec.size, "stride": self.spec.stride,
+                "padding": self.spec.padding, "count_include_pad": self.spec.count_include_pad}
+
+
+def _keras_layer(layer: LayerSpec) -> keras.layers.Layer:
+    op, name = layer.op, layer.name
+    if isinstance(op, ConvSpec):
+        return PaddedConv2D(op.out_channels, op.kernel_size, op.stride, pad=op.padding, name=name)
+    if isinstance(op, Activation):
+        return keras.layers.ReLU(name=name)
+    if isinstance(op, PoolSpec):
+        return Pool2D(op.kind, op.size, op.stride, op.padding, op.count_include_pad, name=name)
+    if isinstance(op, Dropout):
+        return keras.layers.Dropout(op.rate, name=name)
+    if isinstance(op, GlobalAvgPool):
+        return keras.layers.GlobalAveragePooling2D(keepdims=True, name=name)
+    if isinstance(op, Flatten):
+        return keras.layers.Flatten(name=name)
+    raise TypeError(f"no Keras layer for {name}: {op!r}")
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class NiN(keras.Model):
+    """A functional Keras model of a NiNSpec; saves and loads as a `.keras` archive."""
+
+    def __init__(self, spec: NiNSpec | dict, **kwargs):
+        spec = NiNSpec.from_dict(spec) if isinstance(spec, dict) else spec
+        inputs = keras.Input((None, None, spec.in_channels), name="images")
+        x = inputs
+        for layer in spec.layers():
+            x = _keras_layer(layer)(x)
+        super().__init__(inputs, x, name=kwargs.pop("name", spec.name), **kwargs)
+        self.spec = spec
+
+    def __call__(self, x, *args, **kwargs):  # [B, H, W, C] -> [B, num_classes]
+        self.spec.check_input(tuple(x.shape), LAYOUT)  # before Keras' own, terser, shape check
+        return super().__call__(x, *args, **kwargs)
+
+    def get_config(self):
+        return {"spec": self.spec.to_dict(), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+# --------------------------------------------------------------------------- adapter
+
+def build(spec: NiNSpec, weights: dict[str, np.ndarray]) -> NiN:
+    model = NiN(spec)
+    set_weights(model, weights)
+    return model
+
+
+def owns(model) -> bool:
+    return isinstance(model, NiN)
+
+
+def spec_of(model: NiN) -> NiNSpec:
+    return model.spec
+
+
+def get_weights(model: NiN) -> dict[str, np.ndarray]:
+    out = {}
+    for name in model.spec.convs():
+        layer = model.get_layer(name)
+        out[f"{name}.weight"] = np.array(ops.convert_to_numpy(layer.kernel)).transpose(3, 2, 0, 1)  # HWIO -> OIHW
+        out[f"{name}.bias"] = np.array(ops.convert_to_numpy(layer.bias))
+    return out
+
+
+def set_weights(model: NiN, weights: dict[str, np.ndarray]) -> None:
+    for name in model.spec.convs():
+        layer = model.get_layer(name)
+        layer.kernel.assign(weights[f"{name}.weight"].transpose(2, 3, 1, 0))  # OIHW -> HWIO
+        layer.bias.assign(weights[f"{name}.bias"])
+
+
+def predict(model: NiN, x: np.ndarray) -> np.ndarray:
+    return np.asarray(ops.convert_to_numpy(model(x, training=False)))
+
+
+def trace(model: NiN, x: np.ndarray) -> list[tuple[str, tuple[int, ...]]]:
+    model.spec.check_input(x.shape, LAYOUT)
+    out, t = [], ops.convert_to_tensor(x)
+    for layer in model.spec.layers():
+        t = model.get_layer(layer.name)(t, training=False) if isinstance(layer.op, Dropout) else model.get_layer(layer.name)(t)
+        out.append((layer.name, tuple(t.shape)))
+    return out

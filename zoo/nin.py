@@ -1,0 +1,386 @@
+"""NiN (Network in Network, Lin et al. 2013): the spec, its presets and its canonical weights.
+
+The spec is the single source of truth. Every framework builds its model from a
+`NiNSpec` and nothing else, and every weight file uses the canonical names and
+layout defined here:
+
+    blocks.{b}.conv{j}.weight   float32 [out, in, kh, kw]   (PyTorch's OIHW)
+    blocks.{b}.conv{j}.bias     float32 [out]
+
+b counts the NiN blocks from 0; j is 0 for the KxK conv and 1, 2 for the 1x1 convs.
+
+Example:
+    >>> spec = nin(num_classes=100)
+    >>> spec.min_input_size
+    67
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+
+from zoo._registry import register_model
+
+__all__ = [
+    "BlockSpec", "ConvSpec", "PoolSpec", "StageSpec", "NiNSpec", "LayerSpec",
+    "Activation", "Dropout", "GlobalAvgPool", "Flatten",
+    "nin", "nin_cifar10", "nin_imagenet", "init_weights",
+]
+
+
+class SpecError(ValueError):
+    """A spec, or an override of one, that describes no valid model."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise SpecError(message)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+# --------------------------------------------------------------------------- layers
+# A spec compiles to a flat list of named layers (`NiNSpec.layers()`); the summary
+# table, the float64 reference and every framework's layer-by-layer trace walk it.
+
+@dataclass(frozen=True)
+class ConvSpec:
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0  # symmetric zero padding, in pixels; never 'same'
+
+    def out_size(self, n: int) -> int:
+        return (n + 2 * self.padding - self.kernel_size) // self.stride + 1
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    kind: str  # 'max' or 'avg'
+    size: int = 3
+    stride: int = 2
+    padding: int = 0  # symmetric; max pooling pads with -inf, average pooling with zeros
+    # Average pooling only: whether padded zeros count in the divisor. True is PyTorch's
+    # and Caffe's default; every framework is made to do exactly what this says.
+    count_include_pad: bool = True
+
+    def __post_init__(self):
+        _require(self.kind in ("max", "avg"), f"pool kind must be 'max' or 'avg', got {self.kind!r}")
+        _require(_is_int(self.size) and self.size >= 1, f"pool size must be an int >= 1, got {self.size!r}")
+        _require(_is_int(self.stride) and self.stride >= 1, f"pool stride must be an int >= 1, got {self.stride!r}")
+        # PyTorch refuses more padding than half the window, and such a pool could
+        # produce windows that hold padding alone.
+        _require(_is_int(self.padding) and 0 <= self.padding <= self.size // 2,
+                 f"pool padding must be an int in [0, size // 2] = [0, {self.size // 2}], got {self.padding!r}")
+
+    def out_size(self, n: int) -> int:
+        return (n + 2 * self.padding - self.size) // self.stride + 1  # floor, as the paper's d2l port
+
+
+@dataclass(frozen=True)
+class Activation:
+    kind: str = "relu"
+
+
+@dataclass(frozen=True)
+class Dropout:
+    rate: float  # identity at inference
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool:
+    """Mean over H and W, keeping them as size-1 axes (as PyTorch's AdaptiveAvgPool2d(1))."""
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """[B, C, 1, 1] -> [B, C]."""
+
+
+LayerOp = Union[ConvSpec, PoolSpec, Activation, Dropout, GlobalAvgPool, Flatten]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str  # e.g. 'blocks.0.conv0'; conv names are the canonical weight prefixes
+    op: LayerOp
+
+
+# --------------------------------------------------------------------------- the spec
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """A NiN block: a KxK conv and two 1x1 convs, each followed by ReLU."""
+
+    widths: tuple[int, int, int]  # output channels of the KxK conv and of the two 1x1 convs
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0  # symmetric zero padding of the KxK conv
+
+    def __post_init__(self):
+        object.__setattr__(self, "widths", tuple(self.widths))
+        _require(len(self.widths) == 3 and all(_is_int(w) and w >= 1 for w in self.widths),
+                 f"a block needs three widths, each an int >= 1, got {self.widths!r}")
+        _require(_is_int(self.kernel_size) and self.kernel_size >= 1,
+                 f"kernel_size must be an int >= 1, got {self.kernel_size!r}")
+        _require(_is_int(self.stride) and self.stride >= 1, f"stride must be an int >= 1, got {self.stride!r}")
+        _require(_is_int(self.padding) and self.padding >= 0, f"padding must be an int >= 0, got {self.padding!r}")
+
+    def convs(self, in_channels: int) -> tuple[ConvSpec, ConvSpec, ConvSpec]:
+        w0, w1, w2 = self.widths
+        return (ConvSpec(in_channels, w0, self.kernel_size, self.stride, self.padding),
+                ConvSpec(w0, w1, 1), ConvSpec(w1, w2, 1))
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    block: BlockSpec
+    pool: PoolSpec | None = None  # after the block
+    dropout: float = 0.0  # after the pool; 0 means no dropout layer
+
+    def __post_init__(self):
+        _require(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+                 f"dropout must be a float in [0, 1), got {self.dropout!r}")
+
+
+@dataclass(frozen=True)
+class NiNSpec:
+    """A NiN network: stages of (block, optional pool, optional dropout), then global average pooling.
+
+    The last block's last width is the class count. Input is [B, in_channels, H, W]
+    (PyTorch) or [B, H, W, in_channels] (Flax, Keras); any H, W >= `min_input_size` works.
+    """
+
+    name: str  # the preset it was made from
+    in_channels: int
+    num_classes: int
+    stages: tuple[StageSpec, ...]
+    input_size: tuple[int, int] = (224, 224)  # nominal (H, W): summaries and benchmarks use it
+
+    def __post_init__(self):
+        object.__setattr__(self, "stages", tuple(self.stages))
+        size = self.input_size
+        if _is_int(size):
+            size = (size, size)
+        object.__setattr__(self, "input_size", tuple(size))
+        _require(_is_int(self.in_channels) and self.in_channels >= 1,
+                 f"in_channels must be an int >= 1, got {self.in_channels!r}")
+        _require(_is_int(self.num_classes) and self.num_classes >= 1,
+                 f"num_classes must be an int >= 1, got {self.num_classes!r}")
+        _require(len(self.stages) >= 1 and all(isinstance(s, StageSpec) for s in self.stages),
+                 "a NiN needs at least one StageSpec")
+        last = self.stages[-1].block.widths[-1]
+        _require(last == self.num_classes,
+                 f"the last block's last width ({last}) must equal num_classes ({self.num_classes})")
+        _require(len(self.input_size) == 2 and all(_is_int(n) for n in self.input_size),
+                 f"input_size must be an int or (H, W), got {self.input_size!r}")
+        _require(min(self.input_size) >= self.min_input_size,
+                 f"input_size {self.input_size} is below this spec's minimum of "
+                 f"{self.min_input_size}x{self.min_input_size}")
+
+    # ----- derived facts
+
+    def layers(self) -> list[LayerSpec]:
+        """The network as a flat list of named layers, in execution order."""
+        out, channels = [], self.in_channels
+        for b, stage in enumerate(self.stages):
+            for j, conv in enumerate(stage.block.convs(channels)):
+                out.append(LayerSpec(f"blocks.{b}.conv{j}", conv))
+                out.append(LayerSpec(f"blocks.{b}.relu{j}", Activation()))
+            channels = stage.block.widths[-1]
+            if stage.pool is not None:
+                out.append(LayerSpec(f"pools.{b}", stage.pool))
+            if stage.dropout:
+                out.append(LayerSpec(f"dropouts.{b}", Dropout(stage.dropout)))
+        out.append(LayerSpec("global_pool", GlobalAvgPool()))
+        out.append(LayerSpec("flatten", Flatten()))
+        return out
+
+    def convs(self) -> dict[str, ConvSpec]:
+        """Conv layers by canonical name prefix."""
+        return {layer.name: layer.op for layer in self.layers() if isinstance(layer.op, ConvSpec)}
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Canonical weight names and shapes, in layer order."""
+        shapes = {}
+        for name, conv in self.convs().items():
+            shapes[f"{name}.weight"] = conv.weight_shape
+            shapes[f"{name}.bias"] = (conv.out_channels,)
+        return shapes
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(np.prod(s) for s in self.param_shapes().values()))
+
+    def layer_shapes(self, input_size: tuple[int, int] | None = None, batch: int = 1) -> list[tuple[str, tuple[int, ...]]]:
+        """(layer name, NCHW output shape) for each layer; raises if the input is too small."""
+        h, w = input_size or self.input_size
+        c, shapes = self.in_channels, []
+        for layer in self.layers():
+            op = layer.op
+            if isinstance(op, (ConvSpec, PoolSpec)):
+                h, w = op.out_size(h), op.out_size(w)
+                if h < 1 or w < 1:
+                    raise SpecError(f"input {input_size} is too small: it vanishes at layer {layer.name}")
+                c = op.out_channels if isinstance(op, ConvSpec) else c
+            elif isinstance(op, GlobalAvgPool):
+                h = w = 1
+            shapes.append((layer.name, (batch, c) if isinstance(op, Flatten) else (batch, c, h, w)))
+        return shapes
+
+    @property
+    def min_input_size(self) -> int:
+        """The smallest square input that every layer accepts."""
+        n = 1
+        while not self._fits(n):
+            n += 1
+        return n
+
+    def _fits(self, n: int) -> bool:
+        for layer in self.layers():
+            if isinstance(layer.op, (ConvSpec, PoolSpec)):
+                n = layer.op.out_size(n)
+                if n < 1:
+                    return False
+        return True
+
+    def check_input(self, shape: tuple[int, ...], layout: str) -> None:
+        """Refuse an input of the wrong rank, channel count or size, before any framework runs it.
+
+        `layout` is 'NCHW' (PyTorch) or 'NHWC' (Flax, Keras). Unknown dims (None) pass.
+        """
+        shape = tuple(shape)
+        expected = "[B, C, H, W]" if layout == "NCHW" else "[B, H, W, C]"
+        if len(shape) != 4:
+            raise ValueError(f"{self.name} expects a 4-D {layout} input {expected}, got shape {shape}")
+        c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+        if c is not None and c != self.in_channels:
+            raise ValueError(
+                f"{self.name} expects {self.in_channels} input channel(s) in {layout} layout {expected}, "
+                f"got shape {shape} with {c}; convert the images (e.g. to "
+                f"{'grayscale' if self.in_channels == 1 else 'RGB'}) or build the model with "
+                f"in_channels={c}")
+        known = [n for n in (h, w) if n is not None]
+        if known and min(known) < self.min_input_size:
+            m = self.min_input_size
+            raise ValueError(
+                f"input {h}x{w} is too small for {self.name}: the minimum is {m}x{m} "
+                f"(any larger size works, thanks to global average pooling); resize or pad the images")
+
+    # ----- serialisation (weight files carry the spec as JSON)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NiNSpec:
+        try:
+            stages = tuple(
+                StageSpec(BlockSpec(**s["block"]), PoolSpec(**s["pool"]) if s.get("pool") else None,
+                          s.get("dropout", 0.0))
+                for s in d["stages"])
+            return cls(name=d["name"], in_channels=d["in_channels"], num_classes=d["num_classes"],
+                       stages=stages, input_size=tuple(d.get("input_size", (224, 224))))
+        except (KeyError, TypeError) as e:
+            raise SpecError(f"not a NiNSpec dictionary ({type(e).__name__}: {e})") from None
+
+
+# --------------------------------------------------------------------------- presets
+
+_MAX_3S2 = PoolSpec("max", 3, 2)
+_AVG_3S2 = PoolSpec("avg", 3, 2, count_include_pad=True)
+
+
+def _widths(widths, count: int, what: str) -> tuple:
+    _require(isinstance(widths, (tuple, list)) and len(widths) == count,
+             f"{what} must be a sequence of {count} entries, got {widths!r}")
+    return tuple(widths)
+
+
+@register_model
+def nin(*, in_channels: int = 1, num_classes: int = 10, widths: tuple[int, int, int] = (96, 256, 384),
+        dropout: float = 0.5, input_size: int | tuple[int, int] = 224) -> NiNSpec:
+    """The d2l book's NiN (the seed blog post): 1-channel 224x224 input, 10 classes.
+
+    `widths` are the three hidden blocks' widths; the last block is num_classes wide.
+    """
+    w = _widths(widths, 3, "widths")
+    return NiNSpec(
+        name="nin", in_channels=in_channels, num_classes=num_classes, input_size=input_size,
+        stages=(
+            StageSpec(BlockSpec((w[0],) * 3, kernel_size=11, stride=4, padding=0), _MAX_3S2),
+            StageSpec(BlockSpec((w[1],) * 3, kernel_size=5, stride=1, padding=2), _MAX_3S2),
+            StageSpec(BlockSpec((w[2],) * 3, kernel_size=3, stride=1, padding=1), _MAX_3S2, dropout),
+            StageSpec(BlockSpec((num_classes,) * 3, kernel_size=3, stride=1, padding=1)),
+        ))
+
+
+@register_model
+def nin_cifar10(*, in_channels: int = 3, num_classes: int = 10,
+                widths: tuple = ((192, 160, 96), (192, 192, 192), (192, 192)),
+                dropout: float = 0.5, input_size: int | tuple[int, int] = 32) -> NiNSpec:
+    """The paper's CIFAR-10 NiN: 5x5, 5x5, 3x3 blocks; max then average pooling, dropout after both.
+
+    `widths` gives the first two blocks' three widths and the last block's first two
+    (its third is num_classes). Pooling uses floor sizes (Caffe's original used ceil).
+    """
+    w = _widths(widths, 3, "widths")
+    return NiNSpec(
+        name="nin_cifar10", in_channels=in_channels, num_classes=num_classes, input_size=input_size,
+        stages=(
+            StageSpec(BlockSpec(_widths(w[0], 3, "widths[0]"), kernel_size=5, padding=2), _MAX_3S2, dropout),
+            StageSpec(BlockSpec(_widths(w[1], 3, "widths[1]"), kernel_size=5, padding=2), _AVG_3S2, dropout),
+            StageSpec(BlockSpec((*_widths(w[2], 2, "widths[2]"), num_classes), kernel_size=3, padding=1)),
+        ))
+
+
+@register_model
+def nin_imagenet(*, in_channels: int = 3, num_classes: int = 1000,
+                 widths: tuple = ((96, 96, 96), (256, 256, 256), (384, 384, 384), (1024, 1024)),
+                 dropout: float = 0.5, input_size: int | tuple[int, int] = 224) -> NiNSpec:
+    """The Caffe model-zoo ImageNet NiN: last block 1024, 1024, num_classes wide.
+
+    `widths` gives the first three blocks' widths and the last block's first two.
+    """
+    w = _widths(widths, 4, "widths")
+    return NiNSpec(
+        name="nin_imagenet", in_channels=in_channels, num_classes=num_classes, input_size=input_size,
+        stages=(
+            StageSpec(BlockSpec(_widths(w[0], 3, "widths[0]"), kernel_size=11, stride=4), _MAX_3S2),
+            StageSpec(BlockSpec(_widths(w[1], 3, "widths[1]"), kernel_size=5, padding=2), _MAX_3S2),
+            StageSpec(BlockSpec(_widths(w[2], 3, "widths[2]"), kernel_size=3, padding=1), _MAX_3S2, dropout),
+            StageSpec(BlockSpec((*_widths(w[3], 2, "widths[3]"), num_classes), kernel_size=3, padding=1)),
+        ))
+
+
+# --------------------------------------------------------------------------- initial weights
+
+def init_weights(spec: NiNSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Initial canonical weights, drawn once in numpy so every framework starts from the same values.
+
+    He-normal kernels (std = sqrt(2 / fan_in): every conv feeds a ReLU) and zero biases.
+    """
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for name, shape in spec.param_shapes().items():
+        if name.endswith(".weight"):
+            fan_in = shape[1] * shape[2] * shape[3]
+            weights[name] = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        else:
+            weights[name] = np.zeros(shape, np.float32)
+    return weights
