@@ -56,7 +56,8 @@ def adapter(name: str) -> ModuleType:
             raise
         detail = f"{missing!r} is not installed" if missing else f"importing it failed ({e})"
         if name == "keras" and missing in ("tensorflow", "jax", "torch"):
-            detail += f" (Keras backend {os.environ.get('KERAS_BACKEND', 'tensorflow')!r}; set KERAS_BACKEND to change it)"
+            backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+            detail += f" (Keras backend {backend!r}; set KERAS_BACKEND to change it)"
         raise FrameworkNotInstalled(
             f"framework {name!r} is not available: {detail}. "
             f"Install it with: pip install 'multizoo[{fw.extra}]' (from a checkout: pip install '.[{fw.extra}]')"

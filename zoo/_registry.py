@@ -5,7 +5,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _PRESETS: dict[str, Callable[..., Any]] = {}
 

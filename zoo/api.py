@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -15,7 +15,8 @@ class WeightsError(ValueError):
     """Weights that do not fit a model: wrong names, shapes or dtypes. Lists every problem."""
 
 
-def check_weights(spec: NiNSpec, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def check_weights(spec: NiNSpec, weights: Mapping[str, np.ndarray],
+                  dtypes: tuple[str, ...] = ("float32",)) -> dict[str, np.ndarray]:
     """Check canonical weights against a spec; return them as numpy arrays, or raise listing all problems."""
     expected = spec.param_shapes()
     problems = []
@@ -32,8 +33,9 @@ def check_weights(spec: NiNSpec, weights: Mapping[str, np.ndarray]) -> dict[str,
         a = np.asarray(weights[name])
         if a.shape != shape:
             problems.append(f"{name}: expected shape {shape}, got {a.shape}")
-        elif a.dtype != np.float32:
-            problems.append(f"{name}: expected float32, got {a.dtype} (cast it explicitly with .astype(np.float32))")
+        elif str(a.dtype) not in dtypes:
+            problems.append(f"{name}: expected {' or '.join(dtypes)}, got {a.dtype} "
+                            f"(cast it explicitly, e.g. .astype(np.float32))")
         arrays[name] = a
     if problems:
         raise WeightsError(f"weights do not fit {spec.name} ({len(expected)} tensors expected):\n  "
@@ -41,16 +43,29 @@ def check_weights(spec: NiNSpec, weights: Mapping[str, np.ndarray]) -> dict[str,
     return arrays
 
 
-def load(name, framework: str, *, seed: int = 0, **overrides):
+def load(name, framework: str, *, seed: int = 0, weights=None, **overrides):
     """A model ready for inference: torch.nn.Module (NCHW), flax.nnx.Module or keras.Model (NHWC).
 
     The same `seed` gives the same parameters in every framework. `name` may also be a spec.
+    `weights` is a file in any format `zoo convert` reads (its spec is taken from the
+    file, or inferred from its shapes) or a dict of canonical arrays.
 
     >>> model = zoo.load('nin', framework='torch', num_classes=100)
+    >>> model = zoo.load('nin', framework='keras', weights='model.pt')
     """
-    spec = get_spec(name, **overrides)
     mod = adapter(framework)  # fails here, before any work, if the framework is missing
-    return mod.build(spec, init_weights(spec, seed))
+    if weights is None:
+        spec = get_spec(name, **overrides)
+        return mod.build(spec, init_weights(spec, seed))
+    if isinstance(weights, Mapping):
+        spec = get_spec(name, **overrides)
+        return mod.build(spec, check_weights(spec, weights))
+    import conversion  # imports the file's framework only when a file is read
+
+    if not isinstance(name, str):
+        raise TypeError("with a weights file, name the model ('nin'); the spec comes from the file")
+    spec, arrays, _ = conversion.load(weights, name, overrides)
+    return mod.build(spec, arrays)
 
 
 def get_weights(model) -> dict[str, np.ndarray]:
@@ -116,7 +131,8 @@ def summary(name, framework: str | None = None, *, input_size: int | tuple[int, 
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [f"{spec.name} ({framework or 'spec'}, input {shape} {layout})"]
     for i, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(wd) if j < 3 else c.rjust(wd) for j, (c, wd) in enumerate(zip(r, widths))))
+        cells = [c.ljust(wd) if j < 3 else c.rjust(wd) for j, (c, wd) in enumerate(zip(r, widths))]
+        lines.append("  ".join(cells))
         if i == 0:
             lines.append("  ".join("-" * wd for wd in widths))
     lines.append(f"Total params: {spec.num_params:,}   minimum input: {spec.min_input_size}x{spec.min_input_size}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -109,7 +109,7 @@ class Flatten:
     """[B, C, 1, 1] -> [B, C]."""
 
 
-LayerOp = Union[ConvSpec, PoolSpec, Activation, Dropout, GlobalAvgPool, Flatten]
+LayerOp = ConvSpec | PoolSpec | Activation | Dropout | GlobalAvgPool | Flatten
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,8 @@ class NiNSpec:
     def num_params(self) -> int:
         return int(sum(np.prod(s) for s in self.param_shapes().values()))
 
-    def layer_shapes(self, input_size: tuple[int, int] | None = None, batch: int = 1) -> list[tuple[str, tuple[int, ...]]]:
+    def layer_shapes(self, input_size: tuple[int, int] | None = None,
+                     batch: int = 1) -> list[tuple[str, tuple[int, ...]]]:
         """(layer name, NCHW output shape) for each layer; raises if the input is too small."""
         h, w = input_size or self.input_size
         c, shapes = self.in_channels, []
@@ -306,6 +307,12 @@ _MAX_3S2 = PoolSpec("max", 3, 2)
 _AVG_3S2 = PoolSpec("avg", 3, 2, count_include_pad=True)
 
 
+def _check_counts(in_channels, num_classes) -> None:
+    """Checked before the blocks are built, so that the message names the argument given."""
+    _require(_is_int(in_channels) and in_channels >= 1, f"in_channels must be an int >= 1, got {in_channels!r}")
+    _require(_is_int(num_classes) and num_classes >= 1, f"num_classes must be an int >= 1, got {num_classes!r}")
+
+
 def _widths(widths, count: int, what: str) -> tuple:
     _require(isinstance(widths, (tuple, list)) and len(widths) == count,
              f"{what} must be a sequence of {count} entries, got {widths!r}")
@@ -319,6 +326,7 @@ def nin(*, in_channels: int = 1, num_classes: int = 10, widths: tuple[int, int, 
 
     `widths` are the three hidden blocks' widths; the last block is num_classes wide.
     """
+    _check_counts(in_channels, num_classes)
     w = _widths(widths, 3, "widths")
     return NiNSpec(
         name="nin", in_channels=in_channels, num_classes=num_classes, input_size=input_size,
@@ -339,6 +347,7 @@ def nin_cifar10(*, in_channels: int = 3, num_classes: int = 10,
     `widths` gives the first two blocks' three widths and the last block's first two
     (its third is num_classes). Pooling uses floor sizes (Caffe's original used ceil).
     """
+    _check_counts(in_channels, num_classes)
     w = _widths(widths, 3, "widths")
     return NiNSpec(
         name="nin_cifar10", in_channels=in_channels, num_classes=num_classes, input_size=input_size,
@@ -357,6 +366,7 @@ def nin_imagenet(*, in_channels: int = 3, num_classes: int = 1000,
 
     `widths` gives the first three blocks' widths and the last block's first two.
     """
+    _check_counts(in_channels, num_classes)
     w = _widths(widths, 4, "widths")
     return NiNSpec(
         name="nin_imagenet", in_channels=in_channels, num_classes=num_classes, input_size=input_size,

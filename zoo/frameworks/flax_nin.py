@@ -97,13 +97,24 @@ def spec_of(model: NiN) -> NiNSpec:
     return model.spec
 
 
-def get_weights(model: NiN) -> dict[str, np.ndarray]:
+def to_canonical(native: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Flax parameter paths ('blocks.0.conv0.kernel', HWIO) to canonical names and layout (OIHW)."""
     out = {}
-    for name in model.spec.convs():
-        conv = _layer(model, name)
-        out[f"{name}.weight"] = np.array(conv.kernel[...]).transpose(3, 2, 0, 1)  # HWIO -> OIHW
-        out[f"{name}.bias"] = np.array(conv.bias[...])
+    for path, a in native.items():
+        prefix, _, leaf = path.rpartition(".")
+        if leaf == "kernel":
+            out[f"{prefix}.weight"] = np.asarray(a).transpose(3, 2, 0, 1)  # HWIO -> OIHW
+        elif leaf == "bias":
+            out[f"{prefix}.bias"] = np.asarray(a)
+        else:
+            raise KeyError(f"{path!r} is not a NiN parameter of Flax's ('<layer>.kernel' or '<layer>.bias')")
     return out
+
+
+def get_weights(model: NiN) -> dict[str, np.ndarray]:
+    flat = {".".join(map(str, path)): np.array(v[...]) for path, v in nnx.state(model, nnx.Param).flat_state()}
+    canonical = to_canonical(flat)
+    return {name: canonical[name] for name in model.spec.param_shapes()}  # in layer order
 
 
 def set_weights(model: NiN, weights: dict[str, np.ndarray]) -> None:

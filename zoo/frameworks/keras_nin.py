@@ -1,7 +1,8 @@
 """NiN in Keras 3 (any backend), built from a NiNSpec. Input [B, H, W, C].
 
 A functional model with one Keras layer per entry of `spec.layers()`, each named
-after it (`blocks.0.conv0`, `pools.0`, ...); kernels are HWIO here, OIHW in
+after it with dots as underscores (`blocks_0_conv0`, `pools_0`, ...: Keras on
+PyTorch refuses dots in names); kernels are HWIO here, OIHW in
 canonical form. Keras offers only 'valid' and 'same' padding, so convs and pools
 pad explicitly, as the spec says.
 """
@@ -73,8 +74,12 @@ class Pool2D(keras.layers.Layer):
                 "padding": self.spec.padding, "count_include_pad": self.spec.count_include_pad}
 
 
+def _name(layer_name: str) -> str:
+    return layer_name.replace(".", "_")
+
+
 def _keras_layer(layer: LayerSpec) -> keras.layers.Layer:
-    op, name = layer.op, layer.name
+    op, name = layer.op, _name(layer.name)
     if isinstance(op, ConvSpec):
         return PaddedConv2D(op.out_channels, op.kernel_size, op.stride, pad=op.padding, name=name)
     if isinstance(op, Activation):
@@ -134,7 +139,7 @@ def spec_of(model: NiN) -> NiNSpec:
 def get_weights(model: NiN) -> dict[str, np.ndarray]:
     out = {}
     for name in model.spec.convs():
-        layer = model.get_layer(name)
+        layer = model.get_layer(_name(name))
         out[f"{name}.weight"] = np.array(ops.convert_to_numpy(layer.kernel)).transpose(3, 2, 0, 1)  # HWIO -> OIHW
         out[f"{name}.bias"] = np.array(ops.convert_to_numpy(layer.bias))
     return out
@@ -142,7 +147,7 @@ def get_weights(model: NiN) -> dict[str, np.ndarray]:
 
 def set_weights(model: NiN, weights: dict[str, np.ndarray]) -> None:
     for name in model.spec.convs():
-        layer = model.get_layer(name)
+        layer = model.get_layer(_name(name))
         layer.kernel.assign(weights[f"{name}.weight"].transpose(2, 3, 1, 0))  # OIHW -> HWIO
         layer.bias.assign(weights[f"{name}.bias"])
 
@@ -155,6 +160,7 @@ def trace(model: NiN, x: np.ndarray) -> list[tuple[str, tuple[int, ...]]]:
     model.spec.check_input(x.shape, LAYOUT)
     out, t = [], ops.convert_to_tensor(x)
     for layer in model.spec.layers():
-        t = model.get_layer(layer.name)(t, training=False) if isinstance(layer.op, Dropout) else model.get_layer(layer.name)(t)
+        keras_layer = model.get_layer(_name(layer.name))
+        t = keras_layer(t, training=False) if isinstance(layer.op, Dropout) else keras_layer(t)
         out.append((layer.name, tuple(t.shape)))
     return out

@@ -1,0 +1,149 @@
+"""Shared harness: the framework axis, the device option, tiny spec variants and the error report.
+
+`pytest --device gpu` runs the agreement tests on every GPU the frameworks can see
+(TF32 off, JAX matmuls in float32); a framework that sees none is skipped by name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+import zoo
+
+# Tiny widths per preset keep the grid fast; every registered model must have an entry.
+TINY = {
+    "nin": dict(widths=(8, 16, 16)),
+    "nin_cifar10": dict(widths=((8, 8, 8), (8, 12, 8), (8, 8))),
+    "nin_imagenet": dict(widths=((8, 8, 8), (8, 8, 8), (12, 12, 12), (16, 16)), num_classes=20),
+}
+# Input sizes per preset: the minimum, one more, and the nominal one.
+SIZES = {"nin": (None, 96, 224), "nin_cifar10": (None, 21, 32), "nin_imagenet": (None, 129, 224)}
+
+def keras_backend() -> str:
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def _packages(fw: str) -> tuple[str, ...]:
+    return {"torch": ("torch",), "flax": ("jax", "flax"), "keras": ("keras", keras_backend())}[fw]
+
+
+def label(fw: str) -> str:
+    return f"keras[{keras_backend()}]" if fw == "keras" else fw
+
+
+def fw_params():
+    """The framework axis: one param per framework, marked with its name (`pytest -m keras`)."""
+    return [pytest.param(fw, marks=getattr(pytest.mark, fw), id=fw) for fw in zoo.FRAMEWORKS]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", choices=("cpu", "gpu"),
+                     help="where the framework models run (default: cpu)")
+
+
+def pytest_configure(config):
+    config._zoo_errors = defaultdict(lambda: [0.0, 0.0])  # (preset, framework) -> [abs, rel]
+    if config.getoption("--device") == "gpu":
+        # Full float32 on GPUs: TF32 would cost ~1e-3 relative error and hide real bugs.
+        os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
+        os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "float32")
+
+
+def _gpu_skip_reason(fw: str) -> str | None:
+    """None when `fw` can run on a GPU here, else why not."""
+    if fw == "torch" or (fw == "keras" and keras_backend() == "torch"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"{label(fw)}: PyTorch sees no CUDA GPU"
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    elif fw == "flax" or (fw == "keras" and keras_backend() == "jax"):
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "float32")
+        if jax.default_backend() != "gpu":
+            return f"{label(fw)}: JAX sees no GPU (backend {jax.default_backend()!r})"
+    else:  # keras on tensorflow
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        if not tf.config.list_physical_devices("GPU"):
+            return f"{label(fw)}: TensorFlow sees no GPU"
+    return None
+
+
+@pytest.fixture
+def device(request) -> str:
+    return request.config.getoption("--device")
+
+
+@pytest.fixture
+def framework(request, device) -> str:
+    """The framework under test; skipped, by name, when it is not installed or sees no GPU."""
+    fw = request.param
+    missing = [p for p in _packages(fw) if importlib.util.find_spec(p) is None]
+    if missing:
+        pytest.skip(f"{label(fw)}: {', '.join(missing)} not installed (pip install '.[{zoo.FRAMEWORKS[fw].extra}]')")
+    if device == "gpu":
+        reason = _gpu_skip_reason(fw)
+        if reason:
+            pytest.skip(reason)
+    return fw
+
+
+def pytest_generate_tests(metafunc):
+    if "framework" in metafunc.fixturenames:
+        metafunc.parametrize("framework", fw_params(), indirect=True)
+
+
+def to_device(fw: str, model, device: str):
+    if device == "gpu" and fw == "torch":
+        return model.to("cuda")
+    return model  # JAX, TensorFlow and Keras place work on the GPU by default
+
+
+def run(fw: str, model, x_nchw: np.ndarray) -> np.ndarray:
+    """Run a zoo model on an NCHW batch, whatever its framework's layout."""
+    x = x_nchw if zoo.FRAMEWORKS[fw].layout == "NCHW" else x_nchw.transpose(0, 2, 3, 1)
+    return zoo.predict(model, np.ascontiguousarray(x))
+
+
+def random_weights(spec, seed: int) -> dict[str, np.ndarray]:
+    """He-scaled kernels and non-zero biases, so that every bias is exercised."""
+    rng = np.random.default_rng(seed)
+    w = zoo.init_weights(spec, seed)
+    return {k: (v if k.endswith(".weight") else rng.normal(0, 0.1, v.shape)).astype(np.float32) for k, v in w.items()}
+
+
+@pytest.fixture
+def record_error(request):
+    """Check `out` against the float64 reference at the suite's tolerance and keep the worst error."""
+    errors = request.config._zoo_errors
+
+    def check(preset: str, fw: str, out: np.ndarray, ref: np.ndarray) -> None:
+        assert out.shape == ref.shape, f"shape {out.shape} != reference {ref.shape}"
+        scale = float(np.abs(ref).max())
+        err = float(np.abs(out.astype(np.float64) - ref).max())
+        worst = errors[(preset, label(fw))]
+        worst[0], worst[1] = max(worst[0], err), max(worst[1], err / max(scale, 1e-30))
+        # fp32 against fp64: 1e-5 of the output's scale (and never tighter than 1e-5 absolute)
+        assert err <= 1e-5 * max(1.0, scale), f"{preset}/{label(fw)}: max abs error {err:.3e} at scale {scale:.3g}"
+
+    return check
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    errors = config._zoo_errors
+    if not errors:
+        return
+    tr = terminalreporter
+    tr.section(f"worst error against the float64 reference (device: {config.getoption('--device')})")
+    tr.write_line(f"{'preset':<14}{'framework':<20}{'max abs':>12}{'max rel':>12}")
+    for (preset, fw), (a, r) in sorted(errors.items()):
+        tr.write_line(f"{preset:<14}{fw:<20}{a:>12.3e}{r:>12.3e}")

@@ -1,0 +1,100 @@
+"""The `zoo` command line.
+
+    zoo list
+    zoo summary nin --framework keras --input-size 224
+    zoo summary nin_imagenet --set num_classes=100
+    zoo convert nin model.pt model.weights.h5            # any format to any other, verified
+    zoo convert --from torch --to keras IN OUT
+    zoo inspect model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+
+import zoo
+
+
+def _override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. num_classes=100), got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(
+            f"{key}: {value!r} is not a Python literal (e.g. 100 or (8, 16, 16))") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zoo", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="registered models")
+    s = sub.add_parser("summary", help="every layer's output shape and parameter count")
+    s.add_argument("model")
+    s.add_argument("--framework", "-f", choices=list(zoo.FRAMEWORKS),
+                   help="run the layers in this framework (default: shapes from the spec)")
+    s.add_argument("--input-size", type=int, help="square input side (default: the spec's nominal size)")
+    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
+                   help="spec override, repeatable (e.g. --set num_classes=100)")
+    c = sub.add_parser("convert", help="convert a weight file to another format, and verify it",
+                       description="Convert weights between PyTorch (.pt, .pth), canonical .safetensors, Flax "
+                                   "(Orbax directory), Keras (.weights.h5) and Keras archives (.keras).")
+    c.add_argument("paths", nargs="+", metavar="[MODEL] IN OUT",
+                   help="the model name is optional: the spec comes from the file or its shapes")
+    c.add_argument("--from", dest="src_format", help="source format or framework, when the suffix does not say")
+    c.add_argument("--to", dest="dst_format", help="destination format or framework")
+    c.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
+                   help="spec override, repeatable (needs MODEL)")
+    c.add_argument("--dtype", help="cast to this dtype (float32, float16, bfloat16); default: keep")
+    c.add_argument("--force", action="store_true", help="overwrite an existing output")
+    c.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip running source and destination on a probe input")
+    c.add_argument("--allow-nonfinite", action="store_true", help="convert weights holding NaN or Inf")
+    i = sub.add_parser("inspect", help="what a weight file holds and which model it fits")
+    i.add_argument("path")
+    i.add_argument("--format", help="the file's format, when the suffix does not say")
+    i.add_argument("--model", help="the model to fit it to (default: any registered one)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            for name in zoo.list_models():
+                spec = zoo.get_spec(name)
+                print(f"{name:<14} {spec.in_channels} ch, {spec.num_classes} classes, "
+                      f"{spec.num_params:,} params, input {spec.input_size[0]}x{spec.input_size[1]}")
+        elif args.command == "summary":
+            zoo.summary(args.model, framework=args.framework, input_size=args.input_size,
+                        batch_size=args.batch_size, **dict(args.set))
+        elif args.command == "convert":
+            import conversion
+
+            if len(args.paths) not in (2, 3):
+                raise ValueError(f"convert takes [MODEL] IN OUT, got {len(args.paths)} paths")
+            model, src, dst = ([None] + args.paths)[-3:]
+            report = conversion.convert(src, dst, model=model, overrides=dict(args.set), dtype=args.dtype,
+                                        src_format=args.src_format, dst_format=args.dst_format,
+                                        verify=args.verify, force=args.force, allow_nonfinite=args.allow_nonfinite)
+            print(report)
+            print(f"wrote {dst}")
+        elif args.command == "inspect":
+            import conversion
+
+            print(conversion.inspect(args.path, args.format, args.model))
+    except KeyboardInterrupt:
+        print("zoo: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, KeyError, ImportError) as e:
+        print(f"zoo: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
