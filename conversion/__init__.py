@@ -1,0 +1,17 @@
+"""Weight conversion between PyTorch, Flax NNX and Keras files, through the zoo's canonical form.
+
+    >>> import conversion
+    >>> print(conversion.convert('model.pt', 'model.weights.h5'))     # verified by running both
+    >>> conversion.inspect('model.pt')
+
+Each format has one reader and one writer to canonical weights (conversion/io_*.py);
+any format converts to any other through them.
+"""
+
+from conversion.checkpoint import Checkpoint, ConversionError
+from conversion.convert import Report, convert, inspect, load, read
+from conversion.formats import FORMATS, detect
+from conversion.infer import infer_spec, resolve_spec
+
+__all__ = ["FORMATS", "Checkpoint", "ConversionError", "Report", "convert", "detect", "infer_spec", "inspect",
+           "load", "read", "resolve_spec"]

@@ -1,0 +1,169 @@
+"""read, write, convert and inspect weight files in any supported format."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import zoo
+from conversion import keymaps
+from conversion.checkpoint import Checkpoint, ConversionError, atomic_output, check_finite
+from conversion.formats import detect, function
+from conversion.infer import infer_spec, resolve_spec
+from zoo import reference
+from zoo.nin import NiNSpec
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def read(path, format: str | None = None, *, model: str | None = None, spec: NiNSpec | None = None) -> Checkpoint:
+    """Read a weight file into canonical names and layout (dtype as stored); foreign key maps applied.
+
+    >>> ckpt = conversion.read('model.pt')
+    >>> ckpt.weights['blocks.0.conv0.weight'].shape
+    (96, 1, 11, 11)
+    """
+    path = Path(path)
+    fmt = detect(path, format)
+    if not path.exists():
+        raise ConversionError(f"{path} does not exist")
+    ckpt = function(fmt, "reader")(path, spec, model)
+    ckpt.weights, mapped = keymaps.to_canonical(ckpt.weights)
+    if mapped:
+        ckpt.notes.append(f"recognised foreign keys: {mapped}")
+    return ckpt
+
+
+def load(path, model: str | None = None, overrides: dict | None = None, *, format: str | None = None,
+         allow_nonfinite: bool = False) -> tuple[NiNSpec, dict[str, np.ndarray], Checkpoint]:
+    """Read a file and fit it to a spec: (spec, float32 weights checked against it, the checkpoint as read)."""
+    ckpt = read(path, format, model=model)
+    spec, _ = resolve_spec(ckpt, model, overrides)
+    weights = zoo.check_weights(spec, ckpt.weights, dtypes=FLOAT_DTYPES)
+    check_finite(weights, allow_nonfinite)
+    if ckpt.dtype == "float64":
+        raise ConversionError(f"{path} holds float64 weights; a model holds float32 and casting loses "
+                              f"precision: convert it explicitly with --dtype float32")
+    if ckpt.dtype != "float32":
+        warnings.warn(f"{path} holds {ckpt.dtype} weights; loading them as float32 (exact)", stacklevel=2)
+        weights = {k: v.astype(np.float32) for k, v in weights.items()}
+    return spec, weights, ckpt
+
+
+@dataclass
+class Report:
+    src_format: str
+    dst_format: str
+    spec: NiNSpec
+    spec_origin: str
+    dtype: str
+    notes: list[str]
+    max_abs: float | None = None  # between source and destination model outputs on the probe
+    max_rel: float | None = None
+    probe_shape: tuple[int, ...] | None = None
+    runners: tuple[str, str] | None = None
+
+    def __str__(self) -> str:
+        lines = [f"{self.src_format} -> {self.dst_format}: {self.spec.name}, {self.spec.num_params:,} parameters, "
+                 f"{self.dtype}; spec: {self.spec_origin}"]
+        lines += [f"  {n}" for n in self.notes]
+        if self.max_abs is not None:
+            lines.append(f"  verified: {self.runners[0]} (source) vs {self.runners[1]} (destination) on a "
+                         f"{list(self.probe_shape)} probe: max abs error {self.max_abs:.3e}, "
+                         f"relative {self.max_rel:.3e}; tensors read back bit-identical")
+        return "\n".join(lines)
+
+
+def _run(framework: str, spec: NiNSpec, weights: dict[str, np.ndarray], x: np.ndarray) -> tuple[np.ndarray, str]:
+    """Logits from `framework`'s model, or from the float64 reference when it is not installed."""
+    weights = {k: v.astype(np.float32) for k, v in weights.items()}
+    try:
+        model = zoo.load(spec, framework)
+    except zoo.FrameworkNotInstalled:
+        return reference.forward(spec, weights, x), "numpy float64 reference"
+    zoo.set_weights(model, weights)
+    nhwc = zoo.FRAMEWORKS[framework].layout == "NHWC"
+    return zoo.predict(model, x.transpose(0, 2, 3, 1) if nhwc else x), framework
+
+
+def convert(src, dst, *, model: str | None = None, overrides: dict | None = None, spec: NiNSpec | None = None,
+            src_format: str | None = None, dst_format: str | None = None, dtype: str | None = None,
+            verify: bool = True, force: bool = False, allow_nonfinite: bool = False) -> Report:
+    """Convert a weight file to another format, through canonical weights; verify it by running both.
+
+    >>> print(conversion.convert('model.pt', 'model.weights.h5'))
+    """
+    src, dst = Path(src), Path(dst)
+    sfmt, dfmt = detect(src, src_format), detect(dst, dst_format, writing=True)
+    if dst.exists() and not force:  # before any work
+        raise ConversionError(f"{dst} exists; refusing to overwrite it (pass --force / force=True)")
+    ckpt = read(src, sfmt.name, model=model, spec=spec)
+    spec, origin = resolve_spec(ckpt, model, overrides, spec)
+    weights = zoo.check_weights(spec, ckpt.weights, dtypes=FLOAT_DTYPES)
+    check_finite(weights, allow_nonfinite)
+    notes = list(ckpt.notes)
+    if dtype:
+        if dtype not in FLOAT_DTYPES:
+            raise ConversionError(f"--dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
+        if dtype != ckpt.dtype:
+            notes.append(f"cast from {ckpt.dtype} to {dtype}, as asked")
+            weights = {k: v.astype(dtype) for k, v in weights.items()}
+    elif dfmt.float32_only and ckpt.dtype != "float32":
+        raise ConversionError(f"{src} holds {ckpt.dtype} weights and {dfmt.name} files hold float32: "
+                              f"pass --dtype float32 to cast them")
+    out_dtype = str(next(iter(weights.values())).dtype)
+    report = Report(sfmt.name, dfmt.name, spec, origin, out_dtype, notes)
+    with atomic_output(dst, force) as tmp:
+        function(dfmt, "writer")(weights, spec, tmp)
+        if verify:
+            _verify(report, ckpt.weights, weights, tmp, sfmt.framework, dfmt)
+    return report
+
+
+def _verify(report: Report, src_weights, written, tmp: Path, src_framework: str, dfmt) -> None:
+    back = read(tmp, dfmt.name, spec=report.spec)
+    bad = [k for k in written if back.weights.get(k) is None or back.weights[k].dtype != written[k].dtype
+           or not np.array_equal(back.weights[k], written[k])]
+    if bad or set(back.weights) != set(written):
+        raise ConversionError(f"verification failed: tensors read back from the output differ: {', '.join(bad)}")
+    spec = report.spec
+    h, w = spec.input_size
+    x = np.random.default_rng(0).standard_normal((2, spec.in_channels, h, w)).astype(np.float32)
+    a, ran_a = _run(src_framework, spec, src_weights, x)
+    b, ran_b = _run(dfmt.framework, spec, back.weights, x)
+    scale = float(np.abs(a).max())
+    report.max_abs = float(np.abs(a.astype(np.float64) - b).max())
+    report.max_rel = report.max_abs / max(scale, 1e-30)
+    report.probe_shape, report.runners = x.shape, (ran_a, ran_b)
+    if report.max_abs > 1e-5 * max(1.0, scale):
+        raise ConversionError(f"verification failed: outputs differ by {report.max_abs:.3e} (scale {scale:.3g}); "
+                              f"nothing was written")
+
+
+def inspect(path, format: str | None = None, model: str | None = None) -> str:
+    """What a file holds: format, tensors, dtype, foreign keys recognised, and the spec it fits (or why none)."""
+    ckpt = read(path, format, model=model)
+    lines = [f"{path}: {ckpt.format} format, {len(ckpt.weights)} tensors, {ckpt.num_params:,} parameters, "
+             f"{ckpt.dtype}"]
+    lines += [f"  {n}" for n in ckpt.notes]
+    try:
+        spec, origin = resolve_spec(ckpt, model)
+        zoo.check_weights(spec, ckpt.weights, dtypes=FLOAT_DTYPES)
+        lines.append(f"fits: {spec.name} ({spec.in_channels} input channels, {spec.num_classes} classes, "
+                     f"widths {[s.block.widths for s in spec.stages]}); spec: {origin}")
+    except (ConversionError, ValueError) as e:
+        lines.append(f"fits no model: {e}")
+    bad = [k for k, a in ckpt.weights.items() if not np.isfinite(a.astype(np.float32)).all()]
+    if bad:
+        lines.append(f"non-finite values in: {', '.join(bad)}")
+    for k, a in list(ckpt.weights.items())[:40]:
+        lines.append(f"  {k:<28} {str(list(a.shape)):<20} {a.dtype}")
+    if len(ckpt.weights) > 40:
+        lines.append(f"  ... {len(ckpt.weights) - 40} more")
+    return "\n".join(lines)
+
+
+__all__ = ["read", "load", "convert", "inspect", "infer_spec", "Report"]

@@ -1,0 +1,60 @@
+"""Flax NNX parameters as an Orbax checkpoint directory, with the spec in its custom metadata.
+
+A Flax user restores it into the zoo's model with
+`nnx.update(model, ocp.StandardCheckpointer().restore(path, nnx.state(model, nnx.Param)))`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from conversion.checkpoint import Checkpoint, ConversionError
+from zoo.frameworks import flax_nin
+from zoo.nin import NiNSpec, SpecError
+
+
+def _flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(_flatten(v, key))
+        else:
+            out[key.removesuffix(".value")] = np.asarray(v)
+    return out
+
+
+def read(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> Checkpoint:
+    path = Path(path).absolute()
+    if not path.is_dir():
+        raise ConversionError(f"{path} is not a directory; a Flax checkpoint is an Orbax checkpoint directory")
+    try:
+        with ocp.StandardCheckpointer() as ck:
+            tree = ck.restore(path)
+            custom = ck.metadata(path).custom_metadata or {}
+    except Exception as e:  # orbax raises many kinds for a damaged or foreign directory
+        raise ConversionError(f"{path} is not a readable Orbax checkpoint (incomplete or corrupt?): "
+                              f"{type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
+    try:
+        weights = flax_nin.to_canonical(_flatten(tree))
+    except KeyError as e:
+        raise ConversionError(f"{path}: {e.args[0]}") from None
+    ckpt = Checkpoint(weights, "flax")
+    if "zoo_spec" in custom:
+        try:
+            ckpt.spec = NiNSpec.from_dict(json.loads(custom["zoo_spec"]))
+        except (json.JSONDecodeError, SpecError) as e:
+            raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
+    return ckpt
+
+
+def write(weights: dict[str, np.ndarray], spec: NiNSpec, path: Path) -> None:
+    model = flax_nin.build(spec, weights)
+    with ocp.StandardCheckpointer() as ck:
+        ck.save(Path(path).absolute(), nnx.state(model, nnx.Param), custom_metadata={"zoo_spec": spec.to_json()})
+        ck.wait_until_finished()
