@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from conversion.checkpoint import ConversionError
 from zoo._frameworks import FrameworkNotInstalled

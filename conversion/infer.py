@@ -43,7 +43,9 @@ def infer_spec(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> 
             continue
         expected = spec.param_shapes()
         if expected == shapes:
-            fits.append((spec != base, spec))
+            matches = (spec.stages == base.stages, spec.in_channels == base.in_channels,
+                       spec.num_classes == base.num_classes)
+            fits.append((-sum(matches), spec))
         else:
             diff = next((k for k in expected if shapes.get(k) != expected[k]), None) or \
                 next(k for k in shapes if k not in expected)
@@ -51,7 +53,7 @@ def infer_spec(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> 
     if not fits:
         raise ConversionError("the tensors fit no registered model:\n  " + "\n  ".join(reasons)
                               + "\nName the model and its overrides (e.g. zoo convert nin --set num_classes=100 ...)")
-    return min(fits, key=lambda f: f[0])[1]
+    return min(fits, key=lambda f: f[0])[1]  # the first best, in registry order
 
 
 def resolve_spec(ckpt: Checkpoint, model: str | None = None, overrides: dict | None = None,

@@ -26,7 +26,7 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def from_numpy(a: np.ndarray) -> torch.Tensor:
-    a = np.ascontiguousarray(a)
+    a = np.array(a, order="C")  # a writable copy: torch.from_numpy shares memory
     if a.dtype.name == "bfloat16":
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)

@@ -143,7 +143,9 @@ def pytest_terminal_summary(terminalreporter, config):
     if not errors:
         return
     tr = terminalreporter
-    tr.section(f"worst error against the float64 reference (device: {config.getoption('--device')})")
-    tr.write_line(f"{'preset':<14}{'framework':<20}{'max abs':>12}{'max rel':>12}")
+    tr.section(f"worst error against the float64 reference (device: {config.getoption('--device')}); "
+               f"rel = max abs / max |reference|")
+    width = max(len(p) for p, _ in errors) + 2
+    tr.write_line(f"{'preset':<{width}}{'framework':<20}{'max abs':>12}{'max rel':>12}")
     for (preset, fw), (a, r) in sorted(errors.items()):
-        tr.write_line(f"{preset:<14}{fw:<20}{a:>12.3e}{r:>12.3e}")
+        tr.write_line(f"{preset:<{width}}{fw:<20}{a:>12.3e}{r:>12.3e}")

@@ -53,13 +53,14 @@ class NiN(nnx.Module):
             blocks.append(NiNBlock(stage.block.convs(channels), rngs=rngs))
             channels = stage.block.widths[-1]
         self.blocks = nnx.List(blocks)
-        # rate 0 is the identity: one dropout per stage keeps the lists aligned
-        self.dropouts = nnx.List(nnx.Dropout(s.dropout, rngs=rngs) for s in spec.stages)
+        # Rate 0 is the identity: one dropout per stage keeps the lists aligned. Their random
+        # keys come with each training call (`model(x, rngs=...)`), so the model holds no RNG state.
+        self.dropouts = nnx.List(nnx.Dropout(s.dropout) for s in spec.stages)
 
-    def __call__(self, x: jax.Array) -> jax.Array:  # [B, H, W, C] -> [B, num_classes]
+    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:  # [B, H, W, C] -> [B, classes]
         self.spec.check_input(x.shape, LAYOUT)
         for block, stage, dropout in zip(self.blocks, self.spec.stages, self.dropouts):
-            x = dropout(pool(block(x), stage.pool))
+            x = dropout(pool(block(x), stage.pool), rngs=rngs)
         return x.mean(axis=(1, 2))
 
 
@@ -83,7 +84,8 @@ def _layer(model: NiN, name: str):
 
 
 def build(spec: NiNSpec, weights: dict[str, np.ndarray]) -> NiN:
-    model = NiN(spec, rngs=nnx.Rngs(0))  # these initial values are overwritten at once
+    # Shapes only: drawing initial values that are overwritten at once took seconds.
+    model = nnx.eval_shape(lambda: NiN(spec, rngs=nnx.Rngs(0)))
     set_weights(model, weights)
     model.eval()  # dropout off
     return model
@@ -112,7 +114,7 @@ def to_canonical(native: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def get_weights(model: NiN) -> dict[str, np.ndarray]:
-    flat = {".".join(map(str, path)): np.array(v[...]) for path, v in nnx.state(model, nnx.Param).flat_state()}
+    flat = {".".join(map(str, path)): np.array(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     canonical = to_canonical(flat)
     return {name: canonical[name] for name in model.spec.param_shapes()}  # in layer order
 
@@ -120,8 +122,8 @@ def get_weights(model: NiN) -> dict[str, np.ndarray]:
 def set_weights(model: NiN, weights: dict[str, np.ndarray]) -> None:
     for name in model.spec.convs():
         conv = _layer(model, name)
-        conv.kernel[...] = jnp.asarray(weights[f"{name}.weight"].transpose(2, 3, 1, 0))  # OIHW -> HWIO
-        conv.bias[...] = jnp.asarray(weights[f"{name}.bias"])
+        conv.kernel.set_value(jnp.asarray(weights[f"{name}.weight"].transpose(2, 3, 1, 0)))  # OIHW -> HWIO
+        conv.bias.set_value(jnp.asarray(weights[f"{name}.bias"]))
 
 
 @nnx.jit
