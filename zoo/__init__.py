@@ -5,6 +5,7 @@
     ['nin', 'nin_cifar10', 'nin_imagenet']
     >>> model = zoo.load('nin', framework='flax')   # NHWC input, inference mode
     >>> weights = zoo.get_weights(model)            # canonical: PyTorch names and layout, float32
+    >>> model = zoo.load('nin', 'keras', weights='fashion_mnist')   # trained weights, shipped
 
 Frameworks are imported only when a model of theirs is asked for.
 """
@@ -14,6 +15,7 @@ from zoo._frameworks import FRAMEWORKS, FrameworkNotInstalled
 from zoo._registry import UnknownModelError, get_spec, list_models
 from zoo.api import WeightsError, check_weights, get_weights, load, predict, set_weights, spec_of, summary
 from zoo.nin import BlockSpec, NiNSpec, PoolSpec, SpecError, StageSpec, init_weights
+from zoo.pretrained import PretrainedError, list_pretrained
 
 __version__ = "0.1.0"
 
@@ -21,5 +23,5 @@ __all__ = [
     "FRAMEWORKS", "FrameworkNotInstalled", "UnknownModelError", "SpecError", "WeightsError",
     "NiNSpec", "BlockSpec", "PoolSpec", "StageSpec",
     "list_models", "get_spec", "load", "get_weights", "set_weights", "check_weights", "spec_of",
-    "predict", "summary", "init_weights",
+    "predict", "summary", "init_weights", "list_pretrained", "PretrainedError",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -47,10 +48,12 @@ def load(name, framework: str, *, seed: int = 0, weights=None, **overrides):
     """A model ready for inference: torch.nn.Module (NCHW), flax.nnx.Module or keras.Model (NHWC).
 
     The same `seed` gives the same parameters in every framework. `name` may also be a spec.
-    `weights` is a file in any format `zoo convert` reads (its spec is taken from the
-    file, or inferred from its shapes) or a dict of canonical arrays.
+    `weights` is a pretrained tag (`zoo.list_pretrained()`), a file in any format
+    `zoo convert` reads (its spec is taken from the file, or inferred from its shapes),
+    or a dict of canonical arrays.
 
     >>> model = zoo.load('nin', framework='torch', num_classes=100)
+    >>> model = zoo.load('nin', framework='flax', weights='fashion_mnist')
     >>> model = zoo.load('nin', framework='keras', weights='model.pt')
     """
     mod = adapter(framework)  # fails here, before any work, if the framework is missing
@@ -64,8 +67,19 @@ def load(name, framework: str, *, seed: int = 0, weights=None, **overrides):
 
     if not isinstance(name, str):
         raise TypeError("with a weights file, name the model ('nin'); the spec comes from the file")
+    if isinstance(weights, str) and _is_tag(weights):
+        from zoo import pretrained
+
+        if overrides:
+            raise TypeError(f"pretrained weights fix the spec; drop the overrides {sorted(overrides)}")
+        weights, _ = pretrained.resolve(name, weights)
     spec, arrays, _ = conversion.load(weights, name, overrides)
     return mod.build(spec, arrays)
+
+
+def _is_tag(text: str) -> bool:
+    """'fashion_mnist' is a tag; 'model.pt' or 'runs/x' are paths."""
+    return text.isidentifier() and not os.path.exists(text)
 
 
 def get_weights(model) -> dict[str, np.ndarray]:
@@ -84,9 +98,16 @@ def spec_of(model) -> NiNSpec:
     return adapter_for(model)[1].spec_of(model)
 
 
-def predict(model, x: np.ndarray) -> np.ndarray:
-    """Logits as numpy for a numpy batch in the model's own layout (NCHW for torch, NHWC otherwise)."""
-    return adapter_for(model)[1].predict(model, np.asarray(x, np.float32))
+def predict(model, x: np.ndarray, *, layout: str | None = None) -> np.ndarray:
+    """Logits as numpy for a numpy batch in the model's own layout (NCHW for torch, NHWC otherwise),
+    or in `layout` ('NCHW' or 'NHWC'), transposed here as needed."""
+    fw, mod = adapter_for(model)
+    x = np.asarray(x, np.float32)
+    if layout not in (None, "NCHW", "NHWC"):
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    if layout and layout != fw.layout:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1) if layout == "NCHW" else x.transpose(0, 3, 1, 2))
+    return mod.predict(model, x)
 
 
 def _describe(op) -> str:

@@ -58,7 +58,46 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("path")
     i.add_argument("--format", help="the file's format, when the suffix does not say")
     i.add_argument("--model", help="the model to fit it to (default: any registered one)")
+    t = sub.add_parser("train", help="train a model on Fashion-MNIST (Flax NNX + optax)")
+    t.add_argument("model")
+    t.add_argument("--framework", default="flax", choices=["flax"], help="the trainer's framework")
+    t.add_argument("--out", required=True, help="run folder: metrics, checkpoints, curves, weights")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--input-size", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float, dest="peak_lr")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--limit", type=int, help="use only the first N train and test images (smoke runs)")
+    t.add_argument("--data", help="folder of the four IDX files (default: Debian's dataset-fashion-mnist)")
+    t.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE")
+    e = sub.add_parser("evaluate", help="test accuracy of pretrained weights on Fashion-MNIST")
+    e.add_argument("model")
+    e.add_argument("--weights", required=True, help="pretrained tag, e.g. fashion_mnist")
+    e.add_argument("--framework", "-f", default="torch", choices=list(zoo.FRAMEWORKS))
+    e.add_argument("--data", help="folder of the four IDX files (default: Debian's dataset-fashion-mnist)")
+    pr = sub.add_parser("predict", help="top classes, with softmax probabilities, for PNG/JPEG images")
+    pr.add_argument("model")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--weights", required=True, help="pretrained tag, e.g. fashion_mnist")
+    pr.add_argument("--framework", "-f", default="torch", choices=list(zoo.FRAMEWORKS))
+    pr.add_argument("--top", type=int, default=3)
+    pr.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                    help="Fashion-MNIST is light-on-dark; 'auto' inverts images with a light border")
     return p
+
+
+def _train(args) -> None:
+    from zoo.frameworks import flax_train
+
+    chosen = {k: getattr(args, k) for k in ("epochs", "input_size", "batch_size", "peak_lr", "seed")}
+    recipe = flax_train.Recipe(**{k: v for k, v in chosen.items() if v is not None})
+    spec = zoo.get_spec(args.model, input_size=recipe.input_size, **dict(args.set))
+    trainer = flax_train.train(spec, recipe, args.out, resume=args.resume, data_root=args.data, limit=args.limit)
+    from zoo import pretrained
+
+    path = pretrained.export_run(trainer, args.out)
+    print(f"test accuracy {trainer.history[-1]['test_acc']:.4f}; weights in {path}; curves in {args.out}/curves.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +122,20 @@ def main(argv: list[str] | None = None) -> int:
                                         verify=args.verify, force=args.force, allow_nonfinite=args.allow_nonfinite)
             print(report)
             print(f"wrote {dst}")
+        elif args.command == "evaluate":
+            from zoo.evaluate import evaluate
+
+            acc, out, labels = evaluate(args.model, args.weights, args.framework, args.data)
+            print(f"{args.model} {args.weights} in {args.framework}: test accuracy {acc:.4f} "
+                  f"({int(round(acc * len(labels)))}/{len(labels)})")
+        elif args.command == "predict":
+            from zoo.evaluate import predict_files
+
+            for path, top in predict_files(args.model, args.weights, args.framework, args.images, args.top,
+                                           args.invert):
+                print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
+        elif args.command == "train":
+            _train(args)
         elif args.command == "inspect":
             import conversion
 

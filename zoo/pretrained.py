@@ -1,0 +1,126 @@
+"""Pretrained weights that ship inside the package (folder `weights/`), and their manifest.
+
+    >>> zoo.load('nin', framework='keras', weights='fashion_mnist')   # hash checked on load
+
+Each manifest entry, keyed 'model.tag', is a `PretrainedCfg`; the weights are a
+canonical safetensors file whose metadata repeats the entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+
+
+class PretrainedError(ValueError):
+    """Unknown tag, missing file or hash mismatch."""
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    model: str  # registered model name
+    tag: str  # e.g. 'fashion_mnist'
+    file: str  # in weights/
+    sha256: str  # of `file`, checked on every load
+    input_size: int  # square side the model was trained and evaluated at
+    mean: float  # of pixels in [0, 1]; input = (pixel / 255 - mean) / std
+    std: float
+    resize: str  # how 28x28 images reach input_size
+    num_classes: int
+    label_names: tuple[str, ...]
+    test_accuracy: float  # on the data set's test split, at input_size
+    trained_in: str  # framework
+    dataset: str
+    dataset_license: str
+    recipe: dict = field(default_factory=dict)  # the training options
+
+
+def _folder() -> Path:
+    return Path(str(resources.files("weights")))
+
+
+def manifest() -> dict[str, PretrainedCfg]:
+    path = _folder() / MANIFEST
+    if not path.exists():
+        return {}
+    raw = json.loads(path.read_text())
+    return {k: PretrainedCfg(**{**v, "label_names": tuple(v["label_names"])}) for k, v in raw.items()}
+
+
+def list_pretrained(model: str | None = None) -> list[str]:
+    """'model.tag' names of the shipped weights."""
+    return sorted(k for k, c in manifest().items() if model in (None, c.model))
+
+
+def resolve(model: str, tag: str) -> tuple[Path, PretrainedCfg]:
+    """The verified file and entry for `model` with `tag`."""
+    entries = manifest()
+    key = f"{model}.{tag}"
+    if key not in entries:
+        known = ", ".join(entries) or "none"
+        raise PretrainedError(f"no pretrained weights {key!r}; shipped: {known}")
+    cfg = entries[key]
+    path = _folder() / cfg.file
+    if not path.is_file():
+        raise PretrainedError(f"{path} is missing from the installation; reinstall multizoo")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != cfg.sha256:
+        raise PretrainedError(f"{path} has SHA-256 {digest}, the manifest says {cfg.sha256}: the file is damaged "
+                              f"or was replaced; reinstall multizoo")
+    return path, cfg
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def export_run(trainer, out) -> Path:
+    """Write a finished run's weights as canonical safetensors, with the pretrained entry in its metadata."""
+    from safetensors.numpy import save_file
+
+    from conversion.io_safetensors import metadata
+    from zoo import data
+    from zoo.api import get_weights
+
+    out = Path(out)
+    r = trainer.recipe
+    entry = {"input_size": r.input_size, "mean": r.mean, "std": r.std,
+             "resize": "bilinear, half-pixel centres (zoo.data.preprocess)",
+             "num_classes": trainer.spec.num_classes, "label_names": list(data.LABELS),
+             "test_accuracy": trainer.history[-1]["test_acc"], "trained_in": "flax", "dataset": "Fashion-MNIST",
+             "dataset_license": data.LICENSE, "recipe": dataclasses.asdict(r)}
+    weights = get_weights(trainer.model)
+    path = out / "weights.safetensors"
+    tmp = out / ".weights.partial.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp),
+              metadata=metadata(trainer.spec, {"pretrained": json.dumps(entry)}))
+    os.replace(tmp, path)
+    return path
+
+
+def release(run_weights: Path, model: str, tag: str, folder: Path | None = None) -> PretrainedCfg:
+    """Copy an exported run's weights into weights/ and add (or replace) its manifest entry."""
+    from safetensors import safe_open
+
+    folder = Path(folder) if folder else _folder()
+    with safe_open(str(run_weights), "np") as f:
+        entry = json.loads(f.metadata()["pretrained"])
+    name = f"{model}-{tag}.safetensors"
+    data_bytes = Path(run_weights).read_bytes()
+    (folder / name).write_bytes(data_bytes)
+    cfg = PretrainedCfg(model=model, tag=tag, file=name, sha256=hashlib.sha256(data_bytes).hexdigest(),
+                        **{**entry, "label_names": tuple(entry["label_names"])})
+    path = folder / MANIFEST
+    raw = json.loads(path.read_text()) if path.exists() else {}
+    raw[f"{model}.{tag}"] = dataclasses.asdict(cfg)
+    path.write_text(json.dumps(raw, indent=2) + "\n")
+    return cfg
