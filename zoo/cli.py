@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zoo: interrupted; no output was written", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, KeyError, ImportError) as e:
+    except (ValueError, TypeError, KeyError, ImportError, OSError) as e:
         print(f"zoo: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -42,6 +42,8 @@ class PretrainedCfg:
     dataset: str
     dataset_license: str
     recipe: dict = field(default_factory=dict)  # the training options
+    test_logits: str = ""  # .npy in weights/: float64-reference logits of the test split (stored as float32)
+    test_logits_sha256: str = ""
 
 
 def _folder() -> Path:
@@ -107,17 +109,39 @@ def export_run(trainer, out) -> Path:
     return path
 
 
+def test_logits(cfg: PretrainedCfg) -> np.ndarray:
+    """The float64 reference's logits for the test split, as stored at release (hash checked)."""
+    path = _folder() / cfg.test_logits
+    if not cfg.test_logits or sha256(path) != cfg.test_logits_sha256:
+        raise PretrainedError(f"{path}: missing or damaged reference logits; reinstall multizoo")
+    return np.load(path, allow_pickle=False)
+
+
 def release(run_weights: Path, model: str, tag: str, folder: Path | None = None) -> PretrainedCfg:
-    """Copy an exported run's weights into weights/ and add (or replace) its manifest entry."""
+    """Copy an exported run's weights into weights/, store the float64 reference's logits for the
+    test split beside them, and add (or replace) the manifest entry."""
     from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    from zoo import data, reference
+    from zoo.nin import NiNSpec
 
     folder = Path(folder) if folder else _folder()
     with safe_open(str(run_weights), "np") as f:
-        entry = json.loads(f.metadata()["pretrained"])
+        meta = f.metadata()
+    entry = json.loads(meta["pretrained"])
+    spec = NiNSpec.from_dict(json.loads(meta["spec"]))
+    weights = load_file(str(run_weights))
+    images, _ = data.load_fashion_mnist("test")
+    x = data.preprocess(images, entry["input_size"], entry["mean"], entry["std"])
+    logits = np.concatenate([reference.forward(spec, weights, x[i:i + 500]) for i in range(0, len(x), 500)])
+    logits_name = f"{model}-{tag}.test-logits.npy"
+    np.save(folder / logits_name, logits.astype(np.float32))
     name = f"{model}-{tag}.safetensors"
     data_bytes = Path(run_weights).read_bytes()
     (folder / name).write_bytes(data_bytes)
     cfg = PretrainedCfg(model=model, tag=tag, file=name, sha256=hashlib.sha256(data_bytes).hexdigest(),
+                        test_logits=logits_name, test_logits_sha256=sha256(folder / logits_name),
                         **{**entry, "label_names": tuple(entry["label_names"])})
     path = folder / MANIFEST
     raw = json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,134 @@
+"""The shipped Fashion-MNIST weights: manifest, hash check, and identical predictions in every framework."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo import data, pretrained, reference
+
+HAVE_DATA = (data.DEFAULT_DIR / data.FILES[("test", "images")][0]).exists()
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason="Debian's dataset-fashion-mnist is not installed")
+
+
+def _cfg():
+    return pretrained.resolve("nin", "fashion_mnist")
+
+
+def test_manifest_entry():
+    path, cfg = _cfg()
+    assert zoo.list_pretrained() == ["nin.fashion_mnist"]
+    assert (cfg.model, cfg.tag, cfg.trained_in, cfg.dataset) == ("nin", "fashion_mnist", "flax", "Fashion-MNIST")
+    assert cfg.label_names == data.LABELS and cfg.num_classes == 10
+    assert cfg.dataset_license.startswith("MIT")
+    assert {"epochs", "peak_lr", "batch_size", "input_size", "label_smoothing"} <= set(cfg.recipe)
+    assert cfg.recipe["input_size"] == cfg.input_size
+    assert cfg.test_accuracy >= 0.92
+    assert pretrained.sha256(path) == cfg.sha256
+
+
+def test_unknown_tag():
+    with pytest.raises(zoo.PretrainedError, match=r"no pretrained weights 'nin.imagenet'; shipped: nin.fashion_mnist"):
+        zoo.load("nin", "torch", weights="imagenet")
+    with pytest.raises(TypeError, match="pretrained weights fix the spec"):
+        zoo.load("nin", "torch", weights="fashion_mnist", num_classes=3)
+
+
+def test_hash_mismatch_is_refused(tmp_path, monkeypatch):
+    path, cfg = _cfg()
+    folder = tmp_path / "weights"
+    shutil.copytree(path.parent, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    damaged = bytearray((folder / cfg.file).read_bytes())
+    damaged[-1] ^= 1
+    (folder / cfg.file).write_bytes(bytes(damaged))
+    monkeypatch.setattr(pretrained, "_folder", lambda: folder)
+    with pytest.raises(zoo.PretrainedError, match=r"has SHA-256 [0-9a-f]{64}, the manifest says .*reinstall"):
+        zoo.load("nin", "torch", weights="fashion_mnist")
+
+
+def test_load_in_every_framework(framework):
+    import conversion
+
+    path, cfg = _cfg()
+    model = zoo.load("nin", framework, weights="fashion_mnist")
+    stored = conversion.read(path).weights
+    got = zoo.get_weights(model)
+    assert all(np.array_equal(got[k], stored[k]) for k in stored)
+    assert zoo.spec_of(model) == zoo.get_spec("nin", input_size=cfg.input_size)
+
+
+def test_loads_from_any_directory(tmp_path):
+    code = ("import zoo, numpy as np; m = zoo.load('nin', 'torch', weights='fashion_mnist'); "
+            "print(sum(float(np.abs(v).sum()) > 0 for v in zoo.get_weights(m).values()))")
+    pytest.importorskip("torch")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "24"
+
+
+def _test_set_reference():
+    """float64-reference logits for the whole test split (stored at release), and the labels."""
+    _, cfg = _cfg()
+    return pretrained.test_logits(cfg).astype(np.float64), data.load_fashion_mnist("test")[1]
+
+
+@needs_data
+def test_stored_reference_is_the_reference():
+    """The stored logits are what the float64 reference computes now, on a slice."""
+    path, cfg = _cfg()
+    import conversion
+
+    images, _ = data.load_fashion_mnist("test")
+    spec = zoo.get_spec("nin", input_size=cfg.input_size)
+    fresh = reference.forward(spec, conversion.read(path).weights,
+                              data.preprocess(images[:200], cfg.input_size, cfg.mean, cfg.std))
+    np.testing.assert_allclose(_test_set_reference()[0][:200], fresh, rtol=1e-6, atol=1e-6)
+
+
+@needs_data
+def test_same_class_for_every_test_image(framework, record_error):
+    """All 10,000 test images: each framework predicts the reference's class, and reports its accuracy."""
+    from zoo.evaluate import logits
+
+    _, cfg = _cfg()
+    ref, labels = _test_set_reference()
+    out = logits(zoo.load("nin", framework, weights="fashion_mnist"), data.load_fashion_mnist("test")[0], cfg)
+    record_error("fashion_mnist_10k", framework, out, ref)
+    disagree = np.flatnonzero(out.argmax(1) != ref.argmax(1))
+    assert disagree.size == 0, f"{disagree.size} images classified differently, e.g. {disagree[:5]}"
+    accuracy = float((out.argmax(1) == labels).mean())
+    assert abs(accuracy - cfg.test_accuracy) <= 5e-4, (accuracy, cfg.test_accuracy)  # trained with jnp resizing
+    print(f"\n{framework}: test accuracy {accuracy:.4f}, max |logit - reference| {np.abs(out - ref).max():.2e}")
+
+
+@needs_data
+def test_evaluate_and_predict_commands(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pil = pytest.importorskip("PIL.Image", reason="predict: Pillow not installed (pip install '.[data]')")
+    from zoo.cli import main
+
+    _, cfg = _cfg()
+    assert main(["evaluate", "nin", "--weights", "fashion_mnist", "--framework", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("nin fashion_mnist in torch: test accuracy 0.9")
+    images, labels = data.load_fashion_mnist("test")
+    ref, _ = _test_set_reference()
+    picks = [int(i) for i in np.flatnonzero(ref.argmax(1) == labels)[:3]]
+    paths = []
+    for i in picks:
+        paths.append(str(tmp_path / f"{i}.png"))
+        pil.fromarray(images[i]).save(paths[-1])
+    inverted = str(tmp_path / "inverted.jpg")  # dark on light, as a product photo: inverted back by 'auto'
+    pil.fromarray(255 - images[picks[0]]).save(inverted, quality=95)
+    assert main(["predict", "nin", "--weights", "fashion_mnist", *paths, inverted]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for line, i in zip(lines, picks + picks[:1]):
+        top = line.split(": ", 1)[1].split(", ")
+        assert top[0].rsplit(" ", 1)[0] == cfg.label_names[labels[i]], line
+        assert len(top) == 3 and sum(float(t.rsplit(" ", 1)[1]) for t in top) <= 1.0 + 1e-6
+    assert main(["predict", "nin", "--weights", "fashion_mnist", str(tmp_path / "missing.png")]) == 2
+    assert "cannot read" in capsys.readouterr().err
