@@ -61,6 +61,7 @@ class Trainer:
         r = jnp.asarray(data.resize_matrix(28, recipe.input_size), jnp.float32)
         self._prep = lambda x: ((jnp.einsum("oh,nhw,pw->nop", r, x.astype(jnp.float32) / 255.0, r)
                                  - recipe.mean) / recipe.std)[..., None]  # [B, S, S, 1]
+        self._forward = nnx.jit(lambda m, x: m(self._prep(x)))  # compiled once, reused every epoch
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -98,11 +99,9 @@ class Trainer:
     def evaluate(self, images: np.ndarray, labels: np.ndarray, batch: int = 500) -> tuple[float, float]:
         """(mean cross-entropy, accuracy) with dropout off."""
         self.model.eval()
-        prep = self._prep
-        forward = nnx.jit(lambda m, x: m(prep(x)))
         loss = correct = 0.0
         for i in range(0, len(images), batch):
-            logits = forward(self.model, jnp.asarray(images[i:i + batch]))
+            logits = self._forward(self.model, jnp.asarray(images[i:i + batch]))
             y = jnp.asarray(labels[i:i + batch])
             loss += float(optax.softmax_cross_entropy_with_integer_labels(logits, y).sum())
             correct += float((logits.argmax(-1) == y).sum())
@@ -118,7 +117,7 @@ class Trainer:
         while self.epoch < min(r.epochs, stop_after or r.epochs):
             rng = np.random.default_rng([r.seed, self.epoch])
             order = rng.permutation(len(self.train_x))
-            t0, seen, loss_sum, acc_sum = time.perf_counter(), 0, 0.0, 0.0
+            t0, seen = time.perf_counter(), 0
             for i in range(self.steps_per_epoch):
                 idx = order[i * r.batch_size:(i + 1) * r.batch_size]
                 x = self._augment(self.train_x[idx], rng)
@@ -126,8 +125,7 @@ class Trainer:
                 loss, acc = step(self.model, self.optimizer, jnp.asarray(x), jnp.asarray(self.train_y[idx]), k)
                 seen += len(idx)
                 if progress and (i % 10 == 9 or i == self.steps_per_epoch - 1):
-                    loss_sum, acc_sum = float(loss), float(acc)
-                    self._bar(i + 1, seen / (time.perf_counter() - t0), loss_sum, acc_sum)
+                    self._bar(i + 1, seen / (time.perf_counter() - t0), float(loss), float(acc))
             train_seconds = time.perf_counter() - t0
             test_loss, test_acc = self.evaluate(self.test_x, self.test_y)
             self.epoch += 1
