@@ -85,8 +85,7 @@ def _run(framework: str, spec: NiNSpec, weights: dict[str, np.ndarray], x: np.nd
     except zoo.FrameworkNotInstalled:
         return reference.forward(spec, weights, x), "numpy float64 reference"
     zoo.set_weights(model, weights)
-    nhwc = zoo.FRAMEWORKS[framework].layout == "NHWC"
-    return zoo.predict(model, x.transpose(0, 2, 3, 1) if nhwc else x), framework
+    return zoo.predict(model, x, layout="NCHW"), framework
 
 
 def convert(src, dst, *, model: str | None = None, overrides: dict | None = None, spec: NiNSpec | None = None,

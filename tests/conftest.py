@@ -110,8 +110,7 @@ def to_device(fw: str, model, device: str):
 
 def run(fw: str, model, x_nchw: np.ndarray) -> np.ndarray:
     """Run a zoo model on an NCHW batch, whatever its framework's layout."""
-    x = x_nchw if zoo.FRAMEWORKS[fw].layout == "NCHW" else x_nchw.transpose(0, 2, 3, 1)
-    return zoo.predict(model, np.ascontiguousarray(x))
+    return zoo.predict(model, x_nchw, layout="NCHW")
 
 
 def random_weights(spec, seed: int) -> dict[str, np.ndarray]:
