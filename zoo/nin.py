@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -241,7 +242,18 @@ class NiNSpec:
             shapes.append((layer.name, (batch, c) if isinstance(op, Flatten) else (batch, c, h, w)))
         return shapes
 
-    @property
+    def flops(self, input_size: tuple[int, int] | None = None) -> int:
+        """Floating-point operations of one image's forward pass: 2 per multiply-add of each conv.
+
+        Biases, ReLUs and pools add under 1% and are not counted, as is usual for CNNs.
+        """
+        total, shapes = 0, dict(self.layer_shapes(input_size))
+        for name, conv in self.convs().items():
+            _, c_out, h, w = shapes[name]
+            total += 2 * h * w * c_out * conv.in_channels * conv.kernel_size**2
+        return total
+
+    @functools.cached_property  # a search over sizes; check_input runs it on every forward call
     def min_input_size(self) -> int:
         """The smallest square input that every layer accepts."""
         n = 1
