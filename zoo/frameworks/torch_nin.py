@@ -2,6 +2,11 @@
 
 The module tree mirrors the canonical names (`blocks.0.conv0.weight` is
 `model.blocks[0].conv0.weight`), so this adapter only converts tensors.
+
+Inside, the model computes in channels_last memory format: its conv weights are
+stored so, and `forward` turns the input into it (a view when C is 1; else one
+copy). oneDNN's convolutions run 1.3-1.7x faster so on CPU (`zoo bench`), and the
+caller still passes and sees ordinary NCHW tensors.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo.nin import ConvSpec, NiNSpec, PoolSpec
+from zoo.nin import Activation, ConvSpec, NiNSpec, PoolSpec
 
 LAYOUT = "NCHW"
 
@@ -19,9 +24,7 @@ def _conv(c: ConvSpec) -> nn.Conv2d:
     return nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding)
 
 
-def _pool(p: PoolSpec | None) -> nn.Module:
-    if p is None:
-        return nn.Identity()
+def _pool(p: PoolSpec) -> nn.Module:
     if p.kind == "max":
         return nn.MaxPool2d(p.size, p.stride, p.padding)  # pads with -inf; floor sizes
     return nn.AvgPool2d(p.size, p.stride, p.padding, count_include_pad=p.count_include_pad)
@@ -33,13 +36,13 @@ class NiNBlock(nn.Module):
     def __init__(self, convs: tuple[ConvSpec, ConvSpec, ConvSpec]):
         super().__init__()
         self.conv0, self.conv1, self.conv2 = (_conv(c) for c in convs)
-        # Modules rather than functional calls, so that a layer-by-layer trace finds them.
-        self.relu0, self.relu1, self.relu2 = nn.ReLU(), nn.ReLU(), nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W]
-        x = self.relu0(self.conv0(x))
-        x = self.relu1(self.conv1(x))
-        return self.relu2(self.conv2(x))
+        # ReLU in place, as torchvision does: a new tensor per ReLU made them 17% of the time
+        # at 32x224; and as a function, since 12 more module calls cost 1.5% at 1x96.
+        x = self.conv0(x).relu_()
+        x = self.conv1(x).relu_()
+        return self.conv2(x).relu_()
 
 
 class NiN(nn.Module):
@@ -51,22 +54,28 @@ class NiN(nn.Module):
             blocks.append(NiNBlock(stage.block.convs(channels)))
             channels = stage.block.widths[-1]
         self.blocks = nn.ModuleList(blocks)
-        self.pools = nn.ModuleList(_pool(s.pool) for s in spec.stages)
-        self.dropouts = nn.ModuleList(nn.Dropout(s.dropout) if s.dropout else nn.Identity() for s in spec.stages)
+        # Keyed by stage, present only where the spec has one: `pools.0`, `dropouts.2`.
+        self.pools = nn.ModuleDict({str(b): _pool(s.pool) for b, s in enumerate(spec.stages) if s.pool})
+        self.dropouts = nn.ModuleDict({str(b): nn.Dropout(s.dropout) for b, s in enumerate(spec.stages) if s.dropout})
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, num_classes]
         self.spec.check_input(tuple(x.shape), LAYOUT)
-        for block, pool, dropout in zip(self.blocks, self.pools, self.dropouts):
-            x = dropout(pool(block(x)))
+        x = x.contiguous(memory_format=torch.channels_last)
+        for b, block in enumerate(self.blocks):
+            x = block(x)
+            if str(b) in self.pools:
+                x = self.pools[str(b)](x)
+            if str(b) in self.dropouts:
+                x = self.dropouts[str(b)](x)
         return self.flatten(self.global_pool(x))
 
 
 # --------------------------------------------------------------------------- adapter
 
 def build(spec: NiNSpec, weights: dict[str, np.ndarray]) -> NiN:
-    model = NiN(spec)
+    model = NiN(spec).to(memory_format=torch.channels_last)
     set_weights(model, weights)
     return model.eval()
 
@@ -80,7 +89,8 @@ def spec_of(model: NiN) -> NiNSpec:
 
 
 def get_weights(model: NiN) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+    # copies, C-contiguous: the conv weights are channels_last (permuted strides) here
+    return {k: np.array(v.detach().cpu().numpy(), order="C") for k, v in model.state_dict().items()}
 
 
 def set_weights(model: NiN, weights: dict[str, np.ndarray]) -> None:
@@ -100,6 +110,6 @@ def trace(model: NiN, x: np.ndarray) -> list[tuple[str, tuple[int, ...]]]:
     out, t = [], torch.as_tensor(x, device=next(model.parameters()).device)
     with torch.inference_mode():
         for layer in model.spec.layers():
-            t = model.get_submodule(layer.name)(t)
+            t = torch.relu(t) if isinstance(layer.op, Activation) else model.get_submodule(layer.name)(t)
             out.append((layer.name, tuple(t.shape)))
     return out
