@@ -6,6 +6,7 @@
     zoo convert nin model.pt model.weights.h5            # any format to any other, verified
     zoo convert --from torch --to keras IN OUT
     zoo inspect model.pt
+    zoo bench                                            # inference speed, side by side with alternatives
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import ast
 import sys
 
 import zoo
+from zoo import bench
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -84,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--top", type=int, default=3)
     pr.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                     help="Fashion-MNIST is light-on-dark; 'auto' inverts images with a light border")
+    b = sub.add_parser("bench", help="inference throughput per framework, side by side with its alternatives",
+                       description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_arguments(b)
     return p
 
 
@@ -136,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
         elif args.command == "train":
             _train(args)
+        elif args.command == "bench":
+            bench.run(args)
         elif args.command == "inspect":
             import conversion
 
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zoo: interrupted; no output was written", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, KeyError, ImportError, OSError) as e:
+    except (ValueError, TypeError, KeyError, ImportError, OSError, bench.BenchError) as e:
         print(f"zoo: error: {e}", file=sys.stderr)
         return 2
     return 0

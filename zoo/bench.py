@@ -1,0 +1,259 @@
+"""`zoo bench`: inference throughput of a zoo model, side by side with each framework's alternatives.
+
+For each framework, in a process of its own (so that imports don't interfere):
+  * every way of running the model that the framework offers (`zoo/frameworks/<fw>_bench.py`),
+    on the same random batch, for each batch size x input size;
+  * warm-up (compilation included) excluded; then `rounds` rounds in which each alternative,
+    in turn, runs for at least `min_time` seconds; the median round gives images/s. Taking
+    turns spreads any slowdown of the machine over all alternatives alike;
+  * each alternative's speed relative to the zoo's default call (the first row; the median of
+    the ratios within each round), its achieved GFLOP/s (FLOPs counted from the spec), and
+    the framework's float32 matmul rate, measured in the same process, as the ceiling;
+  * the largest difference of its logits from the default's, so a fast but wrong path shows.
+Then, in fresh processes, the time to first prediction: the framework's bare import, and
+`zoo.load` to the first output (compilation included) on top of it.
+
+    zoo bench                                   # nin; torch, flax, keras
+    zoo bench --frameworks torch --cases 32x224 --rounds 9
+    zoo bench --frameworks keras[jax]           # Keras on another backend
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import zoo
+from zoo._frameworks import FRAMEWORKS
+
+CASES = ((1, 96), (32, 96), (1, 224), (32, 224))  # (batch, input size)
+
+
+class BenchError(RuntimeError):
+    """A framework's benchmark process failed."""
+
+
+# What "the framework's bare import" is, for time to first prediction.
+BARE_IMPORTS = {"torch": "import torch", "flax": "import jax, flax.nnx", "keras": "import keras"}
+
+
+def _target(text: str) -> tuple[str, dict[str, str]]:
+    """'keras[jax]' -> ('keras', {'KERAS_BACKEND': 'jax'}); 'torch' -> ('torch', {})."""
+    name, _, rest = text.partition("[")
+    if name not in FRAMEWORKS or (rest and (name != "keras" or not rest.endswith("]"))):
+        raise ValueError(f"unknown framework {text!r}; choose from {', '.join(FRAMEWORKS)} or keras[BACKEND]")
+    return name, ({"KERAS_BACKEND": rest[:-1]} if rest else {})
+
+
+def _case(text: str) -> tuple[int, int]:
+    try:
+        batch, size = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a case is BATCHxSIZE, e.g. 32x224; got {text!r}") from None
+    return batch, size
+
+
+# --------------------------------------------------------------------------- in a framework's process
+
+def _time(run, min_time: float) -> tuple[float, int]:
+    """Seconds per call over a stretch of at least min_time, and the number of calls."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        run()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return elapsed / calls, calls
+
+
+def measure(framework: str, model_name: str, cases, rounds: int, min_time: float,
+            only: list[str] | None = None, seed: int = 0) -> dict:
+    """Every alternative of one framework on every case; runs in that framework's process."""
+    bench = importlib.import_module(f"zoo.frameworks.{framework}_bench")
+    model = zoo.load(model_name, framework, seed=seed)
+    spec = zoo.spec_of(model)
+    result = {"framework": framework, "describe": bench.describe(), "matmul_gflops": bench.matmul_gflops(),
+              "model": model_name, "cases": []}
+    rng = np.random.default_rng(seed)
+    for batch, size in cases:
+        x = rng.standard_normal((batch, spec.in_channels, size, size), dtype=np.float32)
+        if bench.LAYOUT == "NHWC":
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        flops = spec.flops((size, size)) * batch
+        runs, rows, reference = {}, {}, None
+        for i, (name, make) in enumerate(bench.alternatives(model).items()):
+            if only and i and not any(text in name for text in only):  # the first, the default, stays
+                continue
+            try:
+                run = make(x)
+                t = time.perf_counter()
+                out = run()  # the first call compiles, where there is compiling to do
+                first = time.perf_counter() - t
+                _time(run, min_time / 2)  # warm-up
+            except Exception as e:  # reported in the table, e.g. torch.compile without a C++ compiler
+                rows[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+                continue
+            out = np.asarray(out)
+            reference = out if reference is None else reference
+            runs[name] = run
+            rows[name] = {"first_call_s": first, "max_abs_diff": float(np.abs(out - reference).max()), "times": []}
+        for r in range(rounds):
+            names = list(runs)
+            names = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
+            for name in names:
+                rows[name]["times"].append(_time(runs[name], min_time)[0])
+        default = rows[next(iter(rows))].get("times")
+        for row in rows.values():
+            if "times" in row:
+                times = row.pop("times")
+                row["seconds"] = statistics.median(times)
+                row["images_per_s"] = batch / row["seconds"]
+                row["gflops"] = flops / row["seconds"] / 1e9
+                # speed relative to the default in the same round, so that a slow spell of
+                # the machine, which touches both, cancels out
+                row["vs_default"] = statistics.median(d / t for d, t in zip(default, times)) if default else None
+        result["cases"].append({"batch": batch, "size": size, "flops": flops, "rows": rows})
+        print(f"  {framework}: {batch}x{size} done", file=sys.stderr, flush=True)
+    return result
+
+
+def first_prediction(framework: str, model_name: str) -> dict:
+    """In a fresh process: the bare framework import, then zoo.load to the first output."""
+    t0 = time.perf_counter()
+    exec(BARE_IMPORTS[framework], {})
+    t1 = time.perf_counter()
+    model = zoo.load(model_name, framework)
+    spec = zoo.spec_of(model)
+    x = np.zeros((1, spec.in_channels, *spec.input_size), np.float32)
+    t2 = time.perf_counter()
+    zoo.predict(model, x, layout="NCHW")
+    t3 = time.perf_counter()
+    return {"bare_import_s": t1 - t0, "load_s": t2 - t1, "first_predict_s": t3 - t2}
+
+
+# --------------------------------------------------------------------------- the driver
+
+def _worker(args: list[str], env: dict[str, str]) -> dict:
+    cmd = [sys.executable, "-m", "zoo.bench", *args]
+    quiet = {"TF_CPP_MIN_LOG_LEVEL": "2"}  # TensorFlow's start-up notices, unless the user set a level
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**quiet, **os.environ, **env})
+    if proc.returncode:
+        raise BenchError(f"the benchmark's worker failed (exit {proc.returncode}; its error is above): {' '.join(cmd)}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}, Python {platform.python_version()}"
+
+
+def format_results(results: list[dict], machine: str, markdown: bool = False) -> str:
+    """The side-by-side tables: a block per framework, a column group per case."""
+    lines = [f"Machine: {machine}", ""]
+    for res in results:
+        cases = res["cases"]
+        lines.append(f"{res['target']}: {res['describe']}; float32 matmul 2048x2048: "
+                     f"{res['matmul_gflops']:.0f} GFLOP/s")
+        head = ["alternative"] + [f"b{c['batch']} {c['size']}x{c['size']}: img/s, x default, GFLOP/s" for c in cases]
+        body = []
+        for name in cases[0]["rows"]:
+            cells = [name + (" [default]" if name == next(iter(cases[0]["rows"])) else "")]
+            for c in cases:
+                row = c["rows"][name]
+                if "error" in row:
+                    cells.append("failed: " + row["error"])
+                    continue
+                ratio = "  n/a" if row["vs_default"] is None else f"x{row['vs_default']:.2f}"
+                cells.append(f"{row['images_per_s']:.1f}  {ratio}  "
+                             f"{row['gflops']:.1f}" + ("" if row["max_abs_diff"] < 1e-3 else
+                                                        f"  (differs by {row['max_abs_diff']:.1e})"))
+            body.append(cells)
+        lines += _table(head, body, markdown)
+        first = res["first"]
+        lines.append(f"time to first prediction (nin, batch 1, {res['nominal']}): bare import "
+                     f"{first['bare_import_s']:.2f} s, then zoo.load {first['load_s']:.2f} s + first call "
+                     f"{first['first_predict_s']:.2f} s = {first['load_s'] + first['first_predict_s']:.2f} s")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _table(head: list[str], body: list[list[str]], markdown: bool) -> list[str]:
+    if markdown:
+        return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in body]
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return [fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default="nin")
+    p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), metavar="FW",
+                   help="torch, flax, keras, or keras[BACKEND] (default: torch flax keras)")
+    p.add_argument("--cases", nargs="+", type=_case, default=list(CASES), metavar="BxS",
+                   help="batch x input size (default: 1x96 32x96 1x224 32x224)")
+    p.add_argument("--only", nargs="+", metavar="TEXT",
+                   help="measure only the alternatives whose names contain one of these (the default is always kept)")
+    p.add_argument("--rounds", type=int, default=7, help="timed rounds per alternative; medians are reported")
+    p.add_argument("--min-time", type=float, default=0.3, help="seconds each alternative runs in a round")
+    p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    p.add_argument("--json", metavar="FILE", help="also write every measurement to FILE")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--first", help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.worker:
+        print(json.dumps(measure(args.worker, args.model, args.cases, args.rounds, args.min_time, args.only)))
+        return
+    if args.first:
+        print(json.dumps(first_prediction(args.first, args.model)))
+        return
+    spec = zoo.get_spec(args.model)  # an unknown model fails here, before any process starts
+    if args.rounds < 1 or args.min_time <= 0:
+        raise ValueError("--rounds must be at least 1 and --min-time above 0")
+    for batch, size in args.cases:
+        if batch < 1 or size < spec.min_input_size:
+            raise ValueError(f"case {batch}x{size}: the batch must be at least 1 and the size at least "
+                             f"{spec.min_input_size}, {args.model}'s minimum input")
+    targets = [(text, *_target(text)) for text in args.frameworks]  # all checked before the first starts
+    cases = [f"{b}x{s}" for b, s in args.cases]
+    only = ["--only", *args.only] if args.only else []
+    results = []
+    for text, framework, env in targets:
+        print(f"{text} ...", file=sys.stderr, flush=True)
+        res = _worker([args.model, "--worker", framework, "--cases", *cases, "--rounds", str(args.rounds),
+                       "--min-time", str(args.min_time), *only], env)
+        res["first"] = _worker([args.model, "--first", framework], env)
+        res["target"], res["nominal"] = text, "x".join(map(str, spec.input_size))
+        results.append(res)
+    machine = _machine()
+    print(format_results(results, machine, args.markdown))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "results": results}, f, indent=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m zoo.bench", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    run(p.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
