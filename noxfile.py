@@ -1,4 +1,4 @@
-"""nox sessions: `nox` runs the suite, Keras on every backend, the accelerator check and lint."""
+"""nox sessions: `nox` runs the suite, Keras on every backend, the accelerator check and lint; `nox -s bench` times."""
 
 from __future__ import annotations
 
@@ -46,6 +46,14 @@ def accelerator(session: nox.Session) -> None:
     session.run(*agreement, "-m", "torch or flax", env=GPU_ENV)
     for backend in KERAS_BACKEND_PACKAGES:  # a backend that is not installed is skipped by name
         session.run(*agreement, "-m", "keras", env={**GPU_ENV, "KERAS_BACKEND": backend})
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Inference throughput side by side with each framework's alternatives (`zoo bench`; not run by default)."""
+    session.install(".[all]", TORCH)
+    args = session.posargs or ["--frameworks", "torch", "flax", "keras[tensorflow]", "keras[jax]"]
+    session.run("zoo", "bench", *args)
 
 
 @nox.session

@@ -48,8 +48,11 @@ def _xla_call(model):
         import jax
 
         call = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
-        tv, ntv = [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
-        return lambda x: (lambda: np.asarray(call(tv, ntv, x)))
+        # the variables' current values at every call: Keras' own predict step donates and
+        # replaces their buffers, so values captured once would be deleted arrays
+        values = lambda vs: [v.value for v in vs]
+        return lambda x: (lambda: np.asarray(call(values(model.trainable_variables),
+                                                  values(model.non_trainable_variables), x)))
     return None
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import zoo
+from zoo.nin import Activation
 
 LAYOUT = "NCHW"
 
@@ -41,8 +42,10 @@ def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
 
 
 def _sequential(model) -> torch.nn.Sequential:
-    """The zoo model's own layers (and weights) in a plain nn.Sequential, as d2l writes NiN."""
-    layers = [copy.deepcopy(model.get_submodule(layer.name)) for layer in zoo.spec_of(model).layers()]
+    """The zoo model's layers (copies, same weights) in a plain nn.Sequential, as d2l writes NiN,
+    with in-place ReLU modules."""
+    layers = [torch.nn.ReLU(inplace=True) if isinstance(layer.op, Activation)
+              else copy.deepcopy(model.get_submodule(layer.name)) for layer in zoo.spec_of(model).layers()]
     return torch.nn.Sequential(*layers).eval()
 
 

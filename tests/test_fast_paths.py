@@ -1,0 +1,134 @@
+"""The fast default paths compute the same function, and `zoo bench` measures what it says.
+
+Speed itself is never asserted here (that is `zoo bench`'s job); these tests pin down what
+the fast paths must not break: outputs, the caller's tensors, weight updates, memory.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import label, random_weights
+
+import zoo
+from zoo.reference import forward as reference
+
+
+def test_flops_match_a_hand_count():
+    # d2l NiN at 224x224, from the seed post's shapes: (out H*W, out C, in C, kernel)
+    convs = [(54 * 54, 96, 1, 11), (54 * 54, 96, 96, 1), (54 * 54, 96, 96, 1),
+             (26 * 26, 256, 96, 5), (26 * 26, 256, 256, 1), (26 * 26, 256, 256, 1),
+             (12 * 12, 384, 256, 3), (12 * 12, 384, 384, 1), (12 * 12, 384, 384, 1),
+             (5 * 5, 10, 384, 3), (5 * 5, 10, 10, 1), (5 * 5, 10, 10, 1)]
+    assert zoo.get_spec("nin").flops() == sum(2 * hw * co * ci * k * k for hw, co, ci, k in convs) == 1_524_594_704
+    assert zoo.get_spec("nin").flops((96, 96)) == 215_999_120
+
+
+def test_min_input_size_is_computed_once():
+    spec = zoo.get_spec("nin")
+    assert spec.min_input_size == 67 and "min_input_size" in vars(spec)  # cached on the instance
+    assert spec == zoo.get_spec("nin") and hash(spec) == hash(zoo.get_spec("nin"))  # not part of equality
+    assert "min_input_size" not in spec.to_dict()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("preset, shape", [("nin", (2, 1, 80, 72)), ("nin_cifar10", (2, 3, 32, 32))])
+def test_torch_channels_last_inside_ncwh_outside(preset, shape):
+    import torch
+
+    spec = zoo.get_spec(preset)
+    weights = random_weights(spec, 1)
+    model = zoo.load(preset, "torch", weights=weights)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.ndim == 4)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
+    before = x.clone()
+    with torch.inference_mode():
+        out = model(x)
+        out_strided = model(x.transpose(2, 3).contiguous().transpose(2, 3))  # a non-contiguous NCHW view
+    assert torch.equal(x, before), "the in-place ReLUs wrote into the caller's input"
+    ref = reference(spec, weights, x.numpy().astype(np.float64))
+    assert out.shape == ref.shape and np.abs(out.numpy() - ref).max() <= 1e-5 * max(1, np.abs(ref).max())
+    assert torch.allclose(out, out_strided, atol=1e-6)
+
+
+@pytest.mark.torch
+def test_torch_get_weights_are_contiguous_copies():
+    model = zoo.load("nin_cifar10", "torch", weights=random_weights(zoo.get_spec("nin_cifar10"), 2))  # biases != 0
+    w = zoo.get_weights(model)
+    assert all(a.flags["C_CONTIGUOUS"] and a.flags["OWNDATA"] for a in w.values())
+    w["blocks.0.conv0.weight"][:] = 0
+    w["blocks.0.conv0.bias"][:] = 0
+    assert np.abs(zoo.get_weights(model)["blocks.0.conv0.weight"]).max() > 0
+    assert np.abs(zoo.get_weights(model)["blocks.0.conv0.bias"]).max() > 0
+
+
+@pytest.mark.flax
+def test_flax_predict_sees_weight_updates_and_lets_models_go():
+    from zoo.frameworks import flax_nin
+
+    spec = zoo.get_spec("nin_cifar10")
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3), dtype=np.float32)
+    model = zoo.load("nin_cifar10", "flax", seed=0)
+    zoo.predict(model, x)  # compiles, and caches the model's split
+    # set_weights, then an in-place update of one Variable, as an optimizer makes
+    new = random_weights(spec, 5)
+    zoo.set_weights(model, new)
+    ref = reference(spec, new, x.transpose(0, 3, 1, 2).astype(np.float64))
+    after_set = zoo.predict(model, x)
+    assert np.abs(after_set - ref).max() <= 1e-5 * max(1, np.abs(ref).max())
+    model.blocks[2].conv2.bias[...] = model.blocks[2].conv2.bias[...] + 1.0
+    assert np.abs(zoo.predict(model, x) - after_set).max() > 0.5
+    # another input shape retraces; the cache holds no model alive
+    assert zoo.predict(model, x[:1, :21, :21]).shape == (1, 10)
+    del model
+    gc.collect()
+    assert len(flax_nin._split) == 0
+
+
+@pytest.mark.keras
+def test_keras_predict_follows_shapes_and_weights():
+    spec = zoo.get_spec("nin_cifar10")
+    model = zoo.load("nin_cifar10", "keras", seed=0)
+    rng = np.random.default_rng(0)
+    for shape in [(1, 32, 32, 3), (3, 21, 25, 3), (1, 32, 32, 3)]:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        out = zoo.predict(model, x)
+        ref = reference(spec, zoo.get_weights(model), x.transpose(0, 3, 1, 2).astype(np.float64))
+        assert out.shape == ref.shape and np.abs(out - ref).max() <= 1e-5 * max(1, np.abs(ref).max())
+    new = random_weights(spec, 7)
+    zoo.set_weights(model, new)
+    ref = reference(spec, new, x.transpose(0, 3, 1, 2).astype(np.float64))
+    assert np.abs(zoo.predict(model, x) - ref).max() <= 1e-5 * max(1, np.abs(ref).max())
+
+
+# Fast alternatives only: torch.compile takes half a minute per shape on two cores.
+QUICK = {"torch": ["eager"], "flax": ["split"], "keras": ["predict_on_batch", "XLA"]}
+
+
+def test_bench_runs_every_alternative_and_they_agree(framework, tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "zoo.cli", "bench", "nin_cifar10", "--frameworks", framework,
+           "--cases", "2x32", "1x21", "--rounds", "2", "--min-time", "0.01", "--only", *QUICK[framework],
+           "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())["results"][0]
+    assert result["target"] == framework and result["matmul_gflops"] > 0
+    names = list(result["cases"][0]["rows"])
+    assert names[0] == "zoo.predict(model, x)" and len(names) >= 2, names
+    for case in result["cases"]:
+        assert case["flops"] == zoo.get_spec("nin_cifar10").flops((case["size"],) * 2) * case["batch"]
+        for name, row in case["rows"].items():
+            assert "error" not in row, f"{label(framework)} {name}: {row.get('error')}"
+            # every way of running the model computes the default's logits
+            assert row["max_abs_diff"] < 1e-4, f"{label(framework)} {name} differs by {row['max_abs_diff']:.2e}"
+            assert row["images_per_s"] > 0 and row["gflops"] > 0 and row["vs_default"] > 0
+    first = result["first"]
+    assert first["bare_import_s"] > 0 and first["load_s"] > 0 and first["first_predict_s"] > 0
+    for name in names:
+        assert name in proc.stdout  # the printed table has a row per alternative
