@@ -151,7 +151,7 @@ def _jitted(model: NiN):
 
 def predict(model: NiN, x: np.ndarray) -> np.ndarray:
     forward, state = _jitted(model)
-    return np.asarray(forward(state, jnp.asarray(x)))
+    return np.asarray(forward(state, x))  # jit moves a numpy x itself, sooner than jnp.asarray
 
 
 def trace(model: NiN, x: np.ndarray) -> list[tuple[str, tuple[int, ...]]]:
