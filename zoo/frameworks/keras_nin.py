@@ -159,6 +159,7 @@ def predict(model: NiN, x: np.ndarray) -> np.ndarray:
     # Keras' compiled predict step (tf.function on TensorFlow, with XLA where Keras judges it
     # pays, i.e. on a GPU; jax.jit on JAX): 1.3-10x a direct call, which runs op by op, and
     # without the data pipeline that model.predict builds on every call (`zoo bench`).
+    model.spec.check_input(x.shape, LAYOUT)  # the JAX backend's predict step bypasses NiN.__call__
     return np.asarray(model.predict_on_batch(x))
 
 
