@@ -182,7 +182,7 @@ def format_results(results: list[dict], machine: str, markdown: bool = False) ->
                              f"{row['gflops']:.1f}" + ("" if row["max_abs_diff"] < 1e-3 else
                                                         f"  (differs by {row['max_abs_diff']:.1e})"))
             body.append(cells)
-        lines += _table(head, body, markdown)
+        lines += ["", *_table(head, body, markdown), ""] if markdown else _table(head, body, markdown)
         first = res["first"]
         lines.append(f"time to first prediction (nin, batch 1, {res['nominal']}): bare import "
                      f"{first['bare_import_s']:.2f} s, then zoo.load {first['load_s']:.2f} s + first call "
