@@ -132,3 +132,17 @@ def test_bench_runs_every_alternative_and_they_agree(framework, tmp_path):
     assert first["bare_import_s"] > 0 and first["load_s"] > 0 and first["first_predict_s"] > 0
     for name in names:
         assert name in proc.stdout  # the printed table has a row per alternative
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--frameworks", "tf"], "unknown framework 'tf'"),
+    (["--frameworks", "keras[nonexistent_backend]"], "nonexistent_backend not installed"),
+    (["--cases", "1x32"], "the size at least 67, nin's minimum input"),
+    (["--json", "no/such/folder/out.json"], "its folder does not exist"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
+])
+def test_bench_refuses_bad_arguments_before_measuring(args, message, capsys):
+    from zoo.cli import main
+
+    assert main(["bench", *args]) == 2
+    assert message in capsys.readouterr().err

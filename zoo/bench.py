@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -230,6 +231,14 @@ def run(args: argparse.Namespace) -> None:
             raise ValueError(f"case {batch}x{size}: the batch must be at least 1 and the size at least "
                              f"{spec.min_input_size}, {args.model}'s minimum input")
     targets = [(text, *_target(text)) for text in args.frameworks]  # all checked before the first starts
+    for text, framework, env in targets:
+        packages = FRAMEWORKS[framework].packages + tuple(env.values())  # keras[jax] needs jax too
+        missing = [p for p in packages if importlib.util.find_spec(p) is None]
+        if missing:
+            raise ValueError(f"{text}: {', '.join(missing)} not installed; "
+                             f"pip install 'multizoo[{FRAMEWORKS[framework].extra}]' or drop it from --frameworks")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise ValueError(f"--json {args.json}: its folder does not exist (checked now, not after the measurements)")
     cases = [f"{b}x{s}" for b, s in args.cases]
     only = ["--only", *args.only] if args.only else []
     results = []
