@@ -65,15 +65,15 @@ def _case(text: str) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- in a framework's process
 
-def _time(run, min_time: float) -> tuple[float, int]:
-    """Seconds per call over a stretch of at least min_time, and the number of calls."""
+def _time(run, min_time: float) -> float:
+    """Seconds per call over a stretch of at least min_time."""
     calls, start = 0, time.perf_counter()
     while True:
         run()
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_time:
-            return elapsed / calls, calls
+            return elapsed / calls
 
 
 def measure(framework: str, model_name: str, cases, rounds: int, min_time: float,
@@ -111,7 +111,7 @@ def measure(framework: str, model_name: str, cases, rounds: int, min_time: float
             names = list(runs)
             names = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
             for name in names:
-                rows[name]["times"].append(_time(runs[name], min_time)[0])
+                rows[name]["times"].append(_time(runs[name], min_time))
         default = rows[next(iter(rows))].get("times")
         for row in rows.values():
             if "times" in row:
@@ -170,9 +170,9 @@ def format_results(results: list[dict], machine: str, markdown: bool = False) ->
         lines.append(f"{res['target']}: {res['describe']}; float32 matmul 2048x2048: "
                      f"{res['matmul_gflops']:.0f} GFLOP/s")
         head = ["alternative"] + [f"b{c['batch']} {c['size']}x{c['size']}: img/s, x default, GFLOP/s" for c in cases]
-        body = []
+        body, default = [], next(iter(cases[0]["rows"]))
         for name in cases[0]["rows"]:
-            cells = [name + (" [default]" if name == next(iter(cases[0]["rows"])) else "")]
+            cells = [name + (" [default]" if name == default else "")]
             for c in cases:
                 row = c["rows"][name]
                 if "error" in row:
@@ -185,7 +185,7 @@ def format_results(results: list[dict], machine: str, markdown: bool = False) ->
             body.append(cells)
         lines += ["", *_table(head, body, markdown), ""] if markdown else _table(head, body, markdown)
         first = res["first"]
-        lines.append(f"time to first prediction (nin, batch 1, {res['nominal']}): bare import "
+        lines.append(f"time to first prediction ({res['model']}, batch 1, {res['nominal']}): bare import "
                      f"{first['bare_import_s']:.2f} s, then zoo.load {first['load_s']:.2f} s + first call "
                      f"{first['first_predict_s']:.2f} s = {first['load_s'] + first['first_predict_s']:.2f} s")
         lines.append("")

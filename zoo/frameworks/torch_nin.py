@@ -5,7 +5,7 @@ The module tree mirrors the canonical names (`blocks.0.conv0.weight` is
 
 Inside, the model computes in channels_last memory format: its conv weights are
 stored so, and `forward` turns the input into it (a view when C is 1; else one
-copy). oneDNN's convolutions run 1.3-1.7x faster so on CPU (`zoo bench`), and the
+copy). The whole network runs 1.16-1.64x faster so on CPU (`zoo bench`), and the
 caller still passes and sees ordinary NCHW tensors.
 """
 
@@ -68,7 +68,7 @@ class NiN(nn.Module):
             pool = self.pools[str(b)] if str(b) in self.pools else None
             if isinstance(pool, nn.MaxPool2d):
                 # ReLU and max pooling commute exactly (ReLU is monotonic), so the block's last
-                # ReLU runs after the pool, on a quarter of the values: 5% at 32x224.
+                # ReLU runs after the pool, on a quarter of the values (2% at 32x224).
                 x = pool(block(x, last_relu=False)).relu_()
             else:
                 x = block(x)
