@@ -58,12 +58,36 @@ def test_hash_mismatch_is_refused(small_set):
         data.load_fashion_mnist("train", root)
 
 
-def test_missing_files_name_the_install_command(tmp_path):
+def test_missing_files_name_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setattr(data, "DEFAULT_DIR", tmp_path)
     with pytest.raises(data.DatasetError, match=r"missing\. Install the data set with `sudo apt-get install "
                                                 r"dataset-fashion-mnist`, or point ZOO_FASHION_MNIST_DIR"):
-        data.load_fashion_mnist("test", tmp_path)
+        data.load_fashion_mnist("test")
     with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
         data.load_fashion_mnist("validation", tmp_path)
+
+
+def test_missing_files_name_the_folder_given(tmp_path, monkeypatch):
+    """A folder passed as root= (`--data`) or in the environment variable is named, not the install hint."""
+    missing = tmp_path / "nonexistent"
+    with pytest.raises(data.DatasetError, match=rf"^the folder you gave \({missing}\) does not exist: pass the "
+                                                r"folder that holds Fashion-MNIST's four IDX files"):
+        data.load_fashion_mnist("test", missing)
+    with pytest.raises(data.DatasetError, match=rf"^the folder you gave \({tmp_path}\) holds no t10k-images"):
+        data.load_fashion_mnist("test", tmp_path)
+    monkeypatch.setenv(data.ENV_VAR, str(missing))
+    with pytest.raises(data.DatasetError, match=rf"^ZOO_FASHION_MNIST_DIR={missing} does not exist: set "
+                                                r"ZOO_FASHION_MNIST_DIR to the folder"):
+        data.load_fashion_mnist("test")
+
+
+def test_cli_names_the_data_folder(tmp_path, capsys):
+    from zoo.cli import main
+
+    assert main(["evaluate", "nin", "--weights", "fashion_mnist", "--data", str(tmp_path / "nonexistent")]) == 2
+    err = capsys.readouterr().err
+    assert f"the folder you gave ({tmp_path / 'nonexistent'}) does not exist" in err and "apt-get" not in err
 
 
 def test_truncated_and_foreign_idx():

@@ -39,6 +39,17 @@ def test_unknown_tag():
         zoo.load("nin", "torch", weights="fashion_mnist", num_classes=3)
 
 
+def test_unknown_model_is_named_before_its_weights(capsys):
+    """`zoo predict ninn` says the model is unknown (with the close match), not that its weights are missing."""
+    from zoo.cli import main
+
+    with pytest.raises(zoo.UnknownModelError, match=r"unknown model 'ninn'\. Did you mean 'nin'\?"):
+        zoo.load("ninn", "torch", weights="fashion_mnist")
+    assert main(["predict", "ninn", "--weights", "fashion_mnist", "shirt.png"]) == 2
+    assert capsys.readouterr().err == ("zoo: error: unknown model 'ninn'. Did you mean 'nin'? "
+                                       "Known models: nin, nin_cifar10, nin_imagenet\n")
+
+
 def test_hash_mismatch_is_refused(tmp_path, monkeypatch):
     path, cfg = _cfg()
     folder = tmp_path / "weights"

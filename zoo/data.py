@@ -45,6 +45,19 @@ def _root(root: str | os.PathLike | None) -> Path:
     return Path(root or os.environ.get(ENV_VAR) or DEFAULT_DIR)
 
 
+def _missing(root, folder: Path, name: str) -> str:
+    """Why `name` is not in `folder`, naming where that folder came from."""
+    if root:
+        given, fix = f"the folder you gave ({folder})", "pass"
+    elif os.environ.get(ENV_VAR):
+        given, fix = f"{ENV_VAR}={folder}", f"set {ENV_VAR} to"
+    else:
+        return (f"Fashion-MNIST file {folder / name} is missing. Install the data set with `{INSTALL_HINT}`, "
+                f"or point {ENV_VAR} (or root=, --data) at a folder holding {name}")
+    what = "does not exist" if not folder.exists() else f"holds no {name}"
+    return f"{given} {what}: {fix} the folder that holds Fashion-MNIST's four IDX files ({name}, ...)"
+
+
 def read_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
     """Parse an IDX file's bytes (unsigned bytes only, as Fashion-MNIST's): [N] labels or [N, H, W] images."""
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
@@ -70,8 +83,7 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
         name, sha = FILES[(split, kind)]
         path = folder / name
         if not path.is_file():
-            raise DatasetError(f"Fashion-MNIST file {path} is missing. Install the data set with `{INSTALL_HINT}`, "
-                               f"or point {ENV_VAR} (or root=) at a folder holding {name}")
+            raise DatasetError(_missing(root, folder, name))
         raw = path.read_bytes()
         if check_hash and hashlib.sha256(raw).hexdigest() != sha:
             raise DatasetError(f"{path} has SHA-256 {hashlib.sha256(raw).hexdigest()}, expected {sha}: "

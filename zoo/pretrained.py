@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo._registry import get_spec
+
 MANIFEST = "manifest.json"
 
 
@@ -65,6 +67,7 @@ def list_pretrained(model: str | None = None) -> list[str]:
 
 def resolve(model: str, tag: str) -> tuple[Path, PretrainedCfg]:
     """The verified file and entry for `model` with `tag`."""
+    get_spec(model)  # an unknown model is named as such, with the close matches, before its weights
     entries = manifest()
     key = f"{model}.{tag}"
     if key not in entries:
