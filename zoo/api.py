@@ -122,12 +122,31 @@ def _describe(op) -> str:
     return type(op).__name__.replace("Activation", "ReLU")
 
 
+class Summary(str):
+    """The table `summary` prints, as a str (print it, search it, split its lines), holding its rows.
+
+    Its repr is one line, so a REPL echoing the returned value after `summary` printed the
+    table does not show the table a second time.
+    """
+
+    rows: tuple[tuple[str, str, str, str], ...]  # (layer, type, output shape, params), without the header
+    total_params: int
+
+    def __new__(cls, table: str, rows, total_params: int):
+        self = super().__new__(cls, table)
+        self.rows, self.total_params = tuple(rows), total_params
+        return self
+
+    def __repr__(self) -> str:
+        return f"<Summary: {self.splitlines()[0]}; {len(self.rows)} layers, {self.total_params:,} params>"
+
+
 def summary(name, framework: str | None = None, *, input_size: int | tuple[int, int] | None = None,
-            batch_size: int = 1, print_fn=print, **overrides) -> str:
-    """Print every layer's output shape and parameter count; return the table.
+            batch_size: int = 1, print_fn=print, **overrides) -> Summary:
+    """Print every layer's output shape and parameter count; return the table as a `Summary`.
 
     With a framework, the shapes are those its model really produces, layer by layer;
-    without one, those the spec predicts (NCHW).
+    without one, those the spec predicts (NCHW). `print_fn=None` prints nothing.
 
     >>> zoo.summary('nin', framework='keras', input_size=(224, 224))
     """
@@ -157,6 +176,7 @@ def summary(name, framework: str | None = None, *, input_size: int | tuple[int, 
         if i == 0:
             lines.append("  ".join("-" * wd for wd in widths))
     lines.append(f"Total params: {spec.num_params:,}   minimum input: {spec.min_input_size}x{spec.min_input_size}")
-    table = "\n".join(lines)
-    print_fn(table)
+    table = Summary("\n".join(lines), rows[1:], spec.num_params)
+    if print_fn:
+        print_fn(str(table))
     return table
