@@ -63,3 +63,48 @@ def test_refuses_to_mix_runs(tmp_path):
         _train(tmp_path / "run")
     with pytest.raises(ValueError, match="was trained with another recipe or spec"):
         _train(tmp_path / "run", flax_train.Recipe(**{**RECIPE.__dict__, "peak_lr": 1e-4}), resume=True)
+
+
+TRAIN_ARGS = ["--set", "widths=(16, 32, 32)", "--input-size", "67", "--epochs", "2", "--batch-size", "32",
+              "--lr", "2e-3", "--seed", "3", "--limit", "512"]
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after epoch 1's checkpoint: the message names it and the exact command, which then finishes the run."""
+    import shlex
+
+    from zoo.cli import main
+
+    save = flax_train.Trainer.save
+
+    def save_then_interrupt(self, out):
+        save(self, out)
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(flax_train.Trainer, "save", save_then_interrupt)
+    assert main(["train", "nin", "--out", str(out), *TRAIN_ARGS]) == 130
+    err = capsys.readouterr().err.splitlines()[-1]
+    command = shlex.join(["zoo", "train", "nin", "--out", str(out), *TRAIN_ARGS, "--resume"])
+    assert err == f"zoo: interrupted; kept the checkpoint of epoch 1 (the last complete one) in {out}. " \
+                  f"Resume with: {command}"
+    monkeypatch.setattr(flax_train.Trainer, "save", save)
+    assert main(shlex.split(command)[1:]) == 0
+    assert json.loads((out / "checkpoint.json").read_text())["epoch"] == 2
+    assert "resumed" in capsys.readouterr().err
+
+
+def test_ctrl_c_before_a_checkpoint_and_in_other_commands(tmp_path, monkeypatch, capsys):
+    import zoo.cli
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flax_train.Trainer, "run", interrupt)
+    out = tmp_path / "run"
+    assert zoo.cli.main(["train", "nin", "--out", str(out), *TRAIN_ARGS]) == 130
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        f"zoo: interrupted; no epoch was complete, so {out} holds no checkpoint yet. Resume with: zoo train nin")
+    monkeypatch.setattr(zoo.cli.zoo, "list_models", interrupt)
+    assert zoo.cli.main(["list"]) == 130
+    assert capsys.readouterr().err == "zoo: interrupted; no output was written\n"

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
+import shlex
 import sys
+from pathlib import Path
 
 import zoo
 from zoo import bench
@@ -105,7 +108,22 @@ def _train(args) -> None:
     print(f"test accuracy {trainer.history[-1]['test_acc']:.4f}; weights in {path}; curves in {args.out}/curves.png")
 
 
+def _interrupted(args, argv: list[str]) -> str:
+    """What Ctrl-C left behind: nothing, except for `zoo train`, whose checkpoints stay and can be resumed."""
+    if args.command != "train":
+        return "zoo: interrupted; no output was written"
+    out = Path(args.out)
+    again = shlex.join(["zoo", *argv, *([] if "--resume" in argv else ["--resume"])])
+    state = out / "checkpoint.json"
+    if state.is_file():
+        kept = f"kept the checkpoint of epoch {json.loads(state.read_text())['epoch']} (the last complete one) in {out}"
+    else:
+        kept = f"no epoch was complete, so {out} holds no checkpoint yet"
+    return f"zoo: interrupted; {kept}. Resume with: {again}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     try:
         if args.command == "list":
@@ -148,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(conversion.inspect(args.path, args.format, args.model))
     except KeyboardInterrupt:
-        print("zoo: interrupted; no output was written", file=sys.stderr)
+        print(_interrupted(args, argv), file=sys.stderr)
         return 130
     except (ValueError, TypeError, KeyError, ImportError, OSError, bench.BenchError) as e:
         print(f"zoo: error: {e}", file=sys.stderr)
