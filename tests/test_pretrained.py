@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -143,3 +144,38 @@ def test_evaluate_and_predict_commands(tmp_path, capsys):
         assert len(top) == 3 and sum(float(t.rsplit(" ", 1)[1]) for t in top) <= 1.0 + 1e-6
     assert main(["predict", "nin", "--weights", "fashion_mnist", str(tmp_path / "missing.png")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_release_writes_into_the_checkout_and_refuses_to_overwrite(tmp_path, monkeypatch):
+    """release: the checkout's weights/ by default, never the shipped tag without force=True; on 40 test images."""
+    from pathlib import Path
+
+    path, cfg = _cfg()
+    assert pretrained.checkout_folder() == Path(zoo.__file__).resolve().parents[1] / "weights"
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("release read the data set before refusing")
+
+    monkeypatch.setattr(data, "load_fashion_mnist", no_data)
+    shipped = {p.name: p.read_bytes() for p in path.parent.iterdir() if p.is_file()}
+    with pytest.raises(zoo.PretrainedError, match=r"^nin 'fashion_mnist' is already released \(.*"
+                                                  r"nin-fashion_mnist\.safetensors, .*nin-fashion_mnist\.test-logits"
+                                                  r"\.npy, the entry 'nin\.fashion_mnist' of .*manifest\.json\): "
+                                                  r"choose another tag, or pass force=True to replace it$"):
+        pretrained.release(path, "nin", "fashion_mnist")
+    assert {p.name: p.read_bytes() for p in path.parent.iterdir() if p.is_file()} == shipped
+
+    monkeypatch.setattr(pretrained, "_PACKAGE", tmp_path / "site-packages" / "zoo")  # a non-editable install
+    assert pretrained.checkout_folder() is None
+    with pytest.raises(zoo.PretrainedError, match=r"without a checkout: pass folder=, the weights/ folder"):
+        pretrained.release(path, "nin", "v2")
+
+    images = np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    monkeypatch.setattr(data, "load_fashion_mnist", lambda split: (images, np.zeros(40, np.uint8)))
+    got = pretrained.release(path, "nin", "v2", folder=tmp_path)
+    assert (tmp_path / "nin-v2.safetensors").read_bytes() == path.read_bytes() and got.sha256 == cfg.sha256
+    assert np.load(tmp_path / got.test_logits).shape == (40, 10)
+    with pytest.raises(zoo.PretrainedError, match="already released"):
+        pretrained.release(path, "nin", "v2", folder=tmp_path)
+    pretrained.release(path, "nin", "v2", folder=tmp_path, force=True)
+    assert list(json.loads((tmp_path / "manifest.json").read_text())) == ["nin.v2"]

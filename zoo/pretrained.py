@@ -21,6 +21,7 @@ import numpy as np
 from zoo._registry import get_spec
 
 MANIFEST = "manifest.json"
+_PACKAGE = Path(__file__).resolve().parent  # zoo/; its parent is the project root in a checkout
 
 
 class PretrainedError(ValueError):
@@ -120,16 +121,42 @@ def test_logits(cfg: PretrainedCfg) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-def release(run_weights: Path, model: str, tag: str, folder: Path | None = None) -> PretrainedCfg:
-    """Copy an exported run's weights into weights/, store the float64 reference's logits for the
-    test split beside them, and add (or replace) the manifest entry."""
+def checkout_folder() -> Path | None:
+    """The checkout's weights/ folder (the project root is the parent of the zoo package), or None
+    when zoo is installed without a checkout (a non-editable install)."""
+    root = _PACKAGE.parent
+    return root / "weights" if (root / "pyproject.toml").is_file() and (root / "weights").is_dir() else None
+
+
+def release(run_weights: Path, model: str, tag: str, folder: Path | None = None, *,
+            force: bool = False) -> PretrainedCfg:
+    """Copy an exported run's weights into the checkout's weights/ folder (or `folder`), store the float64
+    reference's logits for the test split beside them, and add the manifest entry.
+
+    An existing file or manifest entry for `model`.`tag` is refused unless `force=True`.
+    """
     from safetensors import safe_open
     from safetensors.numpy import load_file
 
     from zoo import data, reference
     from zoo.nin import NiNSpec
 
-    folder = Path(folder) if folder else _folder()
+    if folder is None:
+        folder = checkout_folder()
+        if folder is None:
+            raise PretrainedError(f"zoo is installed at {_PACKAGE} without a checkout: pass folder=, the weights/ "
+                                  f"folder of a multizoo checkout, to release into")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PretrainedError(f"{folder} is not a folder; pass the weights/ folder of a multizoo checkout")
+    name, logits_name, key = f"{model}-{tag}.safetensors", f"{model}-{tag}.test-logits.npy", f"{model}.{tag}"
+    manifest_path = folder / MANIFEST
+    raw = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    taken = [str(folder / n) for n in (name, logits_name) if (folder / n).exists()]
+    taken += [f"the entry {key!r} of {manifest_path}"] if key in raw else []
+    if taken and not force:
+        raise PretrainedError(f"{model} {tag!r} is already released ({', '.join(taken)}): choose another tag, "
+                              f"or pass force=True to replace it")
     with safe_open(str(run_weights), "np") as f:
         meta = f.metadata()
     entry = json.loads(meta["pretrained"])
@@ -138,16 +165,12 @@ def release(run_weights: Path, model: str, tag: str, folder: Path | None = None)
     images, _ = data.load_fashion_mnist("test")
     x = data.preprocess(images, entry["input_size"], entry["mean"], entry["std"])
     logits = np.concatenate([reference.forward(spec, weights, x[i:i + 500]) for i in range(0, len(x), 500)])
-    logits_name = f"{model}-{tag}.test-logits.npy"
     np.save(folder / logits_name, logits.astype(np.float32))
-    name = f"{model}-{tag}.safetensors"
     data_bytes = Path(run_weights).read_bytes()
     (folder / name).write_bytes(data_bytes)
     cfg = PretrainedCfg(model=model, tag=tag, file=name, sha256=hashlib.sha256(data_bytes).hexdigest(),
                         test_logits=logits_name, test_logits_sha256=sha256(folder / logits_name),
                         **{**entry, "label_names": tuple(entry["label_names"])})
-    path = folder / MANIFEST
-    raw = json.loads(path.read_text()) if path.exists() else {}
-    raw[f"{model}.{tag}"] = dataclasses.asdict(cfg)
-    path.write_text(json.dumps(raw, indent=2) + "\n")
+    raw[key] = dataclasses.asdict(cfg)
+    manifest_path.write_text(json.dumps(raw, indent=2) + "\n")
     return cfg
