@@ -117,6 +117,21 @@ def test_same_class_for_every_test_image(framework, record_error):
     print(f"\n{framework}: test accuracy {accuracy:.4f}, max |logit - reference| {np.abs(out - ref).max():.2e}")
 
 
+def test_progress_bar_only_when_asked(capsys):
+    """logits() is quiet by default; progress=True draws a tqdm bar on stderr (not a terminal here)."""
+    pytest.importorskip("torch")
+    from zoo.evaluate import logits
+
+    _, cfg = _cfg()
+    model = zoo.load("nin", "torch", weights="fashion_mnist")
+    images = np.zeros((12, 28, 28), np.uint8)
+    quiet = logits(model, images, cfg, batch=5)
+    assert capsys.readouterr() == ("", "")
+    np.testing.assert_array_equal(logits(model, images, cfg, batch=5, progress=True), quiet)
+    out, err = capsys.readouterr()
+    assert out == "" and "evaluate: 100%" in err and "12/12" in err and "img/s" in err, err
+
+
 @needs_data
 def test_evaluate_and_predict_commands(tmp_path, capsys):
     pytest.importorskip("torch")
@@ -125,7 +140,8 @@ def test_evaluate_and_predict_commands(tmp_path, capsys):
 
     _, cfg = _cfg()
     assert main(["evaluate", "nin", "--weights", "fashion_mnist", "--framework", "torch"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "evaluate: 100%" in err and "10000/10000" in err  # the progress bar, on stderr
     assert out.startswith("nin fashion_mnist in torch: test accuracy 0.9")
     images, labels = data.load_fashion_mnist("test")
     ref, _ = _test_set_reference()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -84,7 +85,12 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, monkeypatch, caps
     out = tmp_path / "run"
     monkeypatch.setattr(flax_train.Trainer, "save", save_then_interrupt)
     assert main(["train", "nin", "--out", str(out), *TRAIN_ARGS]) == 130
-    err = capsys.readouterr().err.splitlines()[-1]
+    err = capsys.readouterr().err
+    # the tqdm bar, not a terminal here: its last state, in images with loss, accuracy and images/s
+    bar = [line for line in err.split("\r") if line.startswith("epoch 1/2: 100%")]
+    assert bar and "512/512" in bar[-1] and re.search(r"img/s, loss \d\.\d{3}, acc 0\.\d{3}\]", bar[-1]), err
+    assert "epoch 1/2: test accuracy" in err
+    err = err.splitlines()[-1]
     command = shlex.join(["zoo", "train", "nin", "--out", str(out), *TRAIN_ARGS, "--resume"])
     assert err == f"zoo: interrupted; kept the checkpoint of epoch 1 (the last complete one) in {out}. " \
                   f"Resume with: {command}"

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             from zoo.evaluate import evaluate
 
-            acc, out, labels = evaluate(args.model, args.weights, args.framework, args.data)
+            acc, out, labels = evaluate(args.model, args.weights, args.framework, args.data, progress=True)
             print(f"{args.model} {args.weights} in {args.framework}: test accuracy {acc:.4f} "
                   f"({int(round(acc * len(labels)))}/{len(labels)})")
         elif args.command == "predict":

@@ -9,22 +9,29 @@ from __future__ import annotations
 import numpy as np
 
 from zoo import data
+from zoo._progress import bar
 from zoo.api import load, predict
 from zoo.pretrained import PretrainedCfg, resolve
 
 
-def logits(model, images: np.ndarray, cfg: PretrainedCfg, batch: int = 500) -> np.ndarray:
-    """Logits [N, classes] for uint8 images [N, 28, 28], preprocessed as the weights' metadata says."""
-    out = [predict(model, data.preprocess(images[i:i + batch], cfg.input_size, cfg.mean, cfg.std), layout="NCHW")
-           for i in range(0, len(images), batch)]
+def logits(model, images: np.ndarray, cfg: PretrainedCfg, batch: int = 500, progress: bool = False) -> np.ndarray:
+    """Logits [N, classes] for uint8 images [N, 28, 28], preprocessed as the weights' metadata says;
+    `progress` shows a bar on stderr."""
+    out = []
+    with bar(len(images), "evaluate", progress) as b:
+        for i in range(0, len(images), batch):
+            x = data.preprocess(images[i:i + batch], cfg.input_size, cfg.mean, cfg.std)
+            out.append(predict(model, x, layout="NCHW"))
+            b.update(len(x))
     return np.concatenate(out)
 
 
-def evaluate(name: str, tag: str, framework: str, data_root=None) -> tuple[float, np.ndarray, np.ndarray]:
-    """(test accuracy, logits, labels) on the 10,000 test images."""
+def evaluate(name: str, tag: str, framework: str, data_root=None,
+             progress: bool = False) -> tuple[float, np.ndarray, np.ndarray]:
+    """(test accuracy, logits, labels) on the 10,000 test images; `progress` shows a bar on stderr."""
     _, cfg = resolve(name, tag)
     images, labels = data.load_fashion_mnist("test", data_root)
-    out = logits(load(name, framework, weights=tag), images, cfg)
+    out = logits(load(name, framework, weights=tag), images, cfg, progress=progress)
     return float((out.argmax(1) == labels).mean()), out, labels
 
 

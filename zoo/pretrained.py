@@ -129,16 +129,18 @@ def checkout_folder() -> Path | None:
 
 
 def release(run_weights: Path, model: str, tag: str, folder: Path | None = None, *,
-            force: bool = False) -> PretrainedCfg:
+            force: bool = False, progress: bool = True) -> PretrainedCfg:
     """Copy an exported run's weights into the checkout's weights/ folder (or `folder`), store the float64
     reference's logits for the test split beside them, and add the manifest entry.
 
-    An existing file or manifest entry for `model`.`tag` is refused unless `force=True`.
+    An existing file or manifest entry for `model`.`tag` is refused unless `force=True`. The reference
+    takes about 2 minutes on 2 cores for the 10,000 images; `progress` shows a bar on stderr.
     """
     from safetensors import safe_open
     from safetensors.numpy import load_file
 
     from zoo import data, reference
+    from zoo._progress import bar
     from zoo.nin import NiNSpec
 
     if folder is None:
@@ -164,7 +166,12 @@ def release(run_weights: Path, model: str, tag: str, folder: Path | None = None,
     weights = load_file(str(run_weights))
     images, _ = data.load_fashion_mnist("test")
     x = data.preprocess(images, entry["input_size"], entry["mean"], entry["std"])
-    logits = np.concatenate([reference.forward(spec, weights, x[i:i + 500]) for i in range(0, len(x), 500)])
+    parts = []
+    with bar(len(x), "float64 reference, test split", progress) as b:
+        for i in range(0, len(x), 500):
+            parts.append(reference.forward(spec, weights, x[i:i + 500]))
+            b.update(len(parts[-1]))
+    logits = np.concatenate(parts)
     np.save(folder / logits_name, logits.astype(np.float32))
     data_bytes = Path(run_weights).read_bytes()
     (folder / name).write_bytes(data_bytes)

@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 
 from zoo import data
+from zoo._progress import bar
 from zoo.frameworks import flax_nin
 from zoo.nin import NiNSpec, init_weights
 
@@ -118,14 +119,16 @@ class Trainer:
             rng = np.random.default_rng([r.seed, self.epoch])
             order = rng.permutation(len(self.train_x))
             t0, seen = time.perf_counter(), 0
-            for i in range(self.steps_per_epoch):
-                idx = order[i * r.batch_size:(i + 1) * r.batch_size]
-                x = self._augment(self.train_x[idx], rng)
-                k = jax.random.fold_in(key, self.epoch * self.steps_per_epoch + i)
-                loss, acc = step(self.model, self.optimizer, jnp.asarray(x), jnp.asarray(self.train_y[idx]), k)
-                seen += len(idx)
-                if progress and (i % 10 == 9 or i == self.steps_per_epoch - 1):
-                    self._bar(i + 1, seen / (time.perf_counter() - t0), float(loss), float(acc))
+            with bar(self.steps_per_epoch * r.batch_size, f"epoch {self.epoch + 1}/{r.epochs}", progress) as b:
+                for i in range(self.steps_per_epoch):
+                    idx = order[i * r.batch_size:(i + 1) * r.batch_size]
+                    x = self._augment(self.train_x[idx], rng)
+                    k = jax.random.fold_in(key, self.epoch * self.steps_per_epoch + i)
+                    loss, acc = step(self.model, self.optimizer, jnp.asarray(x), jnp.asarray(self.train_y[idx]), k)
+                    seen += len(idx)
+                    b.update(len(idx))  # the bar's rate is in images/s
+                    if progress and (i % 10 == 9 or i == self.steps_per_epoch - 1):  # float() waits for the step
+                        b.set_postfix_str(f"loss {float(loss):.3f}, acc {float(acc):.3f}", refresh=False)
             train_seconds = time.perf_counter() - t0
             test_loss, test_acc = self.evaluate(self.test_x, self.test_y)
             self.epoch += 1
@@ -135,20 +138,12 @@ class Trainer:
                       "seconds": round(train_seconds, 1), "images_per_s": round(seen / train_seconds, 1)}
             self.history.append(record)
             if progress:
-                print(f"\nepoch {self.epoch}/{r.epochs}: test accuracy {test_acc:.4f}, test loss {test_loss:.4f}, "
+                print(f"epoch {self.epoch}/{r.epochs}: test accuracy {test_acc:.4f}, test loss {test_loss:.4f}, "
                       f"{record['images_per_s']:.0f} img/s", file=sys.stderr)
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             self.save(out)
         return self.history
-
-    def _bar(self, i: int, rate: float, loss: float, acc: float) -> None:
-        n, width = self.steps_per_epoch, 24
-        done = int(width * i / n)
-        eta = (n - i) * self.recipe.batch_size / max(rate, 1e-9)
-        sys.stderr.write(f"\repoch {self.epoch + 1}/{self.recipe.epochs} [{'#' * done}{'.' * (width - done)}] "
-                         f"{i}/{n} loss {loss:.3f} acc {acc:.3f} {rate:.0f} img/s eta {eta:.0f}s ")
-        sys.stderr.flush()
 
     # ---- checkpoints: plain arrays (no pickle) and JSON, each replaced atomically
 
