@@ -154,7 +154,8 @@ def test_evaluate_and_predict_commands(tmp_path, capsys):
     pil.fromarray(255 - images[picks[0]]).save(inverted, quality=95)
     assert main(["predict", "nin", "--weights", "fashion_mnist", *paths, inverted]) == 0
     lines = capsys.readouterr().out.splitlines()
-    for line, i in zip(lines, picks + picks[:1]):
+    assert lines[0].startswith("nin fashion_mnist knows Fashion-MNIST") and len(lines) == 5  # no image flagged
+    for line, i in zip(lines[1:], picks + picks[:1]):
         top = line.split(": ", 1)[1].split(", ")
         assert top[0].rsplit(" ", 1)[0] == cfg.label_names[labels[i]], line
         assert len(top) == 3 and sum(float(t.rsplit(" ", 1)[1]) for t in top) <= 1.0 + 1e-6

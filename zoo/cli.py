@@ -152,11 +152,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.model} {args.weights} in {args.framework}: test accuracy {acc:.4f} "
                   f"({int(round(acc * len(labels)))}/{len(labels)})")
         elif args.command == "predict":
-            from zoo.evaluate import predict_files
+            from zoo.evaluate import DOMAIN, predict_files
 
-            for path, top in predict_files(args.model, args.weights, args.framework, args.images, args.top,
-                                           args.invert):
-                print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
+            print(f"{args.model} {args.weights} knows {DOMAIN}")
+            for r in predict_files(args.model, args.weights, args.framework, args.images, args.top, args.invert):
+                print(f"{r.path}: " + ", ".join(f"{label} {p:.3f}" for label, p in r.top))
+                if r.unlike:
+                    print(f"  warning: {r.path} is unlike the training images ({'; '.join(r.unlike)}): "
+                          f"its labels mean little")
         elif args.command == "train":
             _train(args)
         elif args.command == "bench":

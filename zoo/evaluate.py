@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from zoo import data
@@ -35,9 +37,60 @@ def evaluate(name: str, tag: str, framework: str, data_root=None,
     return float((out.argmax(1) == labels).mean()), out, labels
 
 
-def load_images(paths, invert: str = "auto") -> np.ndarray:
-    """uint8 [N, 28, 28] grayscale from PNG/JPEG files, resized like Fashion-MNIST.
+# What the Fashion-MNIST weights know, printed by `zoo predict` (and said in the README).
+DOMAIN = ("Fashion-MNIST: 28 x 28 grayscale product photos of one garment, shoe or bag, centred and filling "
+          "the frame, light on black; any other picture still gets one of its 10 labels")
 
+# Simple statistics of a 28 x 28 uint8 image as the model sees it (after `load_images`), and the range of each
+# on the 60,000 Fashion-MNIST training images: their 0.05th and 99.95th percentiles, measured with
+# `domain_ranges(data.load_fashion_mnist('train')[0])` and rounded outwards to 2 decimals
+# (tests/test_predict_images.py measures them again). An image outside any range is reported as unlike the
+# training data: 40 of the 10,000 test images (0.40%) are, their false-alarm rate (measured by the same test).
+DOMAIN_RANGES = {
+    "border mean": (0.0, 60.64),  # the outer ring of pixels: black around a centred garment
+    "mean": (10.21, 170.99),  # mean intensity
+    "near-black fraction": (0.13, 0.91),  # share of pixels <= 16
+    "extent": (22.0, 28.0),  # long side, in pixels, of the box around the pixels > 32: garments fill the frame
+    "roughness": (6.59, 55.1),  # mean |difference| of neighbouring pixels: high for noise and texture
+}
+
+
+def image_stats(images: np.ndarray) -> dict[str, np.ndarray]:
+    """The statistics of DOMAIN_RANGES, each an array [N], for uint8 images [N, 28, 28]."""
+    a = np.asarray(images, np.float64)
+    ring = np.concatenate([a[:, 0], a[:, -1], a[:, 1:-1, 0], a[:, 1:-1, -1]], axis=1)
+    fg = a > 32
+
+    def span(mask):  # [N, L] -> length from the first to the last True, 0 when none
+        first, last = mask.argmax(1), mask.shape[1] - mask[:, ::-1].argmax(1)
+        return np.where(mask.any(1), last - first, 0)
+
+    return {"border mean": ring.mean(1), "mean": a.mean((1, 2)), "near-black fraction": (a <= 16).mean((1, 2)),
+            "extent": np.maximum(span(fg.any(2)), span(fg.any(1))).astype(np.float64),
+            "roughness": (np.abs(np.diff(a, axis=1)).mean((1, 2)) + np.abs(np.diff(a, axis=2)).mean((1, 2))) / 2}
+
+
+def domain_ranges(images: np.ndarray, q: float = 0.0005) -> dict[str, tuple[float, float]]:
+    """Each statistic's (q, 1 - q) quantiles over `images`, rounded outwards to 2 decimals."""
+    return {k: (float(np.floor(np.quantile(v, q) * 100) / 100), float(np.ceil(np.quantile(v, 1 - q) * 100) / 100))
+            for k, v in image_stats(images).items()}
+
+
+def unlike_training(images: np.ndarray, ranges=None) -> list[list[str]]:
+    """Per image, the statistics outside the training images' ranges, e.g. 'border mean 143.1 (0.0-60.64)'."""
+    ranges = ranges or DOMAIN_RANGES
+    stats = image_stats(images)
+    return [[f"{k} {stats[k][i]:.4g} (training images: {lo:g}-{hi:g})" for k, (lo, hi) in ranges.items()
+             if not lo <= stats[k][i] <= hi] for i in range(len(images))]
+
+
+def load_images(paths, invert: str = "auto", fit: str = "pad") -> np.ndarray:
+    """uint8 [N, 28, 28] grayscale from PNG/JPEG files, made like Fashion-MNIST's images.
+
+    Transparent pixels become the background: white, as in the product photos Fashion-MNIST was made
+    from, so that 'auto' inverts them to black like the data set's (black with `invert='no'`).
+    A non-square image is made square keeping its aspect ratio: `fit='pad'` pads it with its border's
+    colour (median), as Fashion-MNIST's own images were made; 'crop' keeps its centre square.
     Fashion-MNIST shows light garments on black; `invert='auto'` inverts an image whose
     border is light (a product photo on white), 'yes' and 'no' force it.
     """
@@ -45,18 +98,38 @@ def load_images(paths, invert: str = "auto") -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
         raise ImportError("reading images needs Pillow: pip install 'multizoo[data]'") from None
+    if fit not in ("pad", "crop"):
+        raise ValueError(f"fit must be 'pad' or 'crop', got {fit!r}")
     out = []
     for p in paths:
         try:
             with Image.open(p) as im:
-                a = np.asarray(im.convert("L").resize((28, 28), Image.BILINEAR), np.uint8)
+                if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                    bg = 0 if invert == "no" else 255
+                    im = Image.alpha_composite(Image.new("RGBA", im.size, (bg, bg, bg, 255)), im.convert("RGBA"))
+                a = np.asarray(im.convert("L"), np.uint8)
         except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
             raise ValueError(f"cannot read {p} as an image (PNG or JPEG): {e}") from None
+        a = _square(a, fit)
+        a = np.asarray(Image.fromarray(a).resize((28, 28), Image.BILINEAR), np.uint8)
         border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
         if invert == "yes" or (invert == "auto" and border.mean() > 127):
             a = 255 - a
         out.append(a)
     return np.stack(out)
+
+
+def _square(a: np.ndarray, fit: str) -> np.ndarray:
+    h, w = a.shape
+    if h == w:
+        return a
+    if fit == "crop":
+        n = min(h, w)
+        return a[(h - n) // 2:(h - n) // 2 + n, (w - n) // 2:(w - n) // 2 + n]
+    n = max(h, w)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    top, left = (n - h) // 2, (n - w) // 2
+    return np.pad(a, ((top, n - h - top), (left, n - w - left)), constant_values=int(np.median(border)))
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -65,8 +138,17 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict_files(name: str, tag: str, framework: str, paths, top: int = 3, invert: str = "auto"):
-    """[(path, [(label, probability), ...]), ...]: the top classes by softmax probability."""
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    top: list[tuple[str, float]]  # (label, softmax probability), the most probable first
+    unlike: list[str]  # the statistics outside the training images' ranges; empty when it looks like them
+
+
+def predict_files(name: str, tag: str, framework: str, paths, top: int = 3, invert: str = "auto") -> list[Prediction]:
+    """The top classes by softmax probability for each image file, and how it is unlike the training images."""
     _, cfg = resolve(name, tag)
-    probs = softmax(logits(load(name, framework, weights=tag), load_images(paths, invert), cfg).astype(np.float64))
-    return [(p, [(cfg.label_names[j], float(row[j])) for j in np.argsort(-row)[:top]]) for p, row in zip(paths, probs)]
+    images = load_images(paths, invert, cfg.fit)
+    probs = softmax(logits(load(name, framework, weights=tag), images, cfg).astype(np.float64))
+    return [Prediction(str(p), [(cfg.label_names[j], float(row[j])) for j in np.argsort(-row)[:top]], unlike)
+            for p, row, unlike in zip(paths, probs, unlike_training(images))]

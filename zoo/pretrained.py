@@ -47,6 +47,7 @@ class PretrainedCfg:
     recipe: dict = field(default_factory=dict)  # the training options
     test_logits: str = ""  # .npy in weights/: float64-reference logits of the test split (stored as float32)
     test_logits_sha256: str = ""
+    fit: str = "pad"  # how `zoo predict` makes a non-square image square: 'pad' with its border colour, or 'crop'
 
 
 def _folder() -> Path:
@@ -100,7 +101,7 @@ def export_run(trainer, out) -> Path:
     out = Path(out)
     r = trainer.recipe
     entry = {"input_size": r.input_size, "mean": r.mean, "std": r.std,
-             "resize": "bilinear, half-pixel centres (zoo.data.preprocess)",
+             "resize": "bilinear, half-pixel centres (zoo.data.preprocess)", "fit": "pad",
              "num_classes": trainer.spec.num_classes, "label_names": list(data.LABELS),
              "test_accuracy": trainer.history[-1]["test_acc"], "trained_in": "flax", "dataset": "Fashion-MNIST",
              "dataset_license": data.LICENSE, "recipe": dataclasses.asdict(r)}
