@@ -46,13 +46,21 @@ def readme_commands() -> list[str]:
     return lines
 
 
+def readme_python() -> list[str]:
+    """The README's Python code blocks; a block may use `zoo` and `np` from an earlier one."""
+    blocks = re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+    return ["import numpy as np\nimport zoo\n" + b for b in blocks]
+
+
 COMMANDS = readme_commands()
+PYTHON = readme_python()
 
 
 def test_readme_has_commands():
     """The extraction itself: every documented subcommand appears, so an edit cannot empty the list."""
     assert {c.split()[1] for c in COMMANDS} >= {"summary", "evaluate", "predict", "train", "convert", "inspect",
                                                 "bench"}, COMMANDS
+    assert len(PYTHON) >= 3 and any("zoo.load(" in b for b in PYTHON)
 
 
 def _zoo() -> list[str]:
@@ -134,3 +142,14 @@ def test_readme_command(line: str, workdir: Path):
     leftovers = [p.name for p in workdir.iterdir() if ".partial-" in p.name]
     assert not leftovers, leftovers
 
+
+
+@pytest.mark.parametrize("code", PYTHON, ids=[f"python-block-{i}" for i in range(len(PYTHON))])
+def test_readme_python(code: str, workdir: Path):
+    """Each Python example runs as written, after the command lines (block 3 reads their model.pt)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, f"README block failed:\n{code}\n{proc.stderr[-3000:]}"
+    if "zoo.summary(" in code:  # printed once, as a script shows it
+        assert proc.stdout.count("Total params:") == 1, proc.stdout
