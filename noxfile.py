@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 import nox
 
 nox.options.sessions = ["tests", "keras", "accelerator", "lint"]
+# venv + pip, so that pip's own configuration applies (PIP_EXTRA_INDEX_URL for a CPU-only torch, say).
 nox.options.default_venv_backend = "venv"
+# nox looks for uv before it creates any environment and logs "uv binary not found." where there is
+# none; these sessions never use uv, so that line is noise.
+logging.getLogger("nox").addFilter(lambda record: "uv binary not found" not in record.getMessage())
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 TEST = nox.project.dependency_groups(PYPROJECT, "test")
-# An unpinned torch pulls a multi-GB CUDA build; this CPU build is what the project is tested with.
+# torch is pinned to the version the project is tested with. The pin does not choose a CPU build: on
+# the public index the Linux wheel of this version pulls the CUDA packages (README: Installing).
 TORCH = "torch==2.13.0"
 KERAS_BACKEND_PACKAGES = {"tensorflow": ["tensorflow-cpu"], "jax": ["jax"], "torch": [TORCH]}
 # Keep several frameworks in one GPU process from each taking all of its memory.
 GPU_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
-           "NVIDIA_TF32_OVERRIDE": "0", "JAX_DEFAULT_MATMUL_PRECISION": "float32"}
+           "NVIDIA_TF32_OVERRIDE": "0", "JAX_DEFAULT_MATMUL_PRECISION": "float32", "TF_CPP_MIN_LOG_LEVEL": "3"}
+PROBE_PREFIX = "zoo-gpu-probe: "  # tests/gpu_probe.py's answer line
 
 
 @nox.session
@@ -36,13 +45,22 @@ def keras(session: nox.Session, backend: str) -> None:
 def accelerator(session: nox.Session) -> None:
     """The agreement suite on every GPU the installed frameworks see (current environment, TF32 off)."""
     probe = session.run("python", "tests/gpu_probe.py", silent=True, env=GPU_ENV) or ""
-    last_line = probe.strip().splitlines()[-1] if probe.strip() else ""
-    gpus = [g for g in last_line.split("|") if g]
+    answers = [line[len(PROBE_PREFIX):] for line in probe.splitlines() if line.startswith(PROBE_PREFIX)]
+    if not answers:
+        session.error(f"tests/gpu_probe.py gave no answer line; it printed:\n{probe}")
+    gpus = json.loads(answers[-1])
     if not gpus:
         session.log("accelerator: no GPU visible to torch, jax or tensorflow here; nothing to check.")
         return
     session.log("GPUs: " + "; ".join(gpus))
-    agreement = ["pytest", "tests/test_agreement.py", "--device", "gpu", *session.posargs]
+    # This session uses the current environment (its GPU builds of the frameworks): check that it can test.
+    missing = session.run("python", "-c", "import importlib.util as u; "
+                          "print(' '.join(m for m in ('pytest', 'zoo', 'conversion') if not u.find_spec(m)))",
+                          silent=True).strip()
+    if missing:
+        session.error(f"the accelerator session runs in the current environment, which lacks {missing}: "
+                      "from the checkout, pip install . pytest")
+    agreement = ["python", "-m", "pytest", "tests/test_agreement.py", "--device", "gpu", *session.posargs]
     session.run(*agreement, "-m", "torch or flax", env=GPU_ENV)
     for backend in KERAS_BACKEND_PACKAGES:  # a backend that is not installed is skipped by name
         session.run(*agreement, "-m", "keras", env={**GPU_ENV, "KERAS_BACKEND": backend})

@@ -61,7 +61,8 @@ def detect(path: Path | str, explicit: str | None = None, writing: bool = False)
     if p.is_dir() or text.endswith(("/", "\\")) or (writing and not p.exists() and p.suffix == ""):
         return FORMATS["flax"]
     raise ConversionError(f"cannot tell the format of {text} from its suffix {p.suffix!r}; known: {known()}. "
-                          f"Rename it, or name the format with --from/--to")
+                          f"Rename it, or name the format: --from/--to with zoo convert, --format with zoo inspect, "
+                          f"format= in Python")
 
 
 def function(fmt: Format, which: str) -> Callable:

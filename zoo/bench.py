@@ -37,6 +37,10 @@ import zoo
 from zoo._frameworks import FRAMEWORKS
 
 CASES = ((1, 96), (32, 96), (1, 224), (32, 224))  # (batch, input size)
+# A time per call that varies by more than this between rounds (slowest / fastest - 1) means the
+# machine was not steady (another load, throttling): its speed ratio is not printed. Idle, this
+# project's 2-core VM stays within 10% over 7 rounds.
+UNSTABLE_SPREAD = 0.25
 
 
 class BenchError(RuntimeError):
@@ -117,6 +121,7 @@ def measure(framework: str, model_name: str, cases, rounds: int, min_time: float
             if "times" in row:
                 times = row.pop("times")
                 row["seconds"] = statistics.median(times)
+                row["spread"] = max(times) / min(times) - 1
                 row["images_per_s"] = batch / row["seconds"]
                 row["gflops"] = flops / row["seconds"] / 1e9
                 # speed relative to the default in the same round, so that a slow spell of
@@ -170,7 +175,7 @@ def format_results(results: list[dict], machine: str, markdown: bool = False) ->
         lines.append(f"{res['target']}: {res['describe']}; float32 matmul 2048x2048: "
                      f"{res['matmul_gflops']:.0f} GFLOP/s")
         head = ["alternative"] + [f"b{c['batch']} {c['size']}x{c['size']}: img/s, x default, GFLOP/s" for c in cases]
-        body, default = [], next(iter(cases[0]["rows"]))
+        body, default, unsteady = [], next(iter(cases[0]["rows"])), []
         for name in cases[0]["rows"]:
             cells = [name + (" [default]" if name == default else "")]
             for c in cases:
@@ -178,12 +183,24 @@ def format_results(results: list[dict], machine: str, markdown: bool = False) ->
                 if "error" in row:
                     cells.append("failed: " + row["error"])
                     continue
-                ratio = "  n/a" if row["vs_default"] is None else f"x{row['vs_default']:.2f}"
+                spread = max(row.get("spread", 0.0), c["rows"][default].get("spread", 0.0))
+                if spread > UNSTABLE_SPREAD:  # this row's or the default's times: either makes the ratio noise
+                    ratio = f"x? (unsteady {spread:.0%})"
+                    unsteady.append(f"{name}, b{c['batch']} {c['size']}x{c['size']}")
+                elif row["vs_default"] is None:
+                    ratio = "  n/a"
+                else:
+                    ratio = f"x{row['vs_default']:.2f}"
                 cells.append(f"{row['images_per_s']:.1f}  {ratio}  "
                              f"{row['gflops']:.1f}" + ("" if row["max_abs_diff"] < 1e-3 else
                                                         f"  (differs by {row['max_abs_diff']:.1e})"))
             body.append(cells)
         lines += ["", *_table(head, body, markdown), ""] if markdown else _table(head, body, markdown)
+        if unsteady:
+            lines.append(f"unsteady: times per call varied by more than {UNSTABLE_SPREAD:.0%} between rounds in "
+                         f"{len(unsteady)} cell(s) ({'; '.join(unsteady[:4])}{' ...' if len(unsteady) > 4 else ''}), "
+                         f"so their ratios are not given: the machine was busy. Rerun on an idle machine, "
+                         f"with more --rounds.")
         first = res["first"]
         lines.append(f"time to first prediction ({res['model']}, batch 1, {res['nominal']}): bare import "
                      f"{first['bare_import_s']:.2f} s, then zoo.load {first['load_s']:.2f} s + first call "
@@ -260,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m zoo.bench", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
-    run(p.parse_args(argv))
+    run(p.parse_intermixed_args(argv))
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -33,7 +34,8 @@ def _override(text: str) -> tuple[str, object]:
             f"{key}: {value!r} is not a Python literal (e.g. 100 or (8, 16, 16))") from None
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The `zoo` parser and its subcommands' parsers, by name."""
     p = argparse.ArgumentParser(prog="zoo", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="registered models")
@@ -81,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", required=True, help="pretrained tag, e.g. fashion_mnist")
     e.add_argument("--framework", "-f", default="torch", choices=list(zoo.FRAMEWORKS))
     e.add_argument("--data", help="folder of the four IDX files (default: Debian's dataset-fashion-mnist)")
+    e.add_argument("--limit", type=int, help="only the first N test images (a quick check)")
     pr = sub.add_parser("predict", help="top classes, with softmax probabilities, for PNG/JPEG images")
     pr.add_argument("model")
     pr.add_argument("images", nargs="+")
@@ -92,7 +95,21 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="inference throughput per framework, side by side with its alternatives",
                        description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_arguments(b)
-    return p
+    return p, sub.choices
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Options may stand anywhere after the command, before, between or after the positionals:
+    `zoo convert nin --from torch --to keras IN OUT` and `zoo convert nin IN OUT --from torch` alike."""
+    parser, commands = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in commands:
+        # Plain parsing would give the first positional group everything before the first option,
+        # and report the paths after it as unrecognized.
+        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)  # no command, --help, or an unknown command: argparse says which
 
 
 def _train(args) -> None:
@@ -124,7 +141,7 @@ def _interrupted(args, argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         if args.command == "list":
             for name in zoo.list_models():
@@ -139,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
 
             if len(args.paths) not in (2, 3):
                 raise ValueError(f"convert takes [MODEL] IN OUT, got {len(args.paths)} paths")
+            first = args.paths[0]
+            if len(args.paths) == 2 and first in zoo.list_models() and not os.path.exists(first):
+                raise ValueError(f"convert takes [MODEL] IN OUT: {first!r} is a model name and {args.paths[1]!r} "
+                                 f"the input, so the output is missing (e.g. zoo convert {first} "
+                                 f"{args.paths[1]} model.safetensors)")
             model, src, dst = ([None] + args.paths)[-3:]
             report = conversion.convert(src, dst, model=model, overrides=dict(args.set), dtype=args.dtype,
                                         src_format=args.src_format, dst_format=args.dst_format,
@@ -148,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             from zoo.evaluate import evaluate
 
-            acc, out, labels = evaluate(args.model, args.weights, args.framework, args.data, progress=True)
+            acc, out, labels = evaluate(args.model, args.weights, args.framework, args.data, args.limit,
+                                        progress=True)
             print(f"{args.model} {args.weights} in {args.framework}: test accuracy {acc:.4f} "
                   f"({int(round(acc * len(labels)))}/{len(labels)})")
         elif args.command == "predict":

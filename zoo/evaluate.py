@@ -29,10 +29,14 @@ def logits(model, images: np.ndarray, cfg: PretrainedCfg, batch: int = 500, prog
 
 
 def evaluate(name: str, tag: str, framework: str, data_root=None,
-             progress: bool = False) -> tuple[float, np.ndarray, np.ndarray]:
-    """(test accuracy, logits, labels) on the 10,000 test images; `progress` shows a bar on stderr."""
+             limit: int | None = None, progress: bool = False) -> tuple[float, np.ndarray, np.ndarray]:
+    """(test accuracy, logits, labels) on the 10,000 test images, or on the first `limit` of them;
+    `progress` shows a bar on stderr."""
     _, cfg = resolve(name, tag)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 image, got {limit}")
     images, labels = data.load_fashion_mnist("test", data_root)
+    images, labels = images[:limit], labels[:limit]
     out = logits(load(name, framework, weights=tag), images, cfg, progress=progress)
     return float((out.argmax(1) == labels).mean()), out, labels
 

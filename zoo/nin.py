@@ -279,6 +279,13 @@ class NiNSpec:
         if len(shape) != 4:
             raise ValueError(f"{self.name} expects a 4-D {layout} input {expected}, got shape {shape}")
         c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+        other = (shape[3] if layout == "NCHW" else shape[1])  # where the channels sit in the other layout
+        if c is not None and c != self.in_channels and other == self.in_channels:
+            flip = "NHWC" if layout == "NCHW" else "NCHW"
+            raise ValueError(
+                f"{self.name} expects {layout} input {expected}, got shape {shape}, which looks like {flip} "
+                f"({self.in_channels} channel(s) {'last' if flip == 'NHWC' else 'second'}): pass "
+                f"zoo.predict(model, x, layout={flip!r}), or transpose it to {layout}")
         if c is not None and c != self.in_channels:
             raise ValueError(
                 f"{self.name} expects {self.in_channels} input channel(s) in {layout} layout {expected}, "
