@@ -81,7 +81,8 @@ def domain_ranges(images: np.ndarray, q: float = 0.0005) -> dict[str, tuple[floa
 
 
 def unlike_training(images: np.ndarray, ranges=None) -> list[list[str]]:
-    """Per image, the statistics outside the training images' ranges, e.g. 'border mean 143.1 (0.0-60.64)'."""
+    """Per image, the statistics outside the training images' ranges, e.g.
+    'border mean 126.6 (training images: 0-60.64)'."""
     ranges = ranges or DOMAIN_RANGES
     stats = image_stats(images)
     return [[f"{k} {stats[k][i]:.4g} (training images: {lo:g}-{hi:g})" for k, (lo, hi) in ranges.items()
