@@ -6,14 +6,13 @@ A Flax user restores it into the zoo's model with
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from conversion.checkpoint import Checkpoint, ConversionError
+from conversion.checkpoint import Checkpoint, ConversionError, one_line
 from zoo.frameworks import flax_nin
 from zoo.nin import NiNSpec, SpecError
 
@@ -39,22 +38,30 @@ def read(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> C
             custom = ck.metadata(path).custom_metadata or {}
     except Exception as e:  # orbax raises many kinds for a damaged or foreign directory
         raise ConversionError(f"{path} is not a readable Orbax checkpoint (incomplete or corrupt?): "
-                              f"{type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
+                              f"{one_line(e)}") from None
     try:
         weights = flax_nin.to_canonical(_flatten(tree))
     except KeyError as e:
         raise ConversionError(f"{path}: {e.args[0]}") from None
+    except Exception as e:
+        raise ConversionError(f"{path} holds no Flax NiN parameters: {one_line(e)}") from None
+    bad = {k: str(a.dtype) for k, a in weights.items() if str(a.dtype) not in ("float32", "float16", "bfloat16",
+                                                                                "float64")}
+    if bad:
+        raise ConversionError(f"{path}: tensors of non-float dtypes: {bad}"[:400])
     ckpt = Checkpoint(weights, "flax")
     if "zoo_spec" in custom:
         try:
-            ckpt.spec = NiNSpec.from_dict(json.loads(custom["zoo_spec"]))
-        except (json.JSONDecodeError, SpecError) as e:
+            ckpt.spec = NiNSpec.from_json(custom["zoo_spec"])
+        except SpecError as e:
             raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
     return ckpt
 
 
 def write(weights: dict[str, np.ndarray], spec: NiNSpec, path: Path) -> None:
     model = flax_nin.build(spec, weights)
-    with ocp.StandardCheckpointer() as ck:
-        ck.save(Path(path).absolute(), nnx.state(model, nnx.Param), custom_metadata={"zoo_spec": spec.to_json()})
-        ck.wait_until_finished()
+    # Synchronous: the asynchronous StandardCheckpointer's background threads kept the process alive
+    # forever after a failed write (full disk, unwritable folder).
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
+        ck.save(Path(path).absolute(), args=ocp.args.StandardSave(nnx.state(model, nnx.Param)),
+                custom_metadata={"zoo_spec": spec.to_json()})

@@ -58,7 +58,14 @@ class Pool2D(keras.layers.Layer):
     def call(self, x):
         p = self.spec
         if p.kind == "max":
-            return ops.max_pool(_pad(x, p.padding, -np.inf), p.size, p.stride, "valid")
+            y = ops.max_pool(_pad(x, p.padding, -np.inf), p.size, p.stride, "valid")
+            if keras.backend.backend() == "tensorflow":
+                # TensorFlow's max pool skips NaN (measured: a window of NaN, 1, 2 gives 2, with or
+                # without oneDNN), so a NaN input gave finite logits; torch, JAX and the zoo's policy
+                # propagate it. Pool a NaN mask too and put NaN back where a window held one.
+                nan = ops.max_pool(_pad(ops.cast(ops.isnan(x), x.dtype), p.padding), p.size, p.stride, "valid")
+                y = ops.where(nan > 0, ops.full_like(y, np.nan), y)
+            return y
         y = ops.average_pool(_pad(x, p.padding), p.size, p.stride, "valid")
         if p.padding and not p.count_include_pad:
             # divide by the share of each window that lies inside the input
@@ -160,6 +167,8 @@ def predict(model: NiN, x: np.ndarray) -> np.ndarray:
     # pays, i.e. on a GPU; jax.jit on JAX): 1.3-10x a direct call, which runs op by op, and
     # without the data pipeline that model.predict builds on every call (`zoo bench`).
     model.spec.check_input(x.shape, LAYOUT)  # the JAX backend's predict step bypasses NiN.__call__
+    if x.shape[0] == 0:  # TensorFlow's predict step fails on an empty batch; torch and Flax return (0, classes)
+        return np.zeros((0, model.spec.num_classes), np.float32)
     return np.asarray(model.predict_on_batch(x))
 
 
