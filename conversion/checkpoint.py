@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -202,3 +203,30 @@ def one_line(e: BaseException, limit: int = 400) -> str:
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return f"{type(e).__name__}: {text}"
+
+
+DIGEST_KEY = "zoo_sha256"  # metadata key of `digest` in the zoo's safetensors, .weights.h5 and Orbax files
+
+
+def digest(weights: dict[str, np.ndarray]) -> str:
+    """SHA-256 of canonical weights (names, dtypes, shapes and values, in name order).
+
+    Written beside the weights in formats without checksums of their own, so that a flipped
+    byte in a tensor's data is caught instead of read as a different weight.
+    """
+    h = hashlib.sha256()
+    for k in sorted(weights):
+        a = np.ascontiguousarray(weights[k])
+        h.update(f"{k}|{a.dtype.str if a.dtype.name != 'bfloat16' else 'bf16'}|{a.shape}|".encode())
+        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+    return h.hexdigest()
+
+
+def check_digest(path, weights: dict[str, np.ndarray], expected: str | None) -> None:
+    """Refuse weights whose digest differs from the one their file holds (None: the file holds none)."""
+    if expected is None:
+        return
+    got = digest(weights)
+    if got != str(expected):
+        raise ConversionError(f"{path}: its tensors do not match the SHA-256 stored beside them ({got[:12]}... "
+                              f"instead of {str(expected)[:12]}...): the file is damaged; copy or write it again")

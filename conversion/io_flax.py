@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from conversion.checkpoint import Checkpoint, ConversionError, one_line
+from conversion.checkpoint import DIGEST_KEY, Checkpoint, ConversionError, check_digest, digest, one_line
 from zoo.frameworks import flax_nin
 from zoo.nin import NiNSpec, SpecError
 
@@ -49,7 +49,12 @@ def read(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> C
                                                                                 "float64")}
     if bad:
         raise ConversionError(f"{path}: tensors of non-float dtypes: {bad}"[:400])
+    if not isinstance(custom, dict):
+        raise ConversionError(f"{path}: its custom metadata is a {type(custom).__name__}, not a dictionary; damaged")
+    check_digest(path, weights, custom.get(DIGEST_KEY))
     ckpt = Checkpoint(weights, "flax")
+    if DIGEST_KEY in custom:
+        ckpt.notes.append("SHA-256 of its tensors checked")
     if "zoo_spec" in custom:
         try:
             ckpt.spec = NiNSpec.from_json(custom["zoo_spec"])
@@ -64,4 +69,4 @@ def write(weights: dict[str, np.ndarray], spec: NiNSpec, path: Path) -> None:
     # forever after a failed write (full disk, unwritable folder).
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
         ck.save(Path(path).absolute(), args=ocp.args.StandardSave(nnx.state(model, nnx.Param)),
-                custom_metadata={"zoo_spec": spec.to_json()})
+                custom_metadata={"zoo_spec": spec.to_json(), DIGEST_KEY: digest(weights)})

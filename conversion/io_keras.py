@@ -11,7 +11,7 @@ import h5py
 import keras
 import numpy as np
 
-from conversion.checkpoint import Checkpoint, ConversionError, one_line
+from conversion.checkpoint import DIGEST_KEY, Checkpoint, ConversionError, check_digest, digest, one_line
 from conversion.formats import sniff
 from conversion.infer import infer_spec
 from zoo.frameworks import keras_nin
@@ -70,6 +70,7 @@ def read_weights(path: Path, spec: NiNSpec | None = None, model: str | None = No
         with h5py.File(path, "r") as f:
             shapes = _h5_check(f, path)
             text = f.attrs.get(SPEC_ATTR)
+            stored = f.attrs.get(DIGEST_KEY)
         if spec is None and text is not None:
             try:
                 spec = NiNSpec.from_json(text)
@@ -90,7 +91,12 @@ def read_weights(path: Path, spec: NiNSpec | None = None, model: str | None = No
     except Exception as e:  # h5py and Keras raise OSError, ValueError, KeyError, ...
         raise ConversionError(f"{path} is not a readable Keras weights file for this model (truncated, corrupt, "
                               f"or of another model?): {one_line(e)}") from None
-    return Checkpoint(keras_nin.get_weights(keras_model), "keras", spec=spec, spec_origin=origin)
+    weights = keras_nin.get_weights(keras_model)
+    check_digest(path, weights, None if stored is None else str(stored))
+    ckpt = Checkpoint(weights, "keras", spec=spec, spec_origin=origin)
+    if stored is not None:
+        ckpt.notes.append("SHA-256 of its tensors checked")
+    return ckpt
 
 
 def _archive_check(path: Path) -> None:
@@ -147,6 +153,7 @@ def write_weights(weights: dict[str, np.ndarray], spec: NiNSpec, path: Path) -> 
     keras_nin.build(spec, weights).save_weights(path)
     with h5py.File(path, "a") as f:  # the spec beside the weights: Keras ignores root attributes
         f.attrs[SPEC_ATTR] = spec.to_json()
+        f.attrs[DIGEST_KEY] = digest(weights)
 
 
 def write_archive(weights: dict[str, np.ndarray], spec: NiNSpec, path: Path) -> None:

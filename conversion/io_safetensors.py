@@ -13,7 +13,15 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from conversion.checkpoint import FORMAT_VERSION, Checkpoint, ConversionError, one_line
+from conversion.checkpoint import (
+    DIGEST_KEY,
+    FORMAT_VERSION,
+    Checkpoint,
+    ConversionError,
+    check_digest,
+    digest,
+    one_line,
+)
 from zoo.nin import NiNSpec, SpecError
 
 FORMAT_TAG = "multizoo.canonical"
@@ -44,7 +52,9 @@ def read(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> C
             ckpt.spec = NiNSpec.from_json(meta["spec"])
         except (KeyError, SpecError) as e:
             raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
-        ckpt.notes.append(f"zoo canonical file, format version {FORMAT_VERSION}")
+        check_digest(path, weights, meta.get(DIGEST_KEY))
+        ckpt.notes.append(f"zoo canonical file, format version {FORMAT_VERSION}"
+                          + (", SHA-256 of its tensors checked" if DIGEST_KEY in meta else ""))
     return ckpt
 
 
@@ -54,4 +64,5 @@ def metadata(spec: NiNSpec, extra: dict[str, str] | None = None) -> dict[str, st
 
 
 def write(weights: dict[str, np.ndarray], spec: NiNSpec, path: Path) -> None:
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(path), metadata=metadata(spec))
+    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(path),
+              metadata=metadata(spec, {DIGEST_KEY: digest(weights)}))
