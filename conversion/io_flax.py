@@ -6,6 +6,7 @@ A Flax user restores it into the zoo's model with
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,14 @@ def read(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> C
 def write(weights: dict[str, np.ndarray], spec: NiNSpec, path: Path) -> None:
     model = flax_nin.build(spec, weights)
     # Synchronous: the asynchronous StandardCheckpointer's background threads kept the process alive
-    # forever after a failed write (full disk, unwritable folder).
-    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
-        ck.save(Path(path).absolute(), args=ocp.args.StandardSave(nnx.state(model, nnx.Param)),
-                custom_metadata={"zoo_spec": spec.to_json(), DIGEST_KEY: digest(weights)})
+    # forever after a failed write (full disk, unwritable folder). Orbax logs a failure with its
+    # traceback before raising it; the caller reports it in one line, so its log is silenced here.
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
+            ck.save(Path(path).absolute(), args=ocp.args.StandardSave(nnx.state(model, nnx.Param)),
+                    custom_metadata={"zoo_spec": spec.to_json(), DIGEST_KEY: digest(weights)})
+    finally:
+        absl.setLevel(level)

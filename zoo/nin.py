@@ -53,7 +53,7 @@ MAX_WINDOW = 512  # kernel, pool size, stride, padding
 MAX_WIDTH = 65_536  # channels of any conv, input channels
 MAX_STAGES = 64
 MAX_INPUT_SIZE = 16_384  # nominal input side
-MAX_PARAMS = 2_000_000_000  # 8 GB of float32
+MAX_PARAMS = 500_000_000  # 2 GB of float32; the largest preset has 7.6 million
 
 
 def _bounded(v: Any, lo: int, hi: int) -> bool:
