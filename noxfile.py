@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.sessions = ["tests", "keras", "accelerator", "lint"]
@@ -54,6 +56,15 @@ def bench(session: nox.Session) -> None:
     session.install(".[all]", TORCH)
     args = session.posargs or ["--frameworks", "torch", "flax", "keras[tensorflow]", "keras[jax]"]
     session.run("zoo", "bench", *args)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """The fuzzing harness's larger corpus (ZOO_FUZZ_PER_KIND mutants of each kind per format; not run by default)."""
+    session.install(".[all]", TORCH, *TEST)
+    per_kind = os.environ.get("ZOO_FUZZ_PER_KIND", "20")
+    session.run("pytest", "tests/test_fuzz.py", "-s", *session.posargs,
+                env={"KERAS_BACKEND": "tensorflow", "ZOO_FUZZ_PER_KIND": per_kind})
 
 
 @nox.session
