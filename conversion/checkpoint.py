@@ -170,8 +170,14 @@ def _move(tmp: Path, path: Path, force: bool) -> None:
                 os.mkdir(path)  # exclusive: fails if anything appeared; then replace our own empty folder
                 os.replace(tmp, path)
             else:
-                os.link(tmp, path)  # exclusive too, unlike rename
-                os.unlink(tmp)
+                try:
+                    os.link(tmp, path)  # exclusive too, unlike rename
+                    os.unlink(tmp)
+                except FileExistsError:
+                    raise
+                except OSError:  # a file system without hard links: claim the name exclusively, then replace
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                    os.replace(tmp, path)
         except FileExistsError:
             raise ConversionError(f"{path} appeared while this conversion ran (another process wrote it?); "
                                   f"left it as it is; pass --force to replace it") from None

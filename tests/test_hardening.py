@@ -449,3 +449,25 @@ def test_dtype_float16_to_a_float32_format_says_so(dst, tmp_path):
     with pytest.raises(ConversionError, match=r"files hold float32 weights only; --dtype float16 is possible for "
                                               r"\.pt and \.safetensors outputs"):
         conversion.convert(src, tmp_path / dst, dtype="float16")
+
+
+@needs_torch
+def test_final_move_without_hard_links_still_exclusive(tmp_path, monkeypatch):
+    src = _write("safetensors", tmp_path / "a.safetensors")
+
+    def no_links(a, b):
+        raise PermissionError("hard links not supported here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    conversion.convert(src, tmp_path / "b.pt", verify=False)
+    assert conversion.read(tmp_path / "b.pt").spec == SPEC and _zoo_files(tmp_path) == []
+
+
+@needs_keras
+@pytest.mark.keras
+def test_plain_keras_weights_file_still_reads(tmp_path):
+    from zoo.frameworks import keras_nin
+
+    keras_nin.build(SPEC, zoo.init_weights(SPEC, 1)).save_weights(tmp_path / "plain.weights.h5")
+    ckpt = conversion.read(tmp_path / "plain.weights.h5")
+    assert "inferred" in ckpt.spec_origin and ckpt.spec.param_shapes() == SPEC.param_shapes()
