@@ -7,6 +7,7 @@ A Flax user restores it into the zoo's model with
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,42 @@ from flax import nnx
 from conversion.checkpoint import DIGEST_KEY, Checkpoint, ConversionError, check_digest, digest, one_line
 from zoo.frameworks import flax_nin
 from zoo.nin import NiNSpec, SpecError
+
+
+def _closed_loop_error(kind, value, tb) -> bool:
+    if kind is not RuntimeError or str(value) != "Event loop is closed":
+        return False
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"
+
+
+def _quiet_closed_loop_errors() -> None:
+    """Stop tensorstore's late callbacks from printing tracebacks after a failed restore or save.
+
+    When Orbax's restore or save fails (a damaged folder, a full disk), it closes its asyncio
+    loop while some tensorstore operations are still pending; each then fails to schedule its
+    callback and the error goes to sys.excepthook (reads) or sys.unraisablehook (writes), which
+    print a traceback after the zoo has reported the real error in one line. Only that error,
+    raised by asyncio's _check_closed, is dropped; every other goes to the hooks as before.
+    """
+    if getattr(sys.excepthook, "_zoo_quiet", False):
+        return
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def except_hook(kind, value, tb):
+        if not _closed_loop_error(kind, value, tb):
+            excepthook(kind, value, tb)
+
+    def unraisable_hook(args):
+        if not _closed_loop_error(args.exc_type, args.exc_value, args.exc_traceback):
+            unraisablehook(args)
+
+    except_hook._zoo_quiet = True
+    sys.excepthook, sys.unraisablehook = except_hook, unraisable_hook
+
+
+_quiet_closed_loop_errors()
 
 
 def _flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:

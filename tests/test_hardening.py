@@ -340,10 +340,7 @@ def test_full_disk_is_one_line_no_hang_no_leftovers(fmt, name, tmp_path):
     errors = [line for line in r.stderr.splitlines() if line.startswith("zoo: error:")]
     assert r.returncode == 2 and len(errors) == 1 and errors[0].startswith("zoo: error: could not write"), \
         r.stderr[-2000:]
-    # Orbax's tensorstore threads may print 'Event loop is closed' tracebacks at exit after a failed
-    # write (a known leftover, not the zoo's); any other traceback is a failure.
-    noise = r.stderr.count("RuntimeError: Event loop is closed") if fmt == "flax" else 0
-    assert r.stderr.count("Traceback") == noise, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]  # Orbax's late 'Event loop is closed' ones included
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
 
 
