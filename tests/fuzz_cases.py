@@ -541,7 +541,7 @@ def worker() -> None:
     vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
     resource.setrlimit(resource.RLIMIT_AS, (vm + MEMORY_BUDGET, resource.RLIM_INFINITY))
     root = Path(tempfile.mkdtemp(prefix="zoo-fuzz-"))
-    print(json.dumps({"ready": True}), flush=True)
+    print(json.dumps({"ready": True, "root": str(root)}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
         fmt, kind, seed, ops = req["fmt"], req["kind"], req["seed"], req["ops"]
@@ -575,8 +575,10 @@ class Worker:
                                                             os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-        if self._read(300) is None:
+        ready = self._read(300)
+        if ready is None:
             raise RuntimeError("the fuzz worker did not start")
+        self.root = Path(ready["root"])
 
     def _read(self, timeout: float):
         import selectors
@@ -616,6 +618,7 @@ def run_cases(cases, ops=("inspect", "convert", "load"), log=None) -> list[dict]
                 code = w.proc.poll()
                 w.proc.kill()
                 w.proc.wait()
+                subprocess.run(["rm", "-rf", str(w.root)], check=False)  # its cases' folders, FIFOs included
                 w = None
                 reply = {"what": "?", "results": [{"op": "?", "outcome": "hang",
                                                    "detail": f"worker exit status {code}"}]}
