@@ -468,3 +468,11 @@ def test_plain_keras_weights_file_still_reads(tmp_path):
     keras_nin.build(SPEC, zoo.init_weights(SPEC, 1)).save_weights(tmp_path / "plain.weights.h5")
     ckpt = conversion.read(tmp_path / "plain.weights.h5")
     assert "inferred" in ckpt.spec_origin and ckpt.spec.param_shapes() == SPEC.param_shapes()
+
+
+def test_train_batch_size_zero_is_an_argument_error(capsys):
+    from zoo import cli
+
+    # before: ZeroDivisionError in the trainer
+    assert cli.main(["train", "nin", "--out", "unused", "--batch-size", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "zoo: error: --batch-size must be at least 1, got 0"
