@@ -31,6 +31,7 @@ import io
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -90,7 +91,13 @@ def write_seed(fmt: str, folder: Path, spec_=None, weights=None) -> Path:
 # --------------------------------------------------------------------------- mutations
 
 def _files(path: Path) -> list[Path]:
-    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    """A file, or a folder's files in an order that does not depend on the random names Orbax gives
+    its data files (so that a seed picks the same file in every run, but among files of equal size)."""
+    if not path.is_dir():
+        return [path]
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return sorted(files, key=lambda p: (re.sub(r"[0-9a-f]{32}", "#", str(p.relative_to(path))), p.stat().st_size,
+                                        str(p)))
 
 
 def _mutate_bytes(path: Path, kind: str, rng: random.Random) -> str:
