@@ -22,7 +22,6 @@ import pytest
 import conversion
 import zoo
 from conversion import ConversionError
-from conversion.checkpoint import one_line
 from conversion.formats import FORMATS, function
 
 ROOT = Path(__file__).parents[1]
@@ -426,6 +425,8 @@ def test_malicious_pickle_never_relays_weights_only_false(tmp_path):
 
 
 def test_one_line_keeps_the_whole_reason():
+    from conversion.checkpoint import one_line
+
     e = ValueError("Layer 'x' expected 2 variables,\nbut received 3 variables during loading.\nExpected: ['a', 'b']")
     assert one_line(e) == ("ValueError: Layer 'x' expected 2 variables, but received 3 variables during loading. "
                            "Expected: ['a', 'b']")
