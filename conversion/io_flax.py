@@ -6,6 +6,7 @@ A Flax user restores it into the zoo's model with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -55,6 +56,19 @@ def _quiet_closed_loop_errors() -> None:
 _quiet_closed_loop_errors()
 
 
+@contextlib.contextmanager
+def _quiet_log():
+    """Orbax logs a failure, with its traceback or a many-line TensorStore spec, before raising it;
+    the zoo reports it in one line, so Orbax's (absl's) log is silenced meanwhile."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
 def _flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
     out = {}
     for k, v in tree.items():
@@ -71,7 +85,7 @@ def read(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> C
     if not path.is_dir():
         raise ConversionError(f"{path} is not a directory; a Flax checkpoint is an Orbax checkpoint directory")
     try:
-        with ocp.StandardCheckpointer() as ck:
+        with _quiet_log(), ocp.StandardCheckpointer() as ck:  # the error is reported once, below
             tree = ck.restore(path)
             custom = ck.metadata(path).custom_metadata or {}
     except Exception as e:  # orbax raises many kinds for a damaged or foreign directory
@@ -106,12 +120,6 @@ def write(weights: dict[str, np.ndarray], spec: NiNSpec, path: Path) -> None:
     # Synchronous: the asynchronous StandardCheckpointer's background threads kept the process alive
     # forever after a failed write (full disk, unwritable folder). Orbax logs a failure with its
     # traceback before raising it; the caller reports it in one line, so its log is silenced here.
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.CRITICAL)
-    try:
-        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
-            ck.save(Path(path).absolute(), args=ocp.args.StandardSave(nnx.state(model, nnx.Param)),
-                    custom_metadata={"zoo_spec": spec.to_json(), DIGEST_KEY: digest(weights)})
-    finally:
-        absl.setLevel(level)
+    with _quiet_log(), ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
+        ck.save(Path(path).absolute(), args=ocp.args.StandardSave(nnx.state(model, nnx.Param)),
+                custom_metadata={"zoo_spec": spec.to_json(), DIGEST_KEY: digest(weights)})
