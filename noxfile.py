@@ -1,9 +1,13 @@
-"""nox sessions: `nox` runs the suite, Keras on every backend, the accelerator check and lint; `nox -s bench` times."""
+"""nox sessions: `nox` runs the suite, Keras on every backend, the accelerator check and lint.
+
+`nox -s bench` times inference; `nox -s fuzz` runs the fuzzing harness's larger corpus.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 
 import nox
 
@@ -72,6 +76,15 @@ def bench(session: nox.Session) -> None:
     session.install(".[all]", TORCH)
     args = session.posargs or ["--frameworks", "torch", "flax", "keras[tensorflow]", "keras[jax]"]
     session.run("zoo", "bench", *args)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """The fuzzing harness's larger corpus (ZOO_FUZZ_PER_KIND mutants of each kind per format; not run by default)."""
+    session.install(".[all]", TORCH, *TEST)
+    per_kind = os.environ.get("ZOO_FUZZ_PER_KIND", "20")
+    session.run("pytest", "tests/test_fuzz.py", "-s", *session.posargs,
+                env={"KERAS_BACKEND": "tensorflow", "ZOO_FUZZ_PER_KIND": per_kind})
 
 
 @nox.session

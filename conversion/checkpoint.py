@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
+import secrets
 import shutil
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,38 +53,186 @@ def check_finite(weights: dict[str, np.ndarray], allow_nonfinite: bool = False) 
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, force: bool = False):
-    """Yield a temporary path beside `path`; rename it to `path` only when the block completes.
+def atomic_output(path: Path, force: bool = False, is_previous=None):
+    """Yield a temporary path beside `path`; move it to `path` only when the block completes.
 
-    A crash or Ctrl-C leaves no half-written `path` behind: the temporary is removed,
-    and an existing `path` (with force) is replaced only at the very end.
+    A crash, Ctrl-C or SIGTERM leaves no half-written `path` behind: the temporary is removed,
+    and an existing `path` (with force) is replaced only at the very end. Without force the
+    final move refuses to replace anything that appeared meanwhile. With force, `path` is
+    replaced only when `is_previous(path)` says it is a previous output of the same format
+    (never a folder of other files). Stale temporaries of dead zoo processes are removed.
     """
     path = Path(path)
-    if path.exists() and not force:
-        raise ConversionError(f"{path} exists; refusing to overwrite it (pass --force / force=True)")
-    if not path.parent.exists():
-        raise ConversionError(f"the output folder {path.parent} does not exist")
-    name = path.name
-    suffix = next((s for s in (".weights.h5", ".safetensors", ".keras", ".pth", ".pt") if name.endswith(s)), "")
-    tmp = path.with_name(f".{name[: len(name) - len(suffix)]}.partial-{os.getpid()}{suffix}")
-    _remove(tmp)
+    check_output_path(path)
+    if path.exists() or path.is_symlink():
+        if not force:
+            raise ConversionError(f"{path} exists; refusing to overwrite it (pass --force / force=True)")
+        if is_previous is not None and not is_previous(path):
+            what = "a folder" if path.is_dir() else "a file"
+            raise ConversionError(f"{path} is {what} that is not a previous output of this format; refusing to "
+                                  f"replace it even with --force: remove it yourself or choose another output name")
+    remove_stale_temporaries(path.parent)
+    suffix = next((s for s in SUFFIXES if path.name.endswith(s)), "")
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.partial{suffix}")
     try:
-        yield tmp
-        if path.is_dir() and not path.is_symlink():  # os.replace cannot put a file or folder over a folder
-            old = path.with_name(f".{name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            _remove(old)
-        else:
-            if tmp.is_dir() and path.exists():
-                path.unlink()
-            os.replace(tmp, path)
+        with _sigterm_as_interrupt():
+            yield tmp
+            if not (tmp.exists() or tmp.is_symlink()):
+                raise ConversionError(f"the writer left no output at {tmp}")
+            _move(tmp, path, force)
     finally:
         _remove(tmp)
+        for p in path.parent.glob(f"{tmp.name}*"):  # e.g. Orbax's own temporaries beside it
+            _remove(p)
+
+
+TMP_PREFIX = ".zoo-"  # temporaries: .zoo-PID-RANDOM.partial[SUFFIX], .zoo-PID-RANDOM.old
+SUFFIXES = (".weights.h5", ".safetensors", ".keras", ".pth", ".pt")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt so that every cleanup runs as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted("terminated (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse, before any work, an output name or folder that cannot be written."""
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise ConversionError(f"{str(path)!r} names a folder, not an output file; add a file name")
+    try:
+        os.fsencode(path)
+        str(path).encode("utf-8")
+    except UnicodeError:
+        raise ConversionError(f"{str(path)!r} is not a valid UTF-8 file name; rename the output") from None
+    if len(os.fsencode(path.name)) > 255:
+        raise ConversionError(f"the output name is {len(os.fsencode(path.name))} bytes long; "
+                              f"file names are limited to 255")
+    parent = path.parent
+    if not parent.exists():
+        blocker = next((p for p in [parent, *parent.parents] if p.exists() or p.is_symlink()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise ConversionError(f"cannot write {path}: {blocker} is a file, not a folder")
+        raise ConversionError(f"the output folder {parent} does not exist")
+    if not parent.is_dir():
+        raise ConversionError(f"cannot write {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConversionError(f"cannot write {path}: the folder {parent} is not writable")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove `.zoo-PID-...` temporaries whose process is gone (killed before it could clean up)."""
+    removed = []
+    try:
+        entries = list(Path(folder).glob(f"{TMP_PREFIX}*"))
+    except OSError:
+        return removed
+    for p in entries:
+        m = re.fullmatch(rf"{re.escape(TMP_PREFIX)}(\d+)-[0-9a-f]{{8}}\.(partial|old).*", p.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            _remove(p)
+            removed.append(p)
+    return removed
+
+
+def _move(tmp: Path, path: Path, force: bool) -> None:
+    """Put `tmp` at `path`; without force, never over something that appeared meanwhile."""
+    exists = path.exists() or path.is_symlink()
+    if not force or not exists:
+        try:
+            if tmp.is_dir():
+                os.mkdir(path)  # exclusive: fails if anything appeared; then replace our own empty folder
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)  # exclusive too, unlike rename
+                    os.unlink(tmp)
+                except FileExistsError:
+                    raise
+                except OSError:  # a file system without hard links: claim the name exclusively, then replace
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                    os.replace(tmp, path)
+        except FileExistsError:
+            raise ConversionError(f"{path} appeared while this conversion ran (another process wrote it?); "
+                                  f"left it as it is; pass --force to replace it") from None
+        return
+    if path.is_dir() and not path.is_symlink():  # os.replace cannot put a file or folder over a folder
+        old = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.old")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        _remove(old)
+    else:
+        if tmp.is_dir():
+            path.unlink()
+        os.replace(tmp, path)
 
 
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
     elif p.exists() or p.is_symlink():
-        p.unlink()
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def one_line(e: BaseException, limit: int = 400) -> str:
+    """An exception as one line, all of its message (not just the first line), shortened to `limit` characters."""
+    text = " ".join(str(e).split()) or "(no message)"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(e).__name__}: {text}"
+
+
+DIGEST_KEY = "zoo_sha256"  # metadata key of `digest` in the zoo's safetensors, .weights.h5 and Orbax files
+
+
+def digest(weights: dict[str, np.ndarray]) -> str:
+    """SHA-256 of canonical weights (names, dtypes, shapes and values, in name order).
+
+    Written beside the weights in formats without checksums of their own, so that a flipped
+    byte in a tensor's data is caught instead of read as a different weight.
+    """
+    h = hashlib.sha256()
+    for k in sorted(weights):
+        a = np.ascontiguousarray(weights[k])
+        h.update(f"{k}|{a.dtype.str if a.dtype.name != 'bfloat16' else 'bf16'}|{a.shape}|".encode())
+        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+    return h.hexdigest()
+
+
+def check_digest(path, weights: dict[str, np.ndarray], expected: str | None) -> None:
+    """Refuse weights whose digest differs from the one their file holds (None: the file holds none)."""
+    if expected is None:
+        return
+    got = digest(weights)
+    if got != str(expected):
+        raise ConversionError(f"{path}: its tensors do not match the SHA-256 stored beside them ({got[:12]}... "
+                              f"instead of {str(expected)[:12]}...): the file is damaged; copy or write it again")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +11,8 @@ import numpy as np
 
 import zoo
 from conversion import keymaps
-from conversion.checkpoint import Checkpoint, ConversionError, atomic_output, check_finite
-from conversion.formats import detect, function
+from conversion.checkpoint import Checkpoint, ConversionError, atomic_output, check_finite, check_output_path, one_line
+from conversion.formats import detect, function, is_previous_output, sniff
 from conversion.infer import infer_spec, resolve_spec
 from zoo import reference
 from zoo.nin import NiNSpec
@@ -28,8 +29,7 @@ def read(path, format: str | None = None, *, model: str | None = None, spec: NiN
     """
     path = Path(path)
     fmt = detect(path, format)
-    if not path.exists():
-        raise ConversionError(f"{path} does not exist")
+    _check_input_path(path, fmt)
     ckpt = function(fmt, "reader")(path, spec, model)
     ckpt.weights, mapped = keymaps.to_canonical(ckpt.weights)
     if mapped:
@@ -51,6 +51,37 @@ def load(path, model: str | None = None, overrides: dict | None = None, *, forma
         warnings.warn(f"{path} holds {ckpt.dtype} weights; loading them as float32 (exact)", stacklevel=2)
         weights = {k: v.astype(np.float32) for k, v in weights.items()}
     return spec, weights, ckpt
+
+
+def _check_input_path(path: Path, fmt) -> None:
+    """A regular file (a folder for Flax), before anything opens it: a FIFO or device would block or never end."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConversionError(f"{path} does not exist") from None
+    except OSError as e:
+        raise ConversionError(f"{path} cannot be read: {e.strerror}") from None
+    if fmt.name == "flax":
+        if not stat.S_ISDIR(mode):
+            raise ConversionError(f"{path} is not a folder; a Flax checkpoint is an Orbax checkpoint folder")
+    elif not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device?)"
+        raise ConversionError(f"{path} is {kind}; a {fmt.name} checkpoint is a regular file")
+
+
+# The verification probe: batch 2, the spec's input size, or its minimum when that is too large.
+PROBE_MAX_ELEMENTS = 2**25  # of the largest activation: 128 MiB of float32
+
+
+def probe_size(spec: NiNSpec) -> tuple[int, int]:
+    m = spec.min_input_size
+    for size in (spec.input_size, (m, m)):
+        largest = max(max(int(np.prod(s)) for _, s in spec.layer_shapes(size, 2)),
+                      2 * spec.in_channels * size[0] * size[1])
+        if largest <= PROBE_MAX_ELEMENTS:
+            return size
+    raise ConversionError(f"verification would need activations of over {PROBE_MAX_ELEMENTS:,} values even at "
+                          f"this spec's minimum input {m}x{m}; pass --no-verify / verify=False to skip it")
 
 
 @dataclass
@@ -97,8 +128,18 @@ def convert(src, dst, *, model: str | None = None, overrides: dict | None = None
     """
     src, dst = Path(src), Path(dst)
     sfmt, dfmt = detect(src, src_format), detect(dst, dst_format, writing=True)
-    if dst.exists() and not force:  # before any work
-        raise ConversionError(f"{dst} exists; refusing to overwrite it (pass --force / force=True)")
+    check_output_path(dst)  # before any work
+    if dst.exists() or dst.is_symlink():
+        if not force:
+            raise ConversionError(f"{dst} exists; refusing to overwrite it (pass --force / force=True)")
+        if not is_previous_output(dfmt, dst):
+            raise ConversionError(f"{dst} exists and is not a {dfmt.name} output ({_what(dst)}); refusing to "
+                                  f"replace it even with --force: remove it yourself or choose another output name")
+    if src.exists() and (src.resolve() == dst.resolve() or dst.resolve() in src.resolve().parents):
+        raise ConversionError(f"the output {dst} would replace the input {src}; choose another output name")
+    if dtype and dfmt.float32_only and dtype != "float32":
+        raise ConversionError(f"{dfmt.name} files hold float32 weights only; --dtype {dtype} is possible for "
+                              f".pt and .safetensors outputs")
     ckpt = read(src, sfmt.name, model=model, spec=spec)
     spec, origin = resolve_spec(ckpt, model, overrides, spec)
     weights = zoo.check_weights(spec, ckpt.weights, dtypes=FLOAT_DTYPES)
@@ -115,8 +156,16 @@ def convert(src, dst, *, model: str | None = None, overrides: dict | None = None
                               f"pass --dtype float32 to cast them")
     out_dtype = str(next(iter(weights.values())).dtype)
     report = Report(sfmt.name, dfmt.name, spec, origin, out_dtype, notes)
-    with atomic_output(dst, force) as tmp:
-        function(dfmt, "writer")(weights, spec, tmp)
+    if verify:
+        probe_size(spec)  # refuses before writing anything
+    writer = function(dfmt, "writer")
+    with atomic_output(dst, force, lambda p: is_previous_output(dfmt, p)) as tmp:
+        try:
+            writer(weights, spec, tmp)
+        except (ConversionError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # OSError, RuntimeError from torch's zip writer, SafetensorError, h5py's, ...
+            raise ConversionError(f"could not write {dst}: {one_line(e)}") from None
         if verify:
             _verify(report, ckpt.weights, weights, tmp, sfmt.framework, dfmt)
     return report
@@ -129,7 +178,7 @@ def _verify(report: Report, src_weights, written, tmp: Path, src_framework: str,
     if bad or set(back.weights) != set(written):
         raise ConversionError(f"verification failed: tensors read back from the output differ: {', '.join(bad)}")
     spec = report.spec
-    h, w = spec.input_size
+    h, w = probe_size(spec)
     x = np.random.default_rng(0).standard_normal((2, spec.in_channels, h, w)).astype(np.float32)
     a, ran_a = _run(src_framework, spec, src_weights, x)
     b, ran_b = _run(dfmt.framework, spec, back.weights, x)
@@ -140,6 +189,10 @@ def _verify(report: Report, src_weights, written, tmp: Path, src_framework: str,
     if report.max_abs > 1e-5 * max(1.0, scale):
         raise ConversionError(f"verification failed: outputs differ by {report.max_abs:.3e} (scale {scale:.3g}); "
                               f"nothing was written")
+
+
+def _what(path: Path) -> str:
+    return "a folder of other files" if path.is_dir() else sniff(path)
 
 
 def inspect(path, format: str | None = None, model: str | None = None) -> str:

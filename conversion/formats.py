@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,3 +78,55 @@ def function(fmt: Format, which: str) -> Callable:
             f"the {fmt.name} format needs {missing!r}, which is not installed: "
             f"pip install 'multizoo[{fmt.extra}]' (from a checkout: pip install '.[{fmt.extra}]')") from e
     return getattr(module, getattr(fmt, which))
+
+
+_MAGIC = ((b"PK\x03\x04", "a zip archive (a PyTorch .pt or a .keras archive?)"),
+          (b"PK\x05\x06", "an empty zip archive"),
+          (b"\x89HDF\r\n\x1a\n", "an HDF5 file (a Keras .weights.h5?)"))
+
+
+def sniff(path: Path) -> str:
+    """What a file's first bytes look like, in words, for error messages."""
+    path = Path(path)
+    if path.is_dir():
+        return "a folder"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    if not head:
+        return "empty (0 bytes)"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if len(head) >= 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return "a safetensors file"
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+        return "a bare pickle (an old-style, non-zip PyTorch file?)"
+    if all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+        return f"text, starting {head.decode('ascii')[:16]!r}"
+    return f"{size:,} bytes of unknown content, starting {head[:8].hex(' ')}"
+
+
+def is_previous_output(fmt: Format, path: Path) -> bool:
+    """Whether `path` holds what a writer of `fmt` writes: only such a thing may be replaced with --force."""
+    path = Path(path)
+    if path.is_symlink():
+        return False
+    if fmt.name == "flax":
+        if not path.is_dir():
+            return False
+        names = {p.name for p in path.iterdir()}
+        return "_CHECKPOINT_METADATA" in names and names <= ORBAX_NAMES
+    if not path.is_file():
+        return False
+    what = sniff(path)
+    return {"torch": what.startswith(("a zip", "a bare pickle")), "safetensors": what == "a safetensors file",
+            "keras": what.startswith("an HDF5"), "keras_archive": what.startswith("a zip")}[fmt.name]
+
+
+# what an Orbax checkpoint folder written by conversion.io_flax holds
+ORBAX_NAMES = {"_CHECKPOINT_METADATA", "_METADATA", "_sharding", "commit_success.txt", "d", "manifest.ocdbt",
+               "ocdbt.process_0", "array_metadatas", "descriptor"}

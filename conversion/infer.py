@@ -51,8 +51,8 @@ def infer_spec(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> 
                 next(k for k in shapes if k not in expected)
             reasons.append(f"{name}: {diff} should be {expected.get(diff)}, the file has {shapes.get(diff)}")
     if not fits:
-        raise ConversionError("the tensors fit no registered model:\n  " + "\n  ".join(reasons)
-                              + "\nName the model and its overrides (e.g. zoo convert nin --set num_classes=100 ...)")
+        raise ConversionError("the tensors fit no registered model: " + "; ".join(reasons)  # one line
+                              + ". Name the model and its overrides (e.g. zoo convert nin --set num_classes=100 ...)")
     return min(fits, key=lambda f: f[0])[1]  # the first best, in registry order
 
 

@@ -6,16 +6,67 @@ A Flax user restores it into the zoo's model with
 
 from __future__ import annotations
 
-import json
+import contextlib
+import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from conversion.checkpoint import Checkpoint, ConversionError
+from conversion.checkpoint import DIGEST_KEY, Checkpoint, ConversionError, check_digest, digest, one_line
 from zoo.frameworks import flax_nin
 from zoo.nin import NiNSpec, SpecError
+
+
+def _closed_loop_error(kind, value, tb) -> bool:
+    if kind is not RuntimeError or str(value) != "Event loop is closed":
+        return False
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"
+
+
+def _quiet_closed_loop_errors() -> None:
+    """Stop tensorstore's late callbacks from printing tracebacks after a failed restore or save.
+
+    When Orbax's restore or save fails (a damaged folder, a full disk), it closes its asyncio
+    loop while some tensorstore operations are still pending; each then fails to schedule its
+    callback and the error goes to sys.excepthook (reads) or sys.unraisablehook (writes), which
+    print a traceback after the zoo has reported the real error in one line. Only that error,
+    raised by asyncio's _check_closed, is dropped; every other goes to the hooks as before.
+    """
+    if getattr(sys.excepthook, "_zoo_quiet", False):
+        return
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def except_hook(kind, value, tb):
+        if not _closed_loop_error(kind, value, tb):
+            excepthook(kind, value, tb)
+
+    def unraisable_hook(args):
+        if not _closed_loop_error(args.exc_type, args.exc_value, args.exc_traceback):
+            unraisablehook(args)
+
+    except_hook._zoo_quiet = True
+    sys.excepthook, sys.unraisablehook = except_hook, unraisable_hook
+
+
+_quiet_closed_loop_errors()
+
+
+@contextlib.contextmanager
+def _quiet_log():
+    """Orbax logs a failure, with its traceback or a many-line TensorStore spec, before raising it;
+    the zoo reports it in one line, so Orbax's (absl's) log is silenced meanwhile."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
 
 
 def _flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
@@ -34,27 +85,41 @@ def read(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> C
     if not path.is_dir():
         raise ConversionError(f"{path} is not a directory; a Flax checkpoint is an Orbax checkpoint directory")
     try:
-        with ocp.StandardCheckpointer() as ck:
+        with _quiet_log(), ocp.StandardCheckpointer() as ck:  # the error is reported once, below
             tree = ck.restore(path)
             custom = ck.metadata(path).custom_metadata or {}
     except Exception as e:  # orbax raises many kinds for a damaged or foreign directory
         raise ConversionError(f"{path} is not a readable Orbax checkpoint (incomplete or corrupt?): "
-                              f"{type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
+                              f"{one_line(e)}") from None
     try:
         weights = flax_nin.to_canonical(_flatten(tree))
     except KeyError as e:
         raise ConversionError(f"{path}: {e.args[0]}") from None
+    except Exception as e:
+        raise ConversionError(f"{path} holds no Flax NiN parameters: {one_line(e)}") from None
+    bad = {k: str(a.dtype) for k, a in weights.items() if str(a.dtype) not in ("float32", "float16", "bfloat16",
+                                                                                "float64")}
+    if bad:
+        raise ConversionError(f"{path}: tensors of non-float dtypes: {bad}"[:400])
+    if not isinstance(custom, dict):
+        raise ConversionError(f"{path}: its custom metadata is a {type(custom).__name__}, not a dictionary; damaged")
+    check_digest(path, weights, custom.get(DIGEST_KEY))
     ckpt = Checkpoint(weights, "flax")
+    if DIGEST_KEY in custom:
+        ckpt.notes.append("SHA-256 of its tensors checked")
     if "zoo_spec" in custom:
         try:
-            ckpt.spec = NiNSpec.from_dict(json.loads(custom["zoo_spec"]))
-        except (json.JSONDecodeError, SpecError) as e:
+            ckpt.spec = NiNSpec.from_json(custom["zoo_spec"])
+        except SpecError as e:
             raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
     return ckpt
 
 
 def write(weights: dict[str, np.ndarray], spec: NiNSpec, path: Path) -> None:
     model = flax_nin.build(spec, weights)
-    with ocp.StandardCheckpointer() as ck:
-        ck.save(Path(path).absolute(), nnx.state(model, nnx.Param), custom_metadata={"zoo_spec": spec.to_json()})
-        ck.wait_until_finished()
+    # Synchronous: the asynchronous StandardCheckpointer's background threads kept the process alive
+    # forever after a failed write (full disk, unwritable folder). Orbax logs a failure with its
+    # traceback before raising it; the caller reports it in one line, so its log is silenced here.
+    with _quiet_log(), ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
+        ck.save(Path(path).absolute(), args=ocp.args.StandardSave(nnx.state(model, nnx.Param)),
+                custom_metadata={"zoo_spec": spec.to_json(), DIGEST_KEY: digest(weights)})

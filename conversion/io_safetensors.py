@@ -7,36 +7,54 @@ needed to read or write it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from conversion.checkpoint import FORMAT_VERSION, Checkpoint, ConversionError
+from conversion.checkpoint import (
+    DIGEST_KEY,
+    FORMAT_VERSION,
+    Checkpoint,
+    ConversionError,
+    check_digest,
+    digest,
+    one_line,
+)
 from zoo.nin import NiNSpec, SpecError
 
 FORMAT_TAG = "multizoo.canonical"
+_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
 def read(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> Checkpoint:
     try:
         with safe_open(str(path), "np") as f:
             meta = f.metadata() or {}
+            for k in f.keys():  # before reading any values
+                dtype = f.get_slice(k).get_dtype()
+                if dtype not in _DTYPES:
+                    raise ConversionError(f"{path}: tensor {k} is {dtype}; weights must be float32, float16, "
+                                          f"bfloat16 or float64 ({', '.join(_DTYPES)})")
             weights = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ConversionError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+    except ConversionError:
+        raise
+    except Exception as e:  # SafetensorError, OSError, ValueError, TypeError for a dtype numpy lacks, ...
+        raise ConversionError(f"{path} is not a readable safetensors file (truncated or corrupt?): "
+                              f"{one_line(e)}") from None
     ckpt = Checkpoint(weights, "safetensors")
     if meta.get("format") == FORMAT_TAG:
         if meta.get("format_version") != FORMAT_VERSION:
             raise ConversionError(f"{path} has zoo format version {meta.get('format_version')!r}; "
                                   f"this zoo reads version {FORMAT_VERSION}: upgrade multizoo")
         try:
-            ckpt.spec = NiNSpec.from_dict(json.loads(meta["spec"]))
-        except (KeyError, json.JSONDecodeError, SpecError) as e:
+            ckpt.spec = NiNSpec.from_json(meta["spec"])
+        except (KeyError, SpecError) as e:
             raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
-        ckpt.notes.append(f"zoo canonical file, format version {FORMAT_VERSION}")
+        check_digest(path, weights, meta.get(DIGEST_KEY))
+        ckpt.notes.append(f"zoo canonical file, format version {FORMAT_VERSION}"
+                          + (", SHA-256 of its tensors checked" if DIGEST_KEY in meta else ""))
     return ckpt
 
 
@@ -46,4 +64,5 @@ def metadata(spec: NiNSpec, extra: dict[str, str] | None = None) -> dict[str, st
 
 
 def write(weights: dict[str, np.ndarray], spec: NiNSpec, path: Path) -> None:
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(path), metadata=metadata(spec))
+    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(path),
+              metadata=metadata(spec, {DIGEST_KEY: digest(weights)}))

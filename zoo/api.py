@@ -44,13 +44,25 @@ def check_weights(spec: NiNSpec, weights: Mapping[str, np.ndarray],
     return arrays
 
 
-def load(name, framework: str, *, seed: int = 0, weights=None, **overrides):
+def check_finite(weights: Mapping[str, np.ndarray]) -> None:
+    """Refuse weights holding NaN or Inf, as files holding them are refused."""
+    bad = [f"{k} ({int(np.size(a) - np.isfinite(a).sum())} values)" for k, a in weights.items()
+           if not np.isfinite(a).all()]
+    if bad:
+        raise WeightsError(f"NaN or Inf in {len(bad)} tensor(s): {', '.join(bad)}; refused "
+                           f"(pass allow_nonfinite=True to load them anyway)")
+
+
+def load(name, framework: str, *, seed: int = 0, weights=None, allow_nonfinite: bool = False, **overrides):
     """A model ready for inference: torch.nn.Module (NCHW), flax.nnx.Module or keras.Model (NHWC).
 
     The same `seed` gives the same parameters in every framework. `name` may also be a spec.
     `weights` is a pretrained tag (`zoo.list_pretrained()`), a file in any format
     `zoo convert` reads (its spec is taken from the file, or inferred from its shapes),
-    or a dict of canonical arrays.
+    or a dict of canonical arrays. A string is a tag only when the manifest lists it for
+    this model; a tag that is also a file or folder here is refused as ambiguous (write
+    './fashion_mnist' for the file); a pathlib.Path is always a path. Weights holding
+    NaN or Inf are refused unless `allow_nonfinite`.
 
     >>> model = zoo.load('nin', framework='torch', num_classes=100)
     >>> model = zoo.load('nin', framework='flax', weights='fashion_mnist')
@@ -62,24 +74,47 @@ def load(name, framework: str, *, seed: int = 0, weights=None, **overrides):
         return mod.build(spec, init_weights(spec, seed))
     if isinstance(weights, Mapping):
         spec = get_spec(name, **overrides)
-        return mod.build(spec, check_weights(spec, weights))
+        arrays = check_weights(spec, weights)
+        if not allow_nonfinite:
+            check_finite(arrays)
+        return mod.build(spec, arrays)
     import conversion  # imports the file's framework only when a file is read
 
     if not isinstance(name, str):
         raise TypeError("with a weights file, name the model ('nin'); the spec comes from the file")
-    if isinstance(weights, str) and _is_tag(weights):
+    if not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(f"weights must be a pretrained tag, a path or a dict of arrays, got {type(weights).__name__}")
+    if isinstance(weights, str) and _is_tag(name, weights):
         from zoo import pretrained
 
         if overrides:
             raise TypeError(f"pretrained weights fix the spec; drop the overrides {sorted(overrides)}")
         weights, _ = pretrained.resolve(name, weights)
-    spec, arrays, _ = conversion.load(weights, name, overrides)
+    spec, arrays, _ = conversion.load(weights, name, overrides, allow_nonfinite=allow_nonfinite)
     return mod.build(spec, arrays)
 
 
-def _is_tag(text: str) -> bool:
-    """'fashion_mnist' is a tag; 'model.pt' or 'runs/x' are paths."""
-    return text.isidentifier() and not os.path.exists(text)
+def _is_tag(model: str, text: str) -> bool:
+    """Whether `text` names shipped weights: only tags the manifest lists are; paths never are.
+
+    A listed tag that is also a file or folder here is refused: either reading could be meant,
+    and loading the local one would skip the hash check of the shipped weights.
+    """
+    from zoo import pretrained
+
+    looks_like_path = os.sep in text or "/" in text or text.endswith((".pt", ".pth", ".safetensors", ".h5", ".keras"))
+    if looks_like_path:
+        return False
+    listed = f"{model}.{text}" in pretrained.manifest()
+    if listed and (os.path.exists(text) or os.path.islink(text)):
+        raise ValueError(f"{text!r} is both a pretrained tag of {model} and a file or folder in the current "
+                         f"directory; write './{text}' (or pass a pathlib.Path) for the file, or run from another "
+                         f"folder for the shipped weights")
+    if listed:
+        return True
+    if os.path.exists(text):
+        return False  # a file or folder named like an identifier, e.g. a Flax checkpoint folder 'ckpt'
+    return text.isidentifier()  # an unknown tag: pretrained.resolve says which tags exist
 
 
 def get_weights(model) -> dict[str, np.ndarray]:
@@ -87,10 +122,14 @@ def get_weights(model) -> dict[str, np.ndarray]:
     return adapter_for(model)[1].get_weights(model)
 
 
-def set_weights(model, weights: Mapping[str, np.ndarray]) -> None:
-    """Load canonical weights into a zoo model of any framework, after checking every name and shape."""
+def set_weights(model, weights: Mapping[str, np.ndarray], *, allow_nonfinite: bool = False) -> None:
+    """Load canonical weights into a zoo model of any framework, after checking every name, shape and dtype,
+    and that every value is finite (unless `allow_nonfinite`)."""
     _, mod = adapter_for(model)
-    mod.set_weights(model, check_weights(mod.spec_of(model), weights))
+    arrays = check_weights(mod.spec_of(model), weights)
+    if not allow_nonfinite:
+        check_finite(arrays)
+    mod.set_weights(model, arrays)
 
 
 def spec_of(model) -> NiNSpec:
@@ -151,6 +190,8 @@ def summary(name, framework: str | None = None, *, input_size: int | tuple[int, 
     >>> zoo.summary('nin', framework='keras', input_size=(224, 224))
     """
     spec = get_spec(name, **overrides)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
     h, w = input_size or spec.input_size

@@ -47,6 +47,19 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+# Sane limits on every spec field, so that a spec read from a hostile file is refused
+# before anything is allocated: the presets use kernels of at most 11 and widths of 1024.
+MAX_WINDOW = 512  # kernel, pool size, stride, padding
+MAX_WIDTH = 65_536  # channels of any conv, input channels
+MAX_STAGES = 64
+MAX_INPUT_SIZE = 16_384  # nominal input side
+MAX_PARAMS = 500_000_000  # 2 GB of float32; the largest preset has 7.6 million
+
+
+def _bounded(v: Any, lo: int, hi: int) -> bool:
+    return _is_int(v) and lo <= v <= hi
+
+
 # --------------------------------------------------------------------------- layers
 # A spec compiles to a flat list of named layers (`NiNSpec.layers()`); the summary
 # table, the float64 reference and every framework's layer-by-layer trace walk it.
@@ -79,8 +92,10 @@ class PoolSpec:
 
     def __post_init__(self):
         _require(self.kind in ("max", "avg"), f"pool kind must be 'max' or 'avg', got {self.kind!r}")
-        _require(_is_int(self.size) and self.size >= 1, f"pool size must be an int >= 1, got {self.size!r}")
-        _require(_is_int(self.stride) and self.stride >= 1, f"pool stride must be an int >= 1, got {self.stride!r}")
+        _require(_bounded(self.size, 1, MAX_WINDOW),
+                 f"pool size must be an int >= 1 (at most {MAX_WINDOW}), got {self.size!r}")
+        _require(_bounded(self.stride, 1, MAX_WINDOW),
+                 f"pool stride must be an int >= 1 (at most {MAX_WINDOW}), got {self.stride!r}")
         # PyTorch refuses more padding than half the window, and such a pool could
         # produce windows that hold padding alone.
         _require(_is_int(self.padding) and 0 <= self.padding <= self.size // 2,
@@ -132,12 +147,14 @@ class BlockSpec:
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(self.widths))
-        _require(len(self.widths) == 3 and all(_is_int(w) and w >= 1 for w in self.widths),
-                 f"a block needs three widths, each an int >= 1, got {self.widths!r}")
-        _require(_is_int(self.kernel_size) and self.kernel_size >= 1,
-                 f"kernel_size must be an int >= 1, got {self.kernel_size!r}")
-        _require(_is_int(self.stride) and self.stride >= 1, f"stride must be an int >= 1, got {self.stride!r}")
-        _require(_is_int(self.padding) and self.padding >= 0, f"padding must be an int >= 0, got {self.padding!r}")
+        _require(len(self.widths) == 3 and all(_bounded(w, 1, MAX_WIDTH) for w in self.widths),
+                 f"a block needs three widths, each an int >= 1 (at most {MAX_WIDTH}), got {self.widths!r}"[:300])
+        _require(_bounded(self.kernel_size, 1, MAX_WINDOW),
+                 f"kernel_size must be an int >= 1 (at most {MAX_WINDOW}), got {self.kernel_size!r}")
+        _require(_bounded(self.stride, 1, MAX_WINDOW),
+                 f"stride must be an int >= 1 (at most {MAX_WINDOW}), got {self.stride!r}")
+        _require(_bounded(self.padding, 0, MAX_WINDOW),
+                 f"padding must be an int >= 0 (at most {MAX_WINDOW}), got {self.padding!r}")
 
     def convs(self, in_channels: int) -> tuple[ConvSpec, ConvSpec, ConvSpec]:
         w0, w1, w2 = self.widths
@@ -178,15 +195,18 @@ class NiNSpec:
         object.__setattr__(self, "input_size", tuple(size))
         _require(_is_int(self.in_channels) and self.in_channels >= 1,
                  f"in_channels must be an int >= 1, got {self.in_channels!r}")
+        _require(self.in_channels <= MAX_WIDTH, f"in_channels must be at most {MAX_WIDTH}, got {self.in_channels}")
         _require(_is_int(self.num_classes) and self.num_classes >= 1,
                  f"num_classes must be an int >= 1, got {self.num_classes!r}")
-        _require(len(self.stages) >= 1 and all(isinstance(s, StageSpec) for s in self.stages),
-                 "a NiN needs at least one StageSpec")
+        _require(1 <= len(self.stages) <= MAX_STAGES and all(isinstance(s, StageSpec) for s in self.stages),
+                 f"a NiN needs 1 to {MAX_STAGES} StageSpecs")
         last = self.stages[-1].block.widths[-1]
         _require(last == self.num_classes,
                  f"the last block's last width ({last}) must equal num_classes ({self.num_classes})")
-        _require(len(self.input_size) == 2 and all(_is_int(n) for n in self.input_size),
-                 f"input_size must be an int or (H, W), got {self.input_size!r}")
+        _require(len(self.input_size) == 2 and all(_bounded(n, 1, MAX_INPUT_SIZE) for n in self.input_size),
+                 f"input_size must be an int or (H, W), each in [1, {MAX_INPUT_SIZE}], got {self.input_size!r}"[:300])
+        _require(self.num_params <= MAX_PARAMS,
+                 f"the spec has {self.num_params:,} parameters, over the limit of {MAX_PARAMS:,}")
         _require(min(self.input_size) >= self.min_input_size,
                  f"input_size {self.input_size} is below this spec's minimum of "
                  f"{self.min_input_size}x{self.min_input_size}")
@@ -253,13 +273,21 @@ class NiNSpec:
             total += 2 * h * w * c_out * conv.in_channels * conv.kernel_size**2
         return total
 
-    @functools.cached_property  # a search over sizes; check_input runs it on every forward call
+    @functools.cached_property  # check_input uses it on every forward call
     def min_input_size(self) -> int:
-        """The smallest square input that every layer accepts."""
-        n = 1
-        while not self._fits(n):
-            n += 1
-        return n
+        """The smallest square input that every layer accepts, in closed form.
+
+        Walking back from the last conv or pool, whose output needs 1 pixel: an output of m
+        pixels needs an input of (m - 1) * stride + kernel - 2 * padding (and at least 1).
+        Every layer's output grows with its input, so that input makes every layer fit.
+        """
+        m = 1
+        for layer in reversed(self.layers()):
+            op = layer.op
+            if isinstance(op, (ConvSpec, PoolSpec)):
+                k = op.kernel_size if isinstance(op, ConvSpec) else op.size
+                m = max(1, (m - 1) * op.stride + k - 2 * op.padding)
+        return m
 
     def _fits(self, n: int) -> bool:
         for layer in self.layers():
@@ -309,15 +337,38 @@ class NiNSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NiNSpec:
+        """A spec from `to_dict`'s output, e.g. read from a file: every field's type and range checked."""
         try:
-            stages = tuple(
-                StageSpec(BlockSpec(**s["block"]), PoolSpec(**s["pool"]) if s.get("pool") else None,
-                          s.get("dropout", 0.0))
-                for s in d["stages"])
+            _require(isinstance(d, dict), f"expected a dictionary, got {type(d).__name__}")
+            _require(isinstance(d["name"], str) and len(d["name"]) <= 100,
+                     f"name must be a string of at most 100 characters, got {type(d['name']).__name__}")
+            raw = d["stages"]
+            _require(isinstance(raw, (list, tuple)) and 1 <= len(raw) <= MAX_STAGES,
+                     f"stages must be a list of 1 to {MAX_STAGES} stages")
+            stages = []
+            for s in raw:
+                _require(isinstance(s, dict) and isinstance(s.get("block"), dict)
+                         and isinstance(s.get("pool") or {}, dict), "a stage must be a dictionary with a block")
+                stages.append(StageSpec(BlockSpec(**s["block"]), PoolSpec(**s["pool"]) if s.get("pool") else None,
+                                        s.get("dropout", 0.0)))
+            size = d.get("input_size", (224, 224))
+            _require(_is_int(size) or (isinstance(size, (list, tuple)) and len(size) == 2),
+                     f"input_size must be an int or [H, W], got {size!r}"[:200])
             return cls(name=d["name"], in_channels=d["in_channels"], num_classes=d["num_classes"],
-                       stages=stages, input_size=tuple(d.get("input_size", (224, 224))))
+                       stages=tuple(stages), input_size=size if _is_int(size) else tuple(size))
         except (KeyError, TypeError) as e:
-            raise SpecError(f"not a NiNSpec dictionary ({type(e).__name__}: {e})") from None
+            raise SpecError(f"not a NiNSpec dictionary ({type(e).__name__}: {str(e)[:200]})") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> NiNSpec:
+        """A spec from `to_json`'s output; any damage (bad JSON, deep nesting, absurd values) is a SpecError."""
+        if not isinstance(text, (str, bytes)) or len(text) > 100_000:
+            raise SpecError("the spec is not a JSON string of at most 100,000 characters")
+        try:
+            d = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise SpecError(f"the spec is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+        return cls.from_dict(d)
 
 
 # --------------------------------------------------------------------------- presets

@@ -1,0 +1,646 @@
+"""The fuzzing harness: seeded mutants and crafted hostile files of every format, run through
+`zoo inspect`, `zoo convert` and `zoo.load`, each under a time and memory bound.
+
+Design:
+- A worker process (`python tests/fuzz_cases.py --worker`) imports every framework once, then caps
+  its address space (RLIMIT_AS: what it uses after the imports plus MEMORY_BUDGET) and runs cases
+  sent as JSON lines on stdin. Each case is built in a fresh folder, each operation runs under
+  signal.alarm(CASE_SECONDS) (a Python-level timeout); the supervisor (`run_cases`) kills the
+  worker when a case takes longer than HARD_SECONDS (a hang in C code), records it, and starts
+  another worker.
+- A case is (format, kind, seed). Kinds: 'truncate', 'flip', 'zero' (bytes), 'header' (the
+  format's own header: zip local headers, the safetensors JSON header, HDF5 superblock and
+  attributes, Orbax metadata), 'spec' (the spec the file carries, with absurd or malformed
+  values), and 'crafted:NAME' (the hostile files of CRAFTED).
+- Each operation's outcome is one of:
+    ok            success, and every tensor read back equals the seed file's (or the spec edit was sane)
+    error         a one-line error (CLI: exit 2 and one stderr line 'zoo: error: ...'; API: a
+                  ValueError, TypeError, OSError or ImportError whose message is one line)
+    wrong         success with tensors that differ from the seed file's: silent damage
+    bad-error     a traceback, an exception of another type, or a message over several lines
+    timeout       the operation ran past CASE_SECONDS
+    leftover      a file or folder was left behind or changed (besides a successful output)
+    hang          the worker stopped answering (killed after HARD_SECONDS) or died (memory)
+  and the harness wants only 'ok' and 'error'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+CASE_SECONDS = 30
+HARD_SECONDS = 90
+MEMORY_BUDGET = 3 * 2**30  # bytes of address space a case may add to the worker's
+FORMATS = ("torch", "safetensors", "flax", "keras", "keras_archive")
+NAMES = {"torch": "m.pt", "safetensors": "m.safetensors", "flax": "m_flax", "keras": "m.weights.h5",
+         "keras_archive": "m.keras"}
+DESTINATIONS = ("safetensors", "torch", "keras", "flax", "keras_archive")
+KINDS = ("truncate", "flip", "zero", "header", "spec")
+SPEC_ARGS = dict(widths=(8, 16, 16), input_size=96)
+
+# Absurd or malformed values for the spec a file carries: (JSON path, value)
+SPEC_EDITS = [
+    (("stages", 0, "block", "kernel_size"), 10**7), (("stages", 0, "block", "stride"), 10**7),
+    (("stages", 0, "block", "stride"), 0), (("stages", 0, "pool", "size"), 10**7),
+    (("stages", 0, "pool", "stride"), 10**7), (("stages", 1, "block", "widths"), [30000, 30000, 30000]),
+    (("input_size",), [30000, 30000]), (("input_size",), 10**9), (("name",), 5), (("in_channels",), -1),
+    (("stages",), []), (("stages", 0, "block"), "x"), (("num_classes",), 10**12), (("stages", 0, "dropout"), 7.5),
+    (("stages", 0, "pool", "kind"), "median"), (("stages", 0, "block", "kernel_size"), 3.5),
+    (("stages", 0, "block", "padding"), -4), (("stages", 0, "pool", "padding"), 10**6),
+    (("stages", 2, "block", "stride"), 2), (("stages", 0, "pool", "kind"), "avg"),  # sane: fine if it reads
+]
+NESTED = "[" * 30_000 + "]" * 30_000  # deep JSON: RecursionError in json.loads
+GARBAGE_SPECS = [NESTED, "{", "null", "[]", '{"name": "nin"}', "\ud800" * 3, "1e999", '{"stages": [1, 2]}']
+
+
+def spec():
+    import zoo
+
+    return zoo.get_spec("nin", **SPEC_ARGS)
+
+
+def base_weights():
+    import zoo
+
+    return zoo.init_weights(spec(), seed=1)
+
+
+def write_seed(fmt: str, folder: Path, spec_=None, weights=None) -> Path:
+    from conversion.formats import FORMATS as F
+    from conversion.formats import function
+
+    path = Path(folder) / NAMES[fmt]
+    function(F[fmt], "writer")(weights if weights is not None else base_weights(), spec_ or spec(), path)
+    return path
+
+
+# --------------------------------------------------------------------------- mutations
+
+def _files(path: Path) -> list[Path]:
+    """A file, or a folder's files in an order that does not depend on the random names Orbax gives
+    its data files (so that a seed picks the same file in every run, but among files of equal size)."""
+    if not path.is_dir():
+        return [path]
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return sorted(files, key=lambda p: (re.sub(r"[0-9a-f]{32}", "#", str(p.relative_to(path))), p.stat().st_size,
+                                        str(p)))
+
+
+def _mutate_bytes(path: Path, kind: str, rng: random.Random) -> str:
+    target = rng.choice(_files(path))
+    data = bytearray(target.read_bytes())
+    rel = target.relative_to(path) if path.is_dir() else target.name
+    if not data:
+        target.unlink()
+        return f"deleted empty {rel}"
+    if kind == "truncate":
+        cut = rng.randrange(len(data))
+        target.write_bytes(bytes(data[:cut]))
+        return f"{rel} truncated to {cut} of {len(data)} bytes"
+    if kind == "flip":
+        spots = [rng.randrange(len(data)) for _ in range(rng.choice((1, 1, 2, 8)))]
+        for i in spots:
+            data[i] ^= 1 << rng.randrange(8)
+        target.write_bytes(bytes(data))
+        return f"{rel}: bits flipped at {spots}"
+    start = rng.randrange(len(data))
+    n = rng.choice((4, 16, 256))
+    data[start:start + n] = bytes(len(data[start:start + n]))
+    target.write_bytes(bytes(data))
+    return f"{rel}: {n} bytes zeroed at {start}"
+
+
+def _set(d, keys, value):
+    for k in keys[:-1]:
+        d = d[k]
+    d[keys[-1]] = value
+
+
+def _edited_spec(rng: random.Random) -> tuple[str, str]:
+    if rng.random() < 0.25:
+        text = rng.choice(GARBAGE_SPECS)
+        return text, f"spec replaced by {text[:20]!r}"
+    d = spec().to_dict()
+    keys, value = rng.choice(SPEC_EDITS)
+    _set(d, keys, value)
+    return json.dumps(d), f"spec {'.'.join(map(str, keys))} = {value!r}"
+
+
+def _with_spec(fmt: str, path: Path, text: str) -> None:
+    """Rewrite `path` (a seed file) so that the spec it carries is `text`."""
+    if fmt == "torch":
+        import torch
+
+        obj = torch.load(path, weights_only=True)
+        obj["zoo_spec"] = text
+        torch.save(obj, path)
+    elif fmt == "safetensors":
+        from safetensors import safe_open
+        from safetensors.numpy import save_file
+
+        with safe_open(str(path), "np") as f:
+            meta, w = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        save_file(w, str(path), metadata={**meta, "spec": text})
+    elif fmt == "keras":
+        import h5py
+
+        with h5py.File(path, "a") as f:
+            f.attrs["zoo_spec"] = text
+    elif fmt == "flax":
+        meta = path / "_CHECKPOINT_METADATA"
+        d = json.loads(meta.read_text())
+        d["custom_metadata"] = {"zoo_spec": text}
+        meta.write_text(json.dumps(d))
+    elif fmt == "keras_archive":
+        _rewrite_zip(path, {"config.json": lambda b: _keras_config(b, text)})
+
+
+def _keras_config(raw: bytes, text: str) -> bytes:
+    c = json.loads(raw)
+    try:
+        c["config"]["spec"] = json.loads(text)
+    except (ValueError, RecursionError):
+        c["config"]["spec"] = text
+    return json.dumps(c).encode()
+
+
+def _rewrite_zip(path: Path, edits: dict, compress: int = zipfile.ZIP_STORED) -> None:
+    with zipfile.ZipFile(path) as z:
+        members = [(i.filename, z.read(i.filename)) for i in z.infolist()]
+    with zipfile.ZipFile(path, "w", compress) as z:
+        for name, data in members:
+            z.writestr(name, edits[name](data) if name in edits else data)
+
+
+def _header(fmt: str, path: Path, rng: random.Random) -> str:
+    if fmt in ("torch", "keras_archive"):  # a zip local header's CRC, sizes or name length
+        data = bytearray(path.read_bytes())
+        heads = [i for i in range(len(data) - 4) if data[i:i + 4] == b"PK\x03\x04"]
+        at = rng.choice(heads)
+        field, width = rng.choice([(14, 4), (18, 4), (22, 4), (26, 2), (8, 2)])
+        data[at + field:at + field + width] = rng.choice([b"\xff" * width, bytes(width), rng.randbytes(width)])
+        path.write_bytes(bytes(data))
+        return f"zip local header at {at}: field at +{field} overwritten"
+    if fmt == "safetensors":
+        data = path.read_bytes()
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + n])
+        name = rng.choice([k for k in header if k != "__metadata__"])
+        edit = rng.choice(["shape", "dtype", "offsets", "length"])
+        if edit == "shape":
+            header[name]["shape"] = rng.choice([[10**9, 10**9], [0], [-1], [30000, 30000, 3, 3]])
+        elif edit == "dtype":
+            header[name]["dtype"] = rng.choice(["I32", "U8", "BOOL", "F8_E4M3", "C64", "F64", "XX"])
+        elif edit == "offsets":
+            header[name]["data_offsets"] = rng.choice([[0, 10**12], [5, 3], [0, 4]])
+        else:
+            body = json.dumps(header).encode()
+            path.write_bytes(rng.choice([10**15, 2, 0]).to_bytes(8, "little") + body + data[8 + n:])
+            return "safetensors header length edited"
+        body = json.dumps(header).encode()
+        path.write_bytes(len(body).to_bytes(8, "little") + body + data[8 + n:])
+        return f"safetensors header: {name} {edit} edited"
+    if fmt == "keras":
+        import h5py
+        import numpy as np
+
+        with h5py.File(path, "a") as f:
+            group = f["layers"][rng.choice([n for n in f["layers"] if n.startswith("padded_conv2d")])]["vars"]
+            v = rng.choice(["0", "1"])
+            old = group[v][()]
+            del group[v]
+            dtype = rng.choice([np.int32, np.uint8, np.bool_, np.complex64, np.float16, np.float64])
+            edit = rng.choice(["dtype", "shape", "extra"])
+            if edit == "dtype":
+                group.create_dataset(v, data=old.astype(dtype))
+            elif edit == "shape":
+                group.create_dataset(v, data=np.zeros((3,) + old.shape, np.float32))
+            else:
+                group.create_dataset(v, data=old)
+                group.create_dataset("2", data=old)
+            return f"HDF5 dataset {group.name}/{v}: {edit} edited"
+    # flax: Orbax metadata files
+    target = rng.choice([p for p in _files(path) if p.name in ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt")]
+                        or _files(path))
+    if target.name.startswith("_") and rng.random() < 0.7:
+        d = json.loads(target.read_text())
+        text = json.dumps(d)
+        text = text.replace("float32", rng.choice(["int32", "bool", "float64", "bogus"]), 1) if rng.random() < 0.5 \
+            else text.replace("[", "[99999, ", 1)
+        target.write_text(text)
+        return f"Orbax {target.name} edited"
+    target.unlink()
+    return f"Orbax {target.relative_to(path)} deleted"
+
+
+def _zip_bomb(path: Path) -> None:
+    """A .keras whose weights member declares gigabytes, deflated to almost nothing."""
+    with zipfile.ZipFile(path) as z:
+        members = [(i.filename, z.read(i.filename)) for i in z.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members:
+            if name == "model.weights.h5":
+                with z.open(name, "w", force_zip64=True) as f:
+                    chunk = bytes(2**24)
+                    for _ in range(16):  # 256 MiB of zeros, about 256 KB compressed
+                        f.write(chunk)
+            else:
+                z.writestr(name, data)
+
+
+def _crafted(fmt: str, name: str, folder: Path) -> Path:
+    """The hostile files the issue lists, each as the named format."""
+    import numpy as np
+
+    path = Path(folder) / NAMES[fmt]
+    w = base_weights()
+    if name == "empty":
+        if fmt == "flax":
+            path.mkdir()
+        else:
+            path.write_bytes(b"")
+    elif name == "random":
+        if fmt == "flax":
+            path.mkdir()
+            (path / "_METADATA").write_bytes(random.Random(7).randbytes(300))
+        else:
+            path.write_bytes(random.Random(7).randbytes(1600))
+    elif name == "other_format":  # a file of another format under this one's name
+        other = {"torch": "safetensors", "safetensors": "torch", "keras": "keras_archive", "keras_archive": "torch",
+                 "flax": "keras"}[fmt]
+        src = write_seed(other, folder)
+        if fmt == "flax":
+            path.mkdir()
+            shutil.move(src, path / "_METADATA")
+        else:
+            src.rename(path)
+    elif name == "fifo":
+        if fmt == "flax":
+            path.mkdir()
+            os.mkfifo(path / "_CHECKPOINT_METADATA")
+        else:
+            os.mkfifo(path)
+    elif name == "nonpreset":  # a spec no preset describes: must survive, or be refused
+        import dataclasses
+
+        s = spec()
+        stages = list(s.stages)
+        stages[0] = dataclasses.replace(stages[0], pool=dataclasses.replace(stages[0].pool, kind="avg"))
+        write_seed(fmt, folder, dataclasses.replace(s, stages=tuple(stages)), w)
+    elif name == "nonfinite":
+        w = dict(w)
+        w["blocks.1.conv0.weight"] = w["blocks.1.conv0.weight"].copy()
+        w["blocks.1.conv0.weight"][0, 0, 0, 0] = np.nan
+        write_seed(fmt, folder, weights=w)
+    elif name.startswith("spec:"):
+        write_seed(fmt, folder)
+        d = spec().to_dict()
+        if name == "spec:nested":
+            text = NESTED
+        else:
+            keys, value = SPEC_EDITS[int(name[5:])]
+            _set(d, keys, value)
+            text = json.dumps(d)
+        _with_spec(fmt, path, text)
+    elif name == "expanded" and fmt == "torch":  # 1.6 KB claiming gigabytes through a stride-0 view
+        import torch
+
+        sd = {k: torch.from_numpy(v) for k, v in w.items()}
+        sd["blocks.0.conv0.weight"] = torch.zeros(1).expand(40000, 40000)
+        torch.save(sd, path)
+    elif name in ("meta", "nested", "int", "float8", "sparse") and fmt == "torch":
+        import torch
+
+        sd = {k: torch.from_numpy(v) for k, v in w.items()}
+        k = "blocks.0.conv0.weight"
+        sd[k] = {"meta": lambda: torch.empty(8, 1, 11, 11, device="meta"),
+                 "nested": lambda: torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)]),
+                 "int": lambda: torch.zeros(8, 1, 11, 11, dtype=torch.int32),
+                 "float8": lambda: torch.zeros(8, 1, 11, 11).to(torch.float8_e4m3fn),
+                 "sparse": lambda: torch.zeros(8, 1, 11, 11).to_sparse()}[name]()
+        torch.save(sd, path)
+    elif name == "float8" and fmt == "safetensors":
+        import torch
+        from safetensors.torch import save_file
+
+        save_file({k: torch.from_numpy(v).to(torch.float8_e4m3fn) for k, v in w.items()}, str(path))
+    elif name in ("int32", "uint8", "bool", "complex64", "float16", "float64") and fmt == "keras":
+        write_seed(fmt, folder)
+        import h5py
+
+        with h5py.File(path, "a") as f:
+            group = f["layers"]["padded_conv2d"]["vars"]
+            old = group["0"][()]
+            del group["0"]
+            group.create_dataset("0", data=old.astype(name))
+    elif name == "external" and fmt == "keras":
+        write_seed(fmt, folder)
+        import h5py
+
+        (Path(folder) / "ext.bin").write_bytes(bytes(8 * 11 * 11 * 4))
+        with h5py.File(path, "a") as f:
+            group = f["layers"]["padded_conv2d"]["vars"]
+            shape = group["0"].shape
+            del group["0"]
+            group.create_dataset("0", shape=shape, dtype="float32", external=[(str(Path(folder) / "ext.bin"), 0,
+                                                                                4 * int(np.prod(shape)))])
+    elif name == "wide_config" and fmt == "keras_archive":
+        write_seed(fmt, folder)
+        d = spec().to_dict()
+        for st in d["stages"][:3]:
+            st["block"]["widths"] = [30000, 30000, 30000]
+        _with_spec(fmt, path, json.dumps(d))
+    elif name == "zip_bomb" and fmt == "keras_archive":
+        write_seed(fmt, folder)
+        _zip_bomb(path)
+    elif name == "big_input" :
+        write_seed(fmt, folder)
+        d = spec().to_dict()
+        d["input_size"] = [30000, 30000]
+        _with_spec(fmt, path, json.dumps(d))
+    else:
+        raise KeyError(f"no crafted case {name!r} for {fmt}")
+    return path
+
+
+CRAFTED = {
+    "torch": ["empty", "random", "other_format", "fifo", "nonpreset", "nonfinite", "expanded", "meta", "nested",
+              "int", "float8", "sparse", "big_input", "spec:nested", "spec:0", "spec:5"],
+    "safetensors": ["empty", "random", "other_format", "fifo", "nonpreset", "nonfinite", "float8", "big_input",
+                    "spec:nested", "spec:0"],
+    "flax": ["empty", "random", "other_format", "fifo", "nonpreset", "nonfinite", "big_input", "spec:nested",
+             "spec:0"],
+    "keras": ["empty", "random", "other_format", "fifo", "nonpreset", "nonfinite", "int32", "uint8", "bool",
+              "complex64", "float16", "float64", "external", "big_input", "spec:nested", "spec:0"],
+    "keras_archive": ["empty", "random", "other_format", "fifo", "nonpreset", "nonfinite", "wide_config", "zip_bomb",
+                      "big_input", "spec:nested", "spec:0"],
+}
+
+
+def make_case(fmt: str, kind: str, seed: int, folder: Path) -> tuple[Path, str]:
+    """Build one case's input in `folder`; returns (path, what was done)."""
+    rng = random.Random(f"{fmt}/{kind}/{seed}")
+    if kind.startswith("crafted:"):
+        return _crafted(fmt, kind[8:], folder), kind
+    path = write_seed(fmt, folder)
+    if kind == "spec":
+        text, what = _edited_spec(rng)
+        _with_spec(fmt, path, text)
+        return path, what
+    if kind == "header":
+        return path, _header(fmt, path, rng)
+    return path, _mutate_bytes(path, kind, rng)
+
+
+def corpus(per_kind: int, formats=FORMATS) -> list[tuple[str, str, int]]:
+    """Cases: every crafted file of every format, and `per_kind` seeded mutants of each kind."""
+    cases = [(f, f"crafted:{name}", 0) for f in formats for name in CRAFTED[f]]
+    cases += [(f, kind, seed) for f in formats for kind in KINDS for seed in range(per_kind)]
+    return cases
+
+
+# --------------------------------------------------------------------------- the worker
+
+class CaseTimeout(Exception):
+    pass
+
+
+def _snapshot(folder: Path) -> dict[str, tuple]:
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(folder))] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _expected(kind: str):
+    """The tensors a case's file should read as, when it reads at all: the seed's, but for crafted edits."""
+    w = base_weights()
+    if kind == "crafted:nonfinite":
+        import numpy as np
+
+        w["blocks.1.conv0.weight"][0, 0, 0, 0] = np.nan
+    return w
+
+
+def _same(path: Path, fmt: str | None, kind: str, src: Path | None = None, src_fmt: str | None = None) -> bool:
+    """The file's tensors equal the expected ones (NaN equal to NaN); for a conversion, its spec is the source's."""
+    import numpy as np
+
+    import conversion
+
+    back = conversion.read(path, fmt)
+    base = _expected(kind)
+    same = set(back.weights) == set(base) and all(
+        back.weights[k].dtype == base[k].dtype and np.array_equal(back.weights[k], base[k], equal_nan=True)
+        for k in base)
+    if same and src is not None:
+        a, _ = conversion.resolve_spec(conversion.read(src, src_fmt))
+        b, _ = conversion.resolve_spec(back)
+        same = a.layers() == b.layers() and a.input_size == b.input_size
+    return same
+
+
+def _one_line_error(e: BaseException) -> bool:
+    return isinstance(e, (ValueError, TypeError, OSError, ImportError)) and "\n" not in str(e) and bool(str(e))
+
+
+def run_op(op: str, fmt: str, kind: str, path: Path, case_dir: Path, dst_fmt: str) -> tuple[str, str]:
+    from zoo import cli
+
+    before = _snapshot(case_dir)
+    out_path = case_dir / ("out_" + NAMES[dst_fmt])
+    detail = ""
+    signal.alarm(CASE_SECONDS)
+    try:
+        if op == "load":
+            import zoo
+
+            try:
+                zoo.load("nin", "torch", weights=path)
+                outcome = "ok"
+            except Exception as e:
+                outcome = "error" if _one_line_error(e) else "bad-error"
+                detail = f"{type(e).__name__}: {e}"
+        else:
+            argv = ["inspect", str(path)] if op == "inspect" else ["convert", str(path), str(out_path)]
+            if op == "convert" and fmt == "flax":
+                argv[1:1] = ["--from", "flax"]
+            err, out = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+                try:
+                    rc = cli.main(argv)
+                except BaseException as e:  # noqa: BLE001 - anything escaping main is a bug
+                    if isinstance(e, CaseTimeout):
+                        raise
+                    rc, detail = -1, f"escaped main: {type(e).__name__}: {str(e)[:300]}"
+            lines = err.getvalue().strip().splitlines()
+            if rc == 0:
+                outcome = "ok"
+            elif rc == 2 and len(lines) == 1 and lines[0].startswith("zoo: error: "):
+                outcome, detail = "error", lines[0]
+            else:
+                outcome, detail = "bad-error", detail or err.getvalue()[-600:]
+        signal.alarm(0)
+        if outcome == "ok":  # correct output: the tensors read back equal the seed file's
+            src_fmt = "flax" if fmt == "flax" else None
+            try:
+                if op == "convert":
+                    good = _same(out_path, dst_fmt, kind, path, src_fmt)
+                else:
+                    good = _same(path, src_fmt, kind)
+            except Exception as e:
+                good, detail = False, f"read back failed: {e}"
+            if not good:
+                outcome = "wrong"
+    except CaseTimeout:
+        outcome, detail = "timeout", f"over {CASE_SECONDS} s"
+    finally:
+        signal.alarm(0)
+    after = _snapshot(case_dir)
+    if outcome == "ok" and op == "convert":
+        after = {k: v for k, v in after.items() if not (k == out_path.name or k.startswith(out_path.name + "/"))}
+    if after != before:
+        changed = sorted(set(after) ^ set(before)) or sorted(k for k in after if after[k] != before.get(k))
+        outcome, detail = "leftover", f"changed on disk: {changed[:5]}; was {outcome} {detail}"
+    if out_path.exists():
+        shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
+    return outcome, detail[:500]
+
+
+def worker() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import warnings
+
+    warnings.simplefilter("ignore")
+    import h5py  # noqa: F401
+    import keras  # noqa: F401
+    import numpy as np  # noqa: F401
+    import orbax.checkpoint  # noqa: F401
+    import torch  # noqa: F401
+    from flax import nnx  # noqa: F401
+
+    import conversion  # noqa: F401
+    import zoo
+
+    for fw in ("torch", "flax", "keras"):  # warm every framework once, so a case's time is its own
+        zoo.predict(zoo.load("nin", fw, **SPEC_ARGS), np.zeros((1, 96, 96, 1) if fw != "torch" else (1, 1, 96, 96),
+                                                              np.float32))
+
+    def on_alarm(signum, frame):
+        raise CaseTimeout()
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + MEMORY_BUDGET, resource.RLIM_INFINITY))
+    root = Path(tempfile.mkdtemp(prefix="zoo-fuzz-"))
+    print(json.dumps({"ready": True, "root": str(root)}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        fmt, kind, seed, ops = req["fmt"], req["kind"], req["seed"], req["ops"]
+        case_dir = root / f"case{seed}-{kind.replace(':', '_')}-{fmt}"
+        case_dir.mkdir()
+        results = []
+        try:
+            path, what = make_case(fmt, kind, seed, case_dir)
+        except Exception as e:
+            print(json.dumps({"build_error": f"{type(e).__name__}: {e}"}), flush=True)
+            shutil.rmtree(case_dir, ignore_errors=True)
+            continue
+        for i, op in enumerate(ops):
+            dst = DESTINATIONS[(seed + i + FORMATS.index(fmt)) % len(DESTINATIONS)]
+            if dst == fmt:
+                dst = DESTINATIONS[(DESTINATIONS.index(dst) + 1) % len(DESTINATIONS)]
+            outcome, detail = run_op(op, fmt, kind, path, case_dir, dst)
+            results.append({"op": op, "dst": dst if op == "convert" else None, "outcome": outcome, "detail": detail})
+        shutil.rmtree(case_dir, ignore_errors=True)
+        if case_dir.exists():  # a FIFO or read-only leftovers: remove by hand
+            subprocess.run(["rm", "-rf", str(case_dir)], check=False)
+        print(json.dumps({"what": what, "results": results}), flush=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the supervisor
+
+class Worker:
+    def __init__(self):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                            os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        ready = self._read(300)
+        if ready is None:
+            raise RuntimeError("the fuzz worker did not start")
+        self.root = Path(ready["root"])
+
+    def _read(self, timeout: float):
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            return None
+        line = self.proc.stdout.readline()
+        return json.loads(line) if line else None
+
+    def run(self, case, ops):
+        fmt, kind, seed = case
+        self.proc.stdin.write(json.dumps({"fmt": fmt, "kind": kind, "seed": seed, "ops": ops}) + "\n")
+        self.proc.stdin.flush()
+        return self._read(HARD_SECONDS * len(ops))
+
+    def close(self):
+        with contextlib.suppress(Exception):
+            self.proc.stdin.close()
+        with contextlib.suppress(Exception):
+            self.proc.wait(30)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_cases(cases, ops=("inspect", "convert", "load"), log=None) -> list[dict]:
+    """Run each case through `ops` in a worker; a hang or death is a result, and the next case gets a new worker."""
+    results, w = [], None
+    try:
+        for case in cases:
+            w = w or Worker()
+            t = time.perf_counter()
+            reply = w.run(case, list(ops))
+            if reply is None:  # hung past HARD_SECONDS, or died (memory, signal)
+                code = w.proc.poll()
+                w.proc.kill()
+                w.proc.wait()
+                subprocess.run(["rm", "-rf", str(w.root)], check=False)  # its cases' folders, FIFOs included
+                w = None
+                reply = {"what": "?", "results": [{"op": "?", "outcome": "hang",
+                                                   "detail": f"worker exit status {code}"}]}
+            if "build_error" in reply:
+                raise RuntimeError(f"{case}: the harness could not build the case: {reply['build_error']}")
+            row = {"fmt": case[0], "kind": case[1], "seed": case[2], "seconds": time.perf_counter() - t, **reply}
+            results.append(row)
+            if log:
+                log(row)
+    finally:
+        if w:
+            w.close()
+    return results
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--worker"]:
+        worker()
