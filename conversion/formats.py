@@ -54,7 +54,14 @@ def detect(path: Path | str, explicit: str | None = None, writing: bool = False)
         if name not in FORMATS:
             raise ConversionError(f"unknown format {explicit!r}; known: {', '.join(FORMATS)} "
                                   f"(or a framework name: torch, flax, keras)")
-        return FORMATS[name]
+        fmt = FORMATS[name]
+        if fmt.name in ("keras", "keras_archive") and not text.endswith(fmt.suffixes):
+            # Keras' save_weights/load_weights and save/load_model refuse any other name.
+            wanted = Path(text).name + fmt.suffixes[0]
+            raise ConversionError(f"{text}: a {fmt.name} file must be named *{fmt.suffixes[0]}, the only name Keras "
+                                  f"{'writes' if writing else 'reads'}: "
+                                  f"{'name the output' if writing else 'rename it to'} {wanted}")
+        return fmt
     for f in FORMATS.values():
         if any(text.endswith(s) for s in f.suffixes):
             return f

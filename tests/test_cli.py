@@ -118,3 +118,15 @@ def test_bench_flags_unsteady_rounds():
     # an unsteady default makes every ratio of that case noise
     busy_default = bench.format_results([_result([1.0, 9.0, 0.99], [0.5, 0.51, 0.5])], "m")
     assert busy_default.count("x? (unsteady") == 2
+
+
+def test_keras_file_names_keras_accepts(capsys, tmp_path):
+    """--to keras with an output Keras would refuse to write (or read back) is refused first, naming the fix."""
+    src = tmp_path / "IN"
+    src.write_bytes(b"\0" * 16)
+    assert cli.main(["convert", "nin", "--from", "torch", "--to", "keras", str(src), str(tmp_path / "OUT")]) == 2
+    err = capsys.readouterr().err
+    assert "must be named *.weights.h5" in err and "name the output OUT.weights.h5" in err, err
+    assert cli.main(["inspect", str(src), "--format", "keras_archive"]) == 2
+    assert "rename it to IN.keras" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["IN"]
