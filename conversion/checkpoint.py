@@ -10,6 +10,7 @@ import secrets
 import shutil
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,8 +147,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# A PID names a process on this machine only: on a folder shared between machines, another
+# machine's live writer has a PID unknown here. Its temporary is young, so only old ones go.
+STALE_AFTER_S = 600
+
+
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Remove `.zoo-PID-...` temporaries whose process is gone (killed before it could clean up)."""
+    """Remove `.zoo-PID-...` temporaries whose process is gone (killed before it could clean up)
+    and that are older than STALE_AFTER_S."""
     removed = []
     try:
         entries = list(Path(folder).glob(f"{TMP_PREFIX}*"))
@@ -155,10 +162,18 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
         return removed
     for p in entries:
         m = re.fullmatch(rf"{re.escape(TMP_PREFIX)}(\d+)-[0-9a-f]{{8}}\.(partial|old).*", p.name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))) and _age(p) > STALE_AFTER_S:
             _remove(p)
             removed.append(p)
     return removed
+
+
+def _age(p: Path) -> float:
+    """Seconds since `p` was last modified (0 when it cannot be read: then it stays)."""
+    try:
+        return time.time() - p.lstat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _move(tmp: Path, path: Path, force: bool) -> None:

@@ -376,12 +376,18 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     src = _write("safetensors", tmp_path / "a.safetensors")
     dead = subprocess.Popen(["true"])
     dead.wait()
+    old = time.time() - 3600
     stale = tmp_path / f".zoo-{dead.pid}-0123abcd.partial.pt"
     stale.write_bytes(b"left by a killed run")
+    os.utime(stale, (old, old))
     alive = tmp_path / f".zoo-{os.getppid()}-0123abcd.partial.pt"  # a live process's: kept
     alive.write_bytes(b"in use")
+    os.utime(alive, (old, old))
+    # a dead PID's young temporary may be a live writer's on another machine sharing this folder: kept
+    young = tmp_path / f".zoo-{dead.pid}-4567cdef.partial.pt"
+    young.write_bytes(b"another machine's")
     conversion.convert(src, tmp_path / "b.pt")
-    assert not stale.exists() and alive.exists()
+    assert not stale.exists() and alive.exists() and young.exists()
 
 
 @needs_torch
