@@ -165,10 +165,14 @@ def test_evaluate_and_predict_commands(tmp_path, capsys):
 
 def test_release_writes_into_the_checkout_and_refuses_to_overwrite(tmp_path, monkeypatch):
     """release: the checkout's weights/ by default, never the shipped tag without force=True; on 40 test images."""
-    from pathlib import Path
-
     path, cfg = _cfg()
-    assert pretrained.checkout_folder() == Path(zoo.__file__).resolve().parents[1] / "weights"
+    checkout = tmp_path / "checkout"  # a project root, as a clone has it
+    (checkout / "zoo").mkdir(parents=True)
+    (checkout / "weights").mkdir()
+    (checkout / "pyproject.toml").write_text("")
+    monkeypatch.setattr(pretrained, "_PACKAGE", checkout / "zoo")
+    assert pretrained.checkout_folder() == checkout / "weights"
+    monkeypatch.undo()
 
     def no_data(*args, **kwargs):
         raise AssertionError("release read the data set before refusing")
@@ -179,7 +183,7 @@ def test_release_writes_into_the_checkout_and_refuses_to_overwrite(tmp_path, mon
                                                   r"nin-fashion_mnist\.safetensors, .*nin-fashion_mnist\.test-logits"
                                                   r"\.npy, the entry 'nin\.fashion_mnist' of .*manifest\.json\): "
                                                   r"choose another tag, or pass force=True to replace it$"):
-        pretrained.release(path, "nin", "fashion_mnist")
+        pretrained.release(path, "nin", "fashion_mnist", folder=path.parent)  # where the shipped weights are
     assert {p.name: p.read_bytes() for p in path.parent.iterdir() if p.is_file()} == shipped
 
     monkeypatch.setattr(pretrained, "_PACKAGE", tmp_path / "site-packages" / "zoo")  # a non-editable install
