@@ -42,10 +42,15 @@ def _write(fmt: str, path: Path, spec=SPEC, weights=None) -> Path:
     return path
 
 
-def _cli(*args: str, cwd: Path | None = None, timeout: float = 300, preexec=None) -> subprocess.CompletedProcess:
+def _cli(*args: str, cwd: Path | None = None, timeout: float = 300,
+         max_file_kib: int | None = None) -> subprocess.CompletedProcess:
+    """`zoo` in a fresh process; `max_file_kib` caps the size of any file it writes, as a full disk would
+    (`ulimit -f` in a shell that then execs it: no Python runs between fork and exec in this JAX process)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "zoo.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout, preexec_fn=preexec)
+    argv = [sys.executable, "-m", "zoo.cli", *args]
+    if max_file_kib is not None:
+        argv = ["bash", "-c", f'ulimit -f {max_file_kib} && exec "$@"', "bash", *argv]
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _zoo_files(folder: Path) -> list[str]:
@@ -329,13 +334,8 @@ def test_full_disk_is_one_line_no_hang_no_leftovers(fmt, name, tmp_path):
     need = {"torch": ("torch",), "safetensors": ("torch",), "flax": ("flax",), "keras": ("keras",)}[fmt]
     if not _has(*need):
         pytest.skip("framework missing")
-    src = _write("safetensors", tmp_path / "a.safetensors", zoo.get_spec("nin"))
-    import resource
-
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
-
-    r = _cli("convert", str(src), str(tmp_path / name), "--no-verify", timeout=240, preexec=limit)
+    src = _write("safetensors", tmp_path / "a.safetensors", zoo.get_spec("nin"))  # 8 MB
+    r = _cli("convert", str(src), str(tmp_path / name), "--no-verify", timeout=240, max_file_kib=195)
     errors = [line for line in r.stderr.splitlines() if line.startswith("zoo: error:")]
     assert r.returncode == 2 and len(errors) == 1 and errors[0].startswith("zoo: error: could not write"), \
         r.stderr[-2000:]
