@@ -289,14 +289,6 @@ class NiNSpec:
                 m = max(1, (m - 1) * op.stride + k - 2 * op.padding)
         return m
 
-    def _fits(self, n: int) -> bool:
-        for layer in self.layers():
-            if isinstance(layer.op, (ConvSpec, PoolSpec)):
-                n = layer.op.out_size(n)
-                if n < 1:
-                    return False
-        return True
-
     def check_input(self, shape: tuple[int, ...], layout: str) -> None:
         """Refuse an input of the wrong rank, channel count or size, before any framework runs it.
 
