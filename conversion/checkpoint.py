@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo.api import nonfinite_tensors
 from zoo.nin import NiNSpec
 
 FORMAT_VERSION = "1"  # of the zoo's canonical safetensors metadata
@@ -46,8 +47,7 @@ class Checkpoint:
 def check_finite(weights: dict[str, np.ndarray], allow_nonfinite: bool = False) -> None:
     if allow_nonfinite:
         return
-    bad = [f"{k} ({int((~np.isfinite(a.astype(np.float32))).sum())} values)"
-           for k, a in weights.items() if not np.isfinite(a.astype(np.float32)).all()]
+    bad = nonfinite_tensors(weights)
     if bad:
         raise ConversionError(f"NaN or Inf in {len(bad)} tensor(s): {', '.join(bad)}; "
                               f"refused (pass --allow-nonfinite / allow_nonfinite=True to convert them anyway)")

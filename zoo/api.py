@@ -44,10 +44,15 @@ def check_weights(spec: NiNSpec, weights: Mapping[str, np.ndarray],
     return arrays
 
 
+def nonfinite_tensors(weights: Mapping[str, np.ndarray]) -> list[str]:
+    """'name (N values)' for each tensor holding NaN or Inf (half precision compared as float32)."""
+    finite = {k: np.isfinite(np.asarray(a).astype(np.float32, copy=False)) for k, a in weights.items()}
+    return [f"{k} ({int(f.size - f.sum())} values)" for k, f in finite.items() if not f.all()]
+
+
 def check_finite(weights: Mapping[str, np.ndarray]) -> None:
     """Refuse weights holding NaN or Inf, as files holding them are refused."""
-    bad = [f"{k} ({int(np.size(a) - np.isfinite(a).sum())} values)" for k, a in weights.items()
-           if not np.isfinite(a).all()]
+    bad = nonfinite_tensors(weights)
     if bad:
         raise WeightsError(f"NaN or Inf in {len(bad)} tensor(s): {', '.join(bad)}; refused "
                            f"(pass allow_nonfinite=True to load them anyway)")
