@@ -4,14 +4,15 @@
     >>> print(conversion.convert('model.pt', 'model.weights.h5'))     # verified by running both
     >>> conversion.inspect('model.pt')
 
-Each format has one reader and one writer to canonical weights (conversion/io_*.py);
-any format converts to any other through them.
+Each format has one reader and one writer to canonical weights (zoo/io/io_*.py, below both
+the zoo and this package); any format converts to any other through them.
 """
 
-from conversion.checkpoint import Checkpoint, ConversionError
-from conversion.convert import Report, convert, inspect, load, read
-from conversion.formats import FORMATS, detect
-from conversion.infer import infer_spec, resolve_spec
+from conversion.convert import Report, convert, inspect
+from zoo.io import load, read
+from zoo.io.checkpoint import Checkpoint, ConversionError
+from zoo.io.formats import FORMATS, detect
+from zoo.io.infer import infer_spec, resolve_spec
 
 __all__ = ["FORMATS", "Checkpoint", "ConversionError", "Report", "convert", "detect", "infer_spec", "inspect",
            "load", "read", "resolve_spec"]

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import zoo
-from conversion.formats import FORMATS, function
+from zoo.io.formats import FORMATS, function
 
 FILES = {"torch": "nin.pt", "flax": "nin_flax", "keras": "nin.weights.h5"}
 IMPORTS = {"torch": "import torch", "flax": "import jax, flax.nnx, orbax.checkpoint", "keras": "import keras"}

@@ -10,70 +10,18 @@ from pathlib import Path
 import numpy as np
 
 import zoo
-from conversion import keymaps
-from conversion.checkpoint import Checkpoint, ConversionError, atomic_output, check_finite, check_output_path, one_line
-from conversion.formats import detect, function, is_previous_output, sniff
-from conversion.infer import infer_spec, resolve_spec
 from zoo import reference
-from zoo.nin import NiNSpec
-
-FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
-
-
-def read(path, format: str | None = None, *, model: str | None = None, spec: NiNSpec | None = None) -> Checkpoint:
-    """Read a weight file into canonical names and layout (dtype as stored); foreign key maps applied.
-
-    >>> ckpt = conversion.read('model.pt')
-    >>> ckpt.weights['blocks.0.conv0.weight'].shape
-    (96, 1, 11, 11)
-    """
-    path = Path(path)
-    fmt = detect(path, format)
-    _check_input_path(path, fmt)
-    ckpt = function(fmt, "reader")(path, spec, model)
-    ckpt.weights, mapped = keymaps.to_canonical(ckpt.weights)
-    if mapped:
-        ckpt.notes.append(f"recognised foreign keys: {mapped}")
-    return ckpt
-
-
-def load(path, model: str | None = None, overrides: dict | None = None, *, format: str | None = None,
-         allow_nonfinite: bool = False) -> tuple[NiNSpec, dict[str, np.ndarray], Checkpoint]:
-    """Read a file and fit it to a spec: (spec, float32 weights checked against it, the checkpoint as read)."""
-    ckpt = read(path, format, model=model)
-    spec, _ = resolve_spec(ckpt, model, overrides)
-    weights = zoo.check_weights(spec, ckpt.weights, dtypes=FLOAT_DTYPES)
-    check_finite(weights, allow_nonfinite)
-    if ckpt.dtype == "float64":
-        raise ConversionError(f"{path} holds float64 weights; a model holds float32 and casting loses "
-                              f"precision: convert it explicitly with --dtype float32")
-    if ckpt.dtype != "float32":
-        warnings.warn(f"{path} holds {ckpt.dtype} weights; loading them as float32 (exact)", stacklevel=2)
-        weights = {k: v.astype(np.float32) for k, v in weights.items()}
-    return spec, weights, ckpt
-
-
-def _check_input_path(path: Path, fmt) -> None:
-    """A regular file (a folder for Flax), before anything opens it: a FIFO or device would block or never end."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ConversionError(f"{path} does not exist") from None
-    except OSError as e:
-        raise ConversionError(f"{path} cannot be read: {e.strerror}") from None
-    if fmt.name == "flax":
-        if not stat.S_ISDIR(mode):
-            raise ConversionError(f"{path} is not a folder; a Flax checkpoint is an Orbax checkpoint folder")
-    elif not stat.S_ISREG(mode):
-        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device?)"
-        raise ConversionError(f"{path} is {kind}; a {fmt.name} checkpoint is a regular file")
-
+from zoo.io import FLOAT_DTYPES, keymaps, load, read  # noqa: F401  (re-exported by conversion)
+from zoo.io.checkpoint import Checkpoint, ConversionError, atomic_output, check_finite, check_output_path, one_line
+from zoo.io.formats import detect, function, is_previous_output, sniff
+from zoo.io.infer import infer_spec, resolve_spec
+from zoo.spec import ModelSpec
 
 # The verification probe: batch 2, the spec's input size, or its minimum when that is too large.
 PROBE_MAX_ELEMENTS = 2**25  # of the largest activation: 128 MiB of float32
 
 
-def probe_size(spec: NiNSpec) -> tuple[int, int]:
+def probe_size(spec: ModelSpec) -> tuple[int, int]:
     m = spec.min_input_size
     for size in (spec.input_size, (m, m)):
         largest = max(max(int(np.prod(s)) for _, s in spec.layer_shapes(size, 2)),
@@ -88,7 +36,7 @@ def probe_size(spec: NiNSpec) -> tuple[int, int]:
 class Report:
     src_format: str
     dst_format: str
-    spec: NiNSpec
+    spec: ModelSpec
     spec_origin: str
     dtype: str
     notes: list[str]
@@ -108,7 +56,7 @@ class Report:
         return "\n".join(lines)
 
 
-def _run(framework: str, spec: NiNSpec, weights: dict[str, np.ndarray], x: np.ndarray) -> tuple[np.ndarray, str]:
+def _run(framework: str, spec: ModelSpec, weights: dict[str, np.ndarray], x: np.ndarray) -> tuple[np.ndarray, str]:
     """Logits from `framework`'s model, or from the float64 reference when it is not installed."""
     weights = {k: v.astype(np.float32) for k, v in weights.items()}
     try:
@@ -119,7 +67,7 @@ def _run(framework: str, spec: NiNSpec, weights: dict[str, np.ndarray], x: np.nd
     return zoo.predict(model, x, layout="NCHW"), framework
 
 
-def convert(src, dst, *, model: str | None = None, overrides: dict | None = None, spec: NiNSpec | None = None,
+def convert(src, dst, *, model: str | None = None, overrides: dict | None = None, spec: ModelSpec | None = None,
             src_format: str | None = None, dst_format: str | None = None, dtype: str | None = None,
             verify: bool = True, force: bool = False, allow_nonfinite: bool = False) -> Report:
     """Convert a weight file to another format, through canonical weights; verify it by running both.

@@ -10,18 +10,18 @@
 Frameworks are imported only when a model of theirs is asked for.
 """
 
-from zoo import nin as _nin  # noqa: F401  (registers the NiN presets)
+from zoo import families as _families  # noqa: F401  (registers every preset)
 from zoo._frameworks import FRAMEWORKS, FrameworkNotInstalled
 from zoo._registry import UnknownModelError, get_spec, list_models
 from zoo.api import WeightsError, check_weights, get_weights, load, predict, set_weights, spec_of, summary
-from zoo.nin import BlockSpec, NiNSpec, PoolSpec, SpecError, StageSpec, init_weights
 from zoo.pretrained import PretrainedError, list_pretrained
+from zoo.spec import ModelSpec, SpecError, init_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FRAMEWORKS", "FrameworkNotInstalled", "UnknownModelError", "SpecError", "WeightsError",
-    "NiNSpec", "BlockSpec", "PoolSpec", "StageSpec",
+    "ModelSpec",
     "list_models", "get_spec", "load", "get_weights", "set_weights", "check_weights", "spec_of",
     "predict", "summary", "init_weights", "list_pretrained", "PretrainedError",
 ]

@@ -1,13 +1,14 @@
 """The framework table and the lazy import of each framework's adapter module.
 
-Every adapter module (zoo/frameworks/*_nin.py) offers the same few functions:
+Every adapter module (zoo/frameworks/*_model.py) offers the same few functions:
     build(spec, weights) -> model          ready for inference, weights canonical
     get_weights(model) -> dict             canonical names, OIHW, float32 copies
     set_weights(model, weights)            weights already checked against the spec
     owns(model) -> bool                    is this one of this adapter's models?
-    spec_of(model) -> NiNSpec
+    spec_of(model) -> ModelSpec
     predict(model, x) -> np.ndarray        x in the framework's own layout (LAYOUT)
-    trace(model, x) -> [(layer, shape)]    the spec's layers, run one by one
+    trace(model, x) -> [(path, output)]   the spec's layers, run one by one (outputs as numpy)
+    train_forward(model, x) -> logits     training mode, dropout off: BatchNorm statistics updated
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ class Framework:
 
 
 FRAMEWORKS: dict[str, Framework] = {
-    "torch": Framework("torch", "zoo.frameworks.torch_nin", ("torch",), "torch", "NCHW"),
-    "flax": Framework("flax", "zoo.frameworks.flax_nin", ("jax", "flax"), "flax", "NHWC"),
-    "keras": Framework("keras", "zoo.frameworks.keras_nin", ("keras",), "keras", "NHWC"),
+    "torch": Framework("torch", "zoo.frameworks.torch_model", ("torch",), "torch", "NCHW"),
+    "flax": Framework("flax", "zoo.frameworks.flax_model", ("jax", "flax"), "flax", "NHWC"),
+    "keras": Framework("keras", "zoo.frameworks.keras_model", ("keras",), "keras", "NHWC"),
 }
 
 

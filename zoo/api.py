@@ -7,55 +7,22 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from zoo._checks import WeightsError, check_finite, check_weights, nonfinite_tensors  # noqa: F401
 from zoo._frameworks import FRAMEWORKS, adapter, adapter_for
 from zoo._registry import get_spec
-from zoo.nin import ConvSpec, Dropout, NiNSpec, PoolSpec, init_weights
-
-
-class WeightsError(ValueError):
-    """Weights that do not fit a model: wrong names, shapes or dtypes. Lists every problem."""
-
-
-def check_weights(spec: NiNSpec, weights: Mapping[str, np.ndarray],
-                  dtypes: tuple[str, ...] = ("float32",)) -> dict[str, np.ndarray]:
-    """Check canonical weights against a spec; return them as numpy arrays, or raise listing all problems."""
-    expected = spec.param_shapes()
-    problems = []
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
-    if missing:
-        problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(unexpected)}")
-    arrays = {}
-    for name, shape in expected.items():
-        if name not in weights:
-            continue
-        a = np.asarray(weights[name])
-        if a.shape != shape:
-            problems.append(f"{name}: expected shape {shape}, got {a.shape}")
-        elif str(a.dtype) not in dtypes:
-            problems.append(f"{name}: expected {' or '.join(dtypes)}, got {a.dtype} "
-                            f"(cast it explicitly, e.g. .astype(np.float32))")
-        arrays[name] = a
-    if problems:
-        raise WeightsError(f"weights do not fit {spec.name} ({len(expected)} tensors expected):\n  "
-                           + "\n  ".join(problems))
-    return arrays
-
-
-def nonfinite_tensors(weights: Mapping[str, np.ndarray]) -> list[str]:
-    """'name (N values)' for each tensor holding NaN or Inf (half precision compared as float32)."""
-    finite = {k: np.isfinite(np.asarray(a).astype(np.float32, copy=False)) for k, a in weights.items()}
-    return [f"{k} ({int(f.size - f.sum())} values)" for k, f in finite.items() if not f.all()]
-
-
-def check_finite(weights: Mapping[str, np.ndarray]) -> None:
-    """Refuse weights holding NaN or Inf, as files holding them are refused."""
-    bad = nonfinite_tensors(weights)
-    if bad:
-        raise WeightsError(f"NaN or Inf in {len(bad)} tensor(s): {', '.join(bad)}; refused "
-                           f"(pass allow_nonfinite=True to load them anyway)")
+from zoo.spec import (
+    Act,
+    AdaptivePool,
+    BatchNorm,
+    Conv,
+    Dropout,
+    Flatten,
+    Linear,
+    ModelSpec,
+    Parallel,
+    Pool,
+    init_weights,
+)
 
 
 def load(name, framework: str, *, seed: int = 0, weights=None, allow_nonfinite: bool = False, **overrides):
@@ -83,7 +50,7 @@ def load(name, framework: str, *, seed: int = 0, weights=None, allow_nonfinite: 
         if not allow_nonfinite:
             check_finite(arrays)
         return mod.build(spec, arrays)
-    import conversion  # imports the file's framework only when a file is read
+    from zoo import io  # imports the file's framework only when a file is read
 
     if not isinstance(name, str):
         raise TypeError("with a weights file, name the model ('nin'); the spec comes from the file")
@@ -95,7 +62,7 @@ def load(name, framework: str, *, seed: int = 0, weights=None, allow_nonfinite: 
         if overrides:
             raise TypeError(f"pretrained weights fix the spec; drop the overrides {sorted(overrides)}")
         weights, _ = pretrained.resolve(name, weights)
-    spec, arrays, _ = conversion.load(weights, name, overrides, allow_nonfinite=allow_nonfinite)
+    spec, arrays, _ = io.load(weights, name, overrides, allow_nonfinite=allow_nonfinite)
     return mod.build(spec, arrays)
 
 
@@ -123,7 +90,7 @@ def _is_tag(model: str, text: str) -> bool:
 
 
 def get_weights(model) -> dict[str, np.ndarray]:
-    """A zoo model's parameters in canonical form (names as NiNSpec's docs, OIHW, float32 copies)."""
+    """A zoo model's parameters in canonical form (names as ModelSpec's docs, OIHW, float32 copies)."""
     return adapter_for(model)[1].get_weights(model)
 
 
@@ -137,7 +104,7 @@ def set_weights(model, weights: Mapping[str, np.ndarray], *, allow_nonfinite: bo
     mod.set_weights(model, arrays)
 
 
-def spec_of(model) -> NiNSpec:
+def spec_of(model) -> ModelSpec:
     """The spec a zoo model was built from."""
     return adapter_for(model)[1].spec_of(model)
 
@@ -154,16 +121,35 @@ def predict(model, x: np.ndarray, *, layout: str | None = None) -> np.ndarray:
     return mod.predict(model, x)
 
 
+def _size(pair) -> str:
+    return f"{pair[0]}x{pair[1]}"
+
+
 def _describe(op) -> str:
-    if isinstance(op, ConvSpec):
-        return (f"Conv {op.kernel_size}x{op.kernel_size}/{op.stride} pad {op.padding}, "
-                f"{op.in_channels}->{op.out_channels}")
-    if isinstance(op, PoolSpec):
+    """A layer's type column in summaries and `zoo diff`."""
+    if isinstance(op, Conv):
+        bias = "" if op.bias else ", no bias"
+        return (f"Conv {_size(op.kernel_size)}/{op.stride[0]} pad {op.padding[0]}, "
+                f"{op.in_channels}->{op.out_channels}{bias}")
+    if isinstance(op, BatchNorm):
+        return f"BatchNorm {op.num_features}, eps {op.eps:g}"
+    if isinstance(op, Act):
+        return {"relu": "ReLU", "sigmoid": "Sigmoid"}[op.kind]
+    if isinstance(op, Pool):
         extra = "" if op.kind == "max" else f", count_include_pad={op.count_include_pad}"
-        return f"{op.kind.capitalize()}Pool {op.size}x{op.size}/{op.stride} pad {op.padding}{extra}"
+        ceil = ", ceil" if op.ceil_mode else ""
+        return f"{op.kind.capitalize()}Pool {_size(op.size)}/{op.stride[0]} pad {op.padding[0]}{ceil}{extra}"
+    if isinstance(op, AdaptivePool):
+        return f"AdaptiveAvgPool {_size(op.output_size)}"
+    if isinstance(op, Linear):
+        return f"Linear {op.in_features}->{op.out_features}"
     if isinstance(op, Dropout):
         return f"Dropout {op.rate}"
-    return type(op).__name__.replace("Activation", "ReLU")
+    if isinstance(op, Flatten):
+        return "Flatten"
+    if isinstance(op, Parallel):
+        return f"{'Concat' if op.join == 'concat' else 'Add'} of {len(op.branches)}"
+    return type(op).__name__
 
 
 class Summary(str):
@@ -206,14 +192,16 @@ def summary(name, framework: str | None = None, *, input_size: int | tuple[int, 
     spec.check_input(shape, layout)
     if mod:
         model = mod.build(spec, init_weights(spec))
-        shapes = mod.trace(model, np.zeros(shape, np.float32))
+        shapes = mod.trace(model, np.zeros(shape, np.float32))  # (path, output)
     else:
         shapes = spec.layer_shapes((h, w), batch_size)
-    params = spec.param_shapes()
+    ops = spec.ops()
     rows = [("Layer", "Type", "Output shape", "Params")]
     for layer, (_, out) in zip(spec.layers(), shapes):
-        n = sum(int(np.prod(params[f"{layer.name}.{k}"])) for k in ("weight", "bias") if f"{layer.name}.{k}" in params)
-        rows.append((layer.name, _describe(layer.op), str(tuple(out)), f"{n:,}" if n else "-"))
+        op = ops.get(layer.path)
+        n = sum(int(np.prod(s)) for s in op.params().values()) if op is not None else 0
+        rows.append((layer.path, _describe(layer.node), str(tuple(np.shape(out) if mod else out)),
+                     f"{n:,}" if n else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [f"{spec.name} ({framework or 'spec'}, input {shape} {layout})"]
     for i, r in enumerate(rows):
@@ -221,7 +209,9 @@ def summary(name, framework: str | None = None, *, input_size: int | tuple[int, 
         lines.append("  ".join(cells))
         if i == 0:
             lines.append("  ".join("-" * wd for wd in widths))
-    lines.append(f"Total params: {spec.num_params:,}   minimum input: {spec.min_input_size}x{spec.min_input_size}")
+    gflops = spec.flops((h, w)) / 1e9
+    lines.append(f"Total params: {spec.num_params:,}   GFLOPs: {gflops:.3g} at {h}x{w}   "
+                 f"minimum input: {spec.min_input_size}x{spec.min_input_size}")
     table = Summary("\n".join(lines), rows[1:], spec.num_params)
     if print_fn:
         print_fn(str(table))

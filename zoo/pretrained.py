@@ -94,9 +94,9 @@ def export_run(trainer, out) -> Path:
     """Write a finished run's weights as canonical safetensors, with the pretrained entry in its metadata."""
     from safetensors.numpy import save_file
 
-    from conversion.io_safetensors import metadata
     from zoo import data
     from zoo.api import get_weights
+    from zoo.io.io_safetensors import metadata
 
     out = Path(out)
     r = trainer.recipe
@@ -142,7 +142,7 @@ def release(run_weights: Path, model: str, tag: str, folder: Path | None = None,
 
     from zoo import data, reference
     from zoo._progress import bar
-    from zoo.nin import NiNSpec
+    from zoo.spec import ModelSpec
 
     if folder is None:
         folder = checkout_folder()
@@ -163,7 +163,7 @@ def release(run_weights: Path, model: str, tag: str, folder: Path | None = None,
     with safe_open(str(run_weights), "np") as f:
         meta = f.metadata()
     entry = json.loads(meta["pretrained"])
-    spec = NiNSpec.from_dict(json.loads(meta["spec"]))
+    spec = ModelSpec.from_dict(json.loads(meta["spec"]))
     weights = load_file(str(run_weights))
     images, _ = data.load_fashion_mnist("test")
     x = data.preprocess(images, entry["input_size"], entry["mean"], entry["std"])

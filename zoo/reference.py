@@ -1,9 +1,10 @@
 """A float64 NumPy forward pass: the reference every framework is measured against.
 
-Written from the spec's layer list alone, with no framework involved, so that an
-error shared by all three frameworks would still show.
+Written from the spec's ops alone, with no framework involved, so that an error shared by
+all three frameworks would still show. Each op follows PyTorch's documented semantics.
 
-    >>> logits = forward(spec, weights, x)   # x: [B, C, H, W], any float dtype
+    >>> logits = forward(spec, weights, x)                  # x: [B, C, H, W], any float dtype
+    >>> logits = forward(spec, weights, x, train=True)      # BatchNorm on batch statistics
 """
 
 from __future__ import annotations
@@ -11,54 +12,99 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from zoo.nin import Activation, ConvSpec, Dropout, Flatten, GlobalAvgPool, NiNSpec, PoolSpec
+from zoo.spec import Act, AdaptivePool, BatchNorm, Conv, Dropout, Flatten, Linear, ModelSpec, Pool, adaptive_bins, run
 
 
-def _windows(x: np.ndarray, size: int, stride: int) -> np.ndarray:
-    """[B, C, H, W] -> [B, C, H', W', size, size] strided windows (a view)."""
-    return sliding_window_view(x, (size, size), axis=(2, 3))[:, :, ::stride, ::stride]
+def _windows(x: np.ndarray, size: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
+    """[B, C, H, W] -> [B, C, H', W', kh, kw] strided windows (a view)."""
+    return sliding_window_view(x, size, axis=(2, 3))[:, :, ::stride[0], ::stride[1]]
 
 
-def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, conv: ConvSpec) -> np.ndarray:
-    p = conv.padding
-    x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-    win = _windows(x, conv.kernel_size, conv.stride)  # [B, I, H', W', kh, kw]
-    return np.einsum("bihwkl,oikl->bohw", win, w, optimize=True) + b[None, :, None, None]
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, op: Conv) -> np.ndarray:
+    (ph, pw) = op.padding
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    win = _windows(x, op.kernel_size, op.stride)  # [B, I, H', W', kh, kw]
+    y = np.einsum("bihwkl,oikl->bohw", win, w, optimize=True)
+    return y if b is None else y + b[None, :, None, None]
 
 
-def pool2d(x: np.ndarray, pool: PoolSpec) -> np.ndarray:
-    p = pool.padding
-    pad = ((0, 0), (0, 0), (p, p), (p, p))
-    if pool.kind == "max":
-        return _windows(np.pad(x, pad, constant_values=-np.inf), pool.size, pool.stride).max(axis=(4, 5))
-    sums = _windows(np.pad(x, pad), pool.size, pool.stride).sum(axis=(4, 5))
-    if pool.count_include_pad:
-        return sums / pool.size**2
-    ones = np.pad(np.ones((1, 1) + x.shape[2:]), pad)
-    return sums / _windows(ones, pool.size, pool.stride).sum(axis=(4, 5))
+def pool2d(x: np.ndarray, op: Pool) -> np.ndarray:
+    """Pad symmetrically, then on the right/bottom as far as ceil_mode's last window reaches."""
+    (ph, pw), (kh, kw), (sh, sw) = op.padding, op.size, op.stride
+    oh, ow = op.out_len(x.shape[2], 0), op.out_len(x.shape[3], 1)
+    eh = max(0, (oh - 1) * sh + kh - (x.shape[2] + 2 * ph))  # ceil_mode's extra cells
+    ew = max(0, (ow - 1) * sw + kw - (x.shape[3] + 2 * pw))
+    pad = ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew))
+    if op.kind == "max":
+        y = _windows(np.pad(x, pad, constant_values=-np.inf), op.size, op.stride).max(axis=(4, 5))
+        return y[:, :, :oh, :ow]
+    sums = _windows(np.pad(x, pad), op.size, op.stride).sum(axis=(4, 5))[:, :, :oh, :ow]
+    # the divisor: cells of the input, plus the symmetric padding when count_include_pad; never the extra
+    mask = np.pad(np.ones(x.shape[2:]), ((ph, ph), (pw, pw)), constant_values=1.0 if op.count_include_pad else 0.0)
+    mask = np.pad(mask, ((0, eh), (0, ew)))[None, None]
+    counts = _windows(mask, op.size, op.stride).sum(axis=(4, 5))[:, :, :oh, :ow]
+    return sums / counts
 
 
-def forward(spec: NiNSpec, weights: dict[str, np.ndarray], x: np.ndarray, *, trace: list | None = None) -> np.ndarray:
-    """Logits [B, num_classes] in float64 for an NCHW input. `trace` collects (layer, shape)."""
+def adaptive_pool2d(x: np.ndarray, op: AdaptivePool) -> np.ndarray:
+    rows, cols = adaptive_bins(x.shape[2], op.output_size[0]), adaptive_bins(x.shape[3], op.output_size[1])
+    return np.stack([np.stack([x[:, :, r0:r1, c0:c1].mean(axis=(2, 3)) for c0, c1 in cols], -1)
+                     for r0, r1 in rows], -2)
+
+
+def batch_norm(x: np.ndarray, w: dict[str, np.ndarray], op: BatchNorm, train: bool,
+               updates: dict | None, path: str) -> np.ndarray:
+    if train:
+        mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))  # biased: what normalises
+        n = x.size // x.shape[1]
+        if updates is not None:  # torch's update: the unbiased batch variance, weighted by momentum
+            m = op.momentum
+            updates[f"{path}.running_mean"] = (1 - m) * w["running_mean"] + m * mean
+            updates[f"{path}.running_var"] = (1 - m) * w["running_var"] + m * var * n / max(n - 1, 1)
+    else:
+        mean, var = w["running_mean"], w["running_var"]
+    scale = w["weight"] / np.sqrt(var + op.eps)
+    return (x - mean[None, :, None, None]) * scale[None, :, None, None] + w["bias"][None, :, None, None]
+
+
+def forward(spec: ModelSpec, weights: dict[str, np.ndarray], x: np.ndarray, *, trace: list | None = None,
+            train: bool = False, updates: dict | None = None) -> np.ndarray:
+    """Logits [B, num_classes] in float64 for an NCHW input.
+
+    `trace` collects (layer path, output) for every layer (`zoo diff` compares them).
+    `train=True` normalises with batch statistics (dropout stays off) and, with `updates`,
+    puts the new BatchNorm running statistics there, as PyTorch would update them.
+    """
     spec.check_input(x.shape, "NCHW")
-    x = np.asarray(x, np.float64)
-    for layer in spec.layers():
-        op = layer.op
-        if isinstance(op, ConvSpec):
-            x = conv2d(x, np.asarray(weights[f"{layer.name}.weight"], np.float64),
-                       np.asarray(weights[f"{layer.name}.bias"], np.float64), op)
-        elif isinstance(op, Activation):
-            x = np.maximum(x, 0.0)
-        elif isinstance(op, PoolSpec):
-            x = pool2d(x, op)
-        elif isinstance(op, Dropout):
-            pass  # identity at inference
-        elif isinstance(op, GlobalAvgPool):
-            x = x.mean(axis=(2, 3), keepdims=True)
-        elif isinstance(op, Flatten):
-            x = x.reshape(x.shape[0], -1)
-        else:
-            raise TypeError(f"no reference for layer {layer.name}: {op!r}")
-        if trace is not None:
-            trace.append((layer.name, x.shape))
-    return x
+
+    def tensors(path: str) -> dict[str, np.ndarray]:
+        return {k.rpartition(".")[2]: np.asarray(v, np.float64) for k, v in weights.items()
+                if k.rpartition(".")[0] == path}
+
+    def leaf(path, op, x):
+        if isinstance(op, Conv):
+            t = tensors(path)
+            return conv2d(x, t["weight"], t.get("bias"), op)
+        if isinstance(op, BatchNorm):
+            return batch_norm(x, tensors(path), op, train, updates, path)
+        if isinstance(op, Act):
+            return np.maximum(x, 0.0) if op.kind == "relu" else 1.0 / (1.0 + np.exp(-x))
+        if isinstance(op, Pool):
+            return pool2d(x, op)
+        if isinstance(op, AdaptivePool):
+            return adaptive_pool2d(x, op)
+        if isinstance(op, Linear):
+            t = tensors(path)
+            y = x @ t["weight"].T
+            return y if "bias" not in t else y + t["bias"]
+        if isinstance(op, Dropout):
+            return x  # off: at inference, and in the agreement tests of training mode
+        if isinstance(op, Flatten):
+            return x.reshape(x.shape[0], -1)
+        raise TypeError(f"no reference for layer {path}: {op!r}")
+
+    def join(par, outs):
+        return np.concatenate(outs, axis=1) if par.join == "concat" else sum(outs[1:], outs[0])
+
+    after = (lambda path, node, y: trace.append((path, y))) if trace is not None else None
+    return run(spec.body, np.asarray(x, np.float64), leaf, join, after=after)

@@ -25,8 +25,8 @@ from flax import nnx
 
 from zoo import data
 from zoo._progress import bar
-from zoo.frameworks import flax_nin
-from zoo.nin import NiNSpec, init_weights
+from zoo.frameworks import flax_model as flax_nin
+from zoo.spec import ModelSpec, init_weights
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Recipe:
 
 
 class Trainer:
-    def __init__(self, spec: NiNSpec, recipe: Recipe, train_set, test_set):
+    def __init__(self, spec: ModelSpec, recipe: Recipe, train_set, test_set):
         self.spec, self.recipe = spec, recipe
         self.train_x, self.train_y = train_set
         self.test_x, self.test_y = test_set
@@ -166,7 +166,7 @@ class Trainer:
 
     def load(self, out: Path) -> None:
         state = json.loads((out / "checkpoint.json").read_text())
-        if state["recipe"] != dataclasses.asdict(self.recipe) or NiNSpec.from_dict(state["spec"]) != self.spec:
+        if state["recipe"] != dataclasses.asdict(self.recipe) or ModelSpec.from_dict(state["spec"]) != self.spec:
             raise ValueError(f"{out} was trained with another recipe or spec: {state['recipe']}; "
                              f"resume with the same options, or start a new --out folder")
         with np.load(out / "checkpoint.npz", allow_pickle=False) as saved:
@@ -200,7 +200,7 @@ def plot(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def train(spec: NiNSpec, recipe: Recipe, out: Path, *, resume: bool = False, data_root=None,
+def train(spec: ModelSpec, recipe: Recipe, out: Path, *, resume: bool = False, data_root=None,
           limit: int | None = None, progress: bool = True, stop_after: int | None = None) -> Trainer:
     """Train, checkpointing every epoch; `limit` trains and tests on the first images only (for tests)."""
     out = Path(out)

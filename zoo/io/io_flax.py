@@ -15,9 +15,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from conversion.checkpoint import DIGEST_KEY, Checkpoint, ConversionError, check_digest, digest, one_line
-from zoo.frameworks import flax_nin
-from zoo.nin import NiNSpec, SpecError
+from zoo.frameworks import flax_model as flax_nin
+from zoo.io.checkpoint import DIGEST_KEY, Checkpoint, ConversionError, check_digest, digest, one_line
+from zoo.spec import ModelSpec, SpecError
 
 
 def _closed_loop_error(kind, value, tb) -> bool:
@@ -80,7 +80,7 @@ def _flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-def read(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> Checkpoint:
+def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) -> Checkpoint:
     path = Path(path).absolute()
     if not path.is_dir():
         raise ConversionError(f"{path} is not a directory; a Flax checkpoint is an Orbax checkpoint directory")
@@ -109,13 +109,13 @@ def read(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> C
         ckpt.notes.append("SHA-256 of its tensors checked")
     if "zoo_spec" in custom:
         try:
-            ckpt.spec = NiNSpec.from_json(custom["zoo_spec"])
+            ckpt.spec = ModelSpec.from_json(custom["zoo_spec"])
         except SpecError as e:
             raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
     return ckpt
 
 
-def write(weights: dict[str, np.ndarray], spec: NiNSpec, path: Path) -> None:
+def write(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
     model = flax_nin.build(spec, weights)
     # Synchronous: the asynchronous StandardCheckpointer's background threads kept the process alive
     # forever after a failed write (full disk, unwritable folder). Orbax logs a failure with its

@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import re
 
-import zoo
-from conversion.checkpoint import Checkpoint, ConversionError
-from zoo.nin import NiNSpec, SpecError
+from zoo import _registry as zoo  # get_spec, list_models: the registry alone, not zoo.api
+from zoo.io.checkpoint import Checkpoint, ConversionError
+from zoo.spec import ModelSpec, SpecError
 
 
-def infer_spec(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> NiNSpec:
+def infer_spec(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> ModelSpec:
     """The first registered preset (or `model`) whose structure fits `shapes`.
 
     Shapes give widths, kernel sizes, input channels and the class count; strides,
@@ -57,7 +57,7 @@ def infer_spec(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> 
 
 
 def resolve_spec(ckpt: Checkpoint, model: str | None = None, overrides: dict | None = None,
-                 spec: NiNSpec | None = None) -> tuple[NiNSpec, str]:
+                 spec: ModelSpec | None = None) -> tuple[ModelSpec, str]:
     """The spec to use for a checkpoint, and where it came from (said in reports)."""
     if spec is not None:
         return spec, "given"

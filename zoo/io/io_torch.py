@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conversion.checkpoint import Checkpoint, ConversionError, one_line
-from conversion.formats import sniff
-from zoo.nin import NiNSpec, SpecError
+from zoo.io.checkpoint import Checkpoint, ConversionError, one_line
+from zoo.io.formats import sniff
+from zoo.spec import ModelSpec, SpecError
 
 _WRAPPERS = ("state_dict", "model_state_dict", "model")  # common training-loop containers
 SPEC_KEY = "zoo_spec"
@@ -71,7 +71,7 @@ def _unpickling_reason(e: Exception) -> str:
     return (m.group(1) if m else " ".join(text.split()))[:300] or type(e).__name__
 
 
-def read(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> Checkpoint:
+def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) -> Checkpoint:
     path = Path(path)
     what = sniff(path)
     if what.startswith("a zip"):
@@ -92,7 +92,7 @@ def read(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> C
     file_spec = None
     if isinstance(obj, dict) and SPEC_KEY in obj and "state_dict" in obj:
         try:
-            file_spec = NiNSpec.from_json(obj[SPEC_KEY])
+            file_spec = ModelSpec.from_json(obj[SPEC_KEY])
         except SpecError as e:
             raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
         obj = obj["state_dict"]
@@ -129,5 +129,5 @@ def _check_tensor(path: Path, name: str, t: torch.Tensor, expected: dict | None)
                               f"{t.numel() * t.element_size():,} (an expanded or overlapping view); refused")
 
 
-def write(weights: dict[str, np.ndarray], spec: NiNSpec, path: Path) -> None:
+def write(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
     torch.save({"state_dict": {k: from_numpy(v) for k, v in weights.items()}, SPEC_KEY: spec.to_json()}, path)

@@ -13,7 +13,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from conversion.checkpoint import (
+from zoo.io.checkpoint import (
     DIGEST_KEY,
     FORMAT_VERSION,
     Checkpoint,
@@ -22,13 +22,13 @@ from conversion.checkpoint import (
     digest,
     one_line,
 )
-from zoo.nin import NiNSpec, SpecError
+from zoo.spec import ModelSpec, SpecError
 
 FORMAT_TAG = "multizoo.canonical"
 _DTYPES = ("F32", "F16", "BF16", "F64")
 
 
-def read(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> Checkpoint:
+def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) -> Checkpoint:
     try:
         with safe_open(str(path), "np") as f:
             meta = f.metadata() or {}
@@ -49,7 +49,7 @@ def read(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> C
             raise ConversionError(f"{path} has zoo format version {meta.get('format_version')!r}; "
                                   f"this zoo reads version {FORMAT_VERSION}: upgrade multizoo")
         try:
-            ckpt.spec = NiNSpec.from_json(meta["spec"])
+            ckpt.spec = ModelSpec.from_json(meta["spec"])
         except (KeyError, SpecError) as e:
             raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
         check_digest(path, weights, meta.get(DIGEST_KEY))
@@ -58,11 +58,11 @@ def read(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> C
     return ckpt
 
 
-def metadata(spec: NiNSpec, extra: dict[str, str] | None = None) -> dict[str, str]:
+def metadata(spec: ModelSpec, extra: dict[str, str] | None = None) -> dict[str, str]:
     return {"format": FORMAT_TAG, "format_version": FORMAT_VERSION, "model": spec.name,
             "spec": spec.to_json(), **(extra or {})}
 
 
-def write(weights: dict[str, np.ndarray], spec: NiNSpec, path: Path) -> None:
+def write(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
     save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(path),
               metadata=metadata(spec, {DIGEST_KEY: digest(weights)}))

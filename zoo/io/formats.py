@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from conversion.checkpoint import ConversionError
 from zoo._frameworks import FrameworkNotInstalled
+from zoo.io.checkpoint import ConversionError
 
 
 @dataclass(frozen=True)
@@ -26,15 +26,15 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("torch", (".pt", ".pth"), "torch", "conversion.io_torch", "read", "write", False, "torch",
+    Format("torch", (".pt", ".pth"), "torch", "zoo.io.io_torch", "read", "write", False, "torch",
            "PyTorch state_dict (torch.save); read with weights_only=True"),
-    Format("safetensors", (".safetensors",), "torch", "conversion.io_safetensors", "read", "write", False, "torch",
+    Format("safetensors", (".safetensors",), "torch", "zoo.io.io_safetensors", "read", "write", False, "torch",
            "canonical safetensors: PyTorch names and layout, model and spec in the metadata"),
-    Format("flax", (), "flax", "conversion.io_flax", "read", "write", True, "flax",
+    Format("flax", (), "flax", "zoo.io.io_flax", "read", "write", True, "flax",
            "Flax NNX parameters as an Orbax checkpoint directory"),
-    Format("keras", (".weights.h5",), "keras", "conversion.io_keras", "read_weights", "write_weights", True, "keras",
+    Format("keras", (".weights.h5",), "keras", "zoo.io.io_keras", "read_weights", "write_weights", True, "keras",
            "Keras weights (model.save_weights)"),
-    Format("keras_archive", (".keras",), "keras", "conversion.io_keras", "read_archive", "write_archive", True,
+    Format("keras_archive", (".keras",), "keras", "zoo.io.io_keras", "read_archive", "write_archive", True,
            "keras", "whole Keras model archive (model.save)"),
 )}
 ALIASES = {"pt": "torch", "pytorch": "torch", "orbax": "flax", "h5": "keras"}
@@ -134,6 +134,6 @@ def is_previous_output(fmt: Format, path: Path) -> bool:
             "keras": what.startswith("an HDF5"), "keras_archive": what.startswith("a zip")}[fmt.name]
 
 
-# what an Orbax checkpoint folder written by conversion.io_flax holds
+# what an Orbax checkpoint folder written by zoo.io.io_flax holds
 ORBAX_NAMES = {"_CHECKPOINT_METADATA", "_METADATA", "_sharding", "commit_success.txt", "d", "manifest.ocdbt",
                "ocdbt.process_0", "array_metadatas", "descriptor"}

@@ -11,11 +11,11 @@ import h5py
 import keras
 import numpy as np
 
-from conversion.checkpoint import DIGEST_KEY, Checkpoint, ConversionError, check_digest, digest, one_line
-from conversion.formats import sniff
-from conversion.infer import infer_spec
-from zoo.frameworks import keras_nin
-from zoo.nin import NiNSpec, SpecError
+from zoo.frameworks import keras_model as keras_nin
+from zoo.io.checkpoint import DIGEST_KEY, Checkpoint, ConversionError, check_digest, digest, one_line
+from zoo.io.formats import sniff
+from zoo.io.infer import infer_spec
+from zoo.spec import ModelSpec, SpecError
 
 MAX_CONFIG_BYTES = 1_000_000  # a .keras archive's config.json; the zoo's is about 1 KB
 MAX_RATIO = 20  # a .keras member's declared size over its compressed size (Keras stores them uncompressed)
@@ -61,7 +61,7 @@ def _h5_check(f: h5py.File, path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def read_weights(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> Checkpoint:
+def read_weights(path: Path, spec: ModelSpec | None = None, model: str | None = None) -> Checkpoint:
     what = sniff(path)
     if not what.startswith("an HDF5"):
         raise ConversionError(f"{path} is not a Keras weights file: it is {what}")
@@ -73,7 +73,7 @@ def read_weights(path: Path, spec: NiNSpec | None = None, model: str | None = No
             stored = f.attrs.get(DIGEST_KEY)
         if spec is None and text is not None:
             try:
-                spec = NiNSpec.from_json(text)
+                spec = ModelSpec.from_json(text)
             except SpecError as e:
                 raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
             origin = "the file's metadata"
@@ -125,7 +125,7 @@ def _archive_check(path: Path) -> None:
         name = config.get("class_name") if isinstance(config, dict) else type(config).__name__
         raise ConversionError(f"{path} holds a Keras model of class {str(name)[:80]}, not a zoo NiN")
     try:
-        spec = NiNSpec.from_dict(config["config"].get("spec"))
+        spec = ModelSpec.from_dict(config["config"].get("spec"))
     except SpecError as e:
         raise ConversionError(f"{path}: its config holds no valid NiN spec ({e})") from None
     weights = infos.get("model.weights.h5")
@@ -135,7 +135,7 @@ def _archive_check(path: Path) -> None:
                               f"but its weights member holds {have:,} bytes; refused as damaged")
 
 
-def read_archive(path: Path, spec: NiNSpec | None = None, model: str | None = None) -> Checkpoint:
+def read_archive(path: Path, spec: ModelSpec | None = None, model: str | None = None) -> Checkpoint:
     try:
         _archive_check(path)
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
@@ -149,12 +149,12 @@ def read_archive(path: Path, spec: NiNSpec | None = None, model: str | None = No
     return Checkpoint(keras_nin.get_weights(model), "keras_archive", spec=model.spec)
 
 
-def write_weights(weights: dict[str, np.ndarray], spec: NiNSpec, path: Path) -> None:
+def write_weights(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
     keras_nin.build(spec, weights).save_weights(path)
     with h5py.File(path, "a") as f:  # the spec beside the weights: Keras ignores root attributes
         f.attrs[SPEC_ATTR] = spec.to_json()
         f.attrs[DIGEST_KEY] = digest(weights)
 
 
-def write_archive(weights: dict[str, np.ndarray], spec: NiNSpec, path: Path) -> None:
+def write_archive(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
     keras_nin.build(spec, weights).save(path)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.api import nonfinite_tensors
-from zoo.nin import NiNSpec
+from zoo._checks import nonfinite_tensors
+from zoo.spec import ModelSpec
 
 FORMAT_VERSION = "1"  # of the zoo's canonical safetensors metadata
 
@@ -29,8 +29,8 @@ class ConversionError(ValueError):
 @dataclass
 class Checkpoint:
     weights: dict[str, np.ndarray]  # canonical names and layout (OIHW), dtype as stored
-    format: str  # name in conversion.formats.FORMATS
-    spec: NiNSpec | None = None  # set when the file carries one (or the reader had to infer it)
+    format: str  # name in zoo.io.formats.FORMATS
+    spec: ModelSpec | None = None  # set when the file carries one (or the reader had to infer it)
     spec_origin: str = "the file's metadata"
     notes: list[str] = field(default_factory=list)  # how it was read: key maps applied, inference
 

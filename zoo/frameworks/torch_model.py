@@ -1,0 +1,221 @@
+"""Any zoo spec in PyTorch. Input [B, C, H, W].
+
+The op table (`_module`) turns each leaf op into the torch.nn layer that has its exact
+semantics, registered under the op's path, so `state_dict()` keys are the canonical names
+(plus BatchNorm's `num_batches_tracked`, which the canonical weights leave out: the zoo's
+momentum is never None, so the count changes no output). `forward` runs a plan compiled once
+from the spec's tree; two rewrites that apply to every family keep today's speed:
+
+  * ReLU in place after an op that made a new tensor in the same sequence (torchvision does
+    the same; a new tensor per ReLU was 17% of NiN's time at 32x224);
+  * ReLU before max pooling swapped to after it: they commute exactly (ReLU is monotonic)
+    and the ReLU then touches a quarter of the values (2% for NiN at 32x224).
+
+The model computes in channels_last memory format (its conv weights are stored so, and
+`forward` turns the input into it: one copy, or a view when C is 1), 1.16-1.64x faster on
+CPU for NiN (`zoo bench`); callers still pass and see ordinary NCHW tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from zoo.spec import (
+    Act,
+    AdaptivePool,
+    BatchNorm,
+    Conv,
+    Dropout,
+    Flatten,
+    Linear,
+    ModelSpec,
+    Parallel,
+    Pool,
+    Seq,
+    join_path,
+    run,
+)
+
+LAYOUT = "NCHW"
+
+
+def _module(op) -> nn.Module:
+    """The op table: one torch layer per spec op."""
+    if isinstance(op, Conv):
+        return nn.Conv2d(op.in_channels, op.out_channels, op.kernel_size, op.stride, op.padding, bias=op.bias)
+    if isinstance(op, BatchNorm):
+        return nn.BatchNorm2d(op.num_features, eps=op.eps, momentum=op.momentum)  # torch's momentum, as the spec's
+    if isinstance(op, Act):
+        return nn.ReLU() if op.kind == "relu" else nn.Sigmoid()
+    if isinstance(op, Pool):
+        if op.kind == "max":
+            return nn.MaxPool2d(op.size, op.stride, op.padding, ceil_mode=op.ceil_mode)  # pads with -inf
+        return nn.AvgPool2d(op.size, op.stride, op.padding, ceil_mode=op.ceil_mode,
+                            count_include_pad=op.count_include_pad)
+    if isinstance(op, AdaptivePool):
+        return nn.AdaptiveAvgPool2d(op.output_size)
+    if isinstance(op, Linear):
+        return nn.Linear(op.in_features, op.out_features, bias=op.bias)
+    if isinstance(op, Dropout):
+        return nn.Dropout(op.rate)
+    if isinstance(op, Flatten):
+        return nn.Flatten(1)
+    raise TypeError(f"no PyTorch layer for {op!r}")
+
+
+# Ops whose output is a fresh tensor that nothing else holds, so a ReLU after them may work in place.
+_FRESH = (Conv, BatchNorm, Linear, Pool, AdaptivePool, Parallel)
+
+
+class ZooModel(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        for layer in spec.layers():
+            if not isinstance(layer.node, Parallel):
+                self._register(layer.path, _module(layer.node))
+        self._plan = self._compile(spec.body, "")
+
+    def _register(self, path: str, module: nn.Module) -> None:
+        *parents, leaf = path.split(".")
+        owner = self
+        for name in parents:
+            if not hasattr(owner, name):
+                owner.add_module(name, nn.Module())
+            owner = getattr(owner, name)
+        owner.add_module(leaf, module)
+
+    def _compile(self, seq: Seq, prefix: str):
+        """The tree as nested lists of callables (nested sequences spliced into one list, so the
+        rewrites see across their borders), with the two ReLU rewrites applied."""
+        children = list(_spliced(seq, prefix))
+        steps, kinds, i = [], [], 0
+        while i < len(children):
+            path, node, parent = children[i]
+            nxt = children[i + 1][1] if i + 1 < len(children) else None
+            if isinstance(node, Parallel):
+                branches = [self._compile(b, join_path(parent, bn))
+                            for bn, b in node.branches]
+                steps.append(_joiner(node.join, branches))
+            elif isinstance(node, Act) and node.kind == "relu":
+                if isinstance(nxt, Pool) and nxt.kind == "max":  # pool first, then ReLU in place
+                    steps.append(_pool_relu(self.get_submodule(children[i + 1][0])))
+                    kinds.append(nxt)
+                    i += 2
+                    continue
+                fresh = bool(kinds) and isinstance(kinds[-1], _FRESH)
+                steps.append(torch.relu_ if fresh else torch.relu)
+            else:
+                steps.append(self.get_submodule(path))
+            kinds.append(node)
+            i += 1
+        return steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, num_classes]
+        self.spec.check_input(tuple(x.shape), LAYOUT)
+        return _chain(self._plan, x.contiguous(memory_format=torch.channels_last))
+
+
+def _spliced(seq: Seq, prefix: str):
+    """(path, node, parent path) of a sequence's leaves and joins, nested sequences expanded in place.
+    A Parallel's path is where its name puts it; its branches hang from its parent's path."""
+    for name, child in seq.children:
+        path = join_path(prefix, name)
+        if isinstance(child, Seq):
+            yield from _spliced(child, path)
+        else:
+            yield path, child, prefix
+
+
+def _chain(steps, x):
+    for step in steps:
+        x = step(x)
+    return x
+
+
+def _joiner(join: str, branches):
+    if join == "concat":
+        return lambda x: torch.cat([_chain(b, x) for b in branches], 1)
+    return lambda x: _sum([_chain(b, x) for b in branches])
+
+
+def _sum(outs):
+    y = outs[0]
+    for o in outs[1:]:
+        y = y + o
+    return y
+
+
+def _pool_relu(pool: nn.Module):
+    return lambda x: pool(x).relu_()
+
+
+# --------------------------------------------------------------------------- adapter
+
+def build(spec: ModelSpec, weights: dict[str, np.ndarray]) -> ZooModel:
+    model = ZooModel(spec).to(memory_format=torch.channels_last)
+    set_weights(model, weights)
+    return model.eval()
+
+
+def owns(model) -> bool:
+    return isinstance(model, ZooModel)
+
+
+def spec_of(model: ZooModel) -> ModelSpec:
+    return model.spec
+
+
+def get_weights(model: ZooModel) -> dict[str, np.ndarray]:
+    # copies, C-contiguous: the conv weights are channels_last (permuted strides) here
+    state = model.state_dict()
+    return {k: np.array(state[k].detach().cpu().numpy(), order="C") for k in model.spec.param_shapes()}
+
+
+def set_weights(model: ZooModel, weights: dict[str, np.ndarray]) -> None:
+    state = model.state_dict()  # tensors share storage with the parameters and buffers
+    with torch.no_grad():
+        for name in model.spec.param_shapes():
+            state[name].copy_(torch.from_numpy(np.ascontiguousarray(weights[name])))
+
+
+def _device(model: ZooModel):
+    return next(model.parameters()).device
+
+
+def predict(model: ZooModel, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.as_tensor(x, device=_device(model))).cpu().numpy()
+
+
+def train_forward(model: ZooModel, x: np.ndarray) -> np.ndarray:
+    """One forward in training mode with dropout off: BatchNorm normalises with the batch's
+    statistics and updates its running ones in place. The model is left in eval mode."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    try:
+        with torch.no_grad():
+            return model(torch.as_tensor(x, device=_device(model))).cpu().numpy()
+    finally:
+        model.eval()
+
+
+def trace(model: ZooModel, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(layer path, output as NCHW numpy) for each of the spec's layers, run one by one."""
+    model.spec.check_input(x.shape, LAYOUT)
+    out = []
+
+    def leaf(path, op, t):
+        return model.get_submodule(path)(t)
+
+    def join(par, outs):
+        return torch.cat(outs, 1) if par.join == "concat" else _sum(outs)
+
+    with torch.inference_mode():
+        run(model.spec.body, torch.as_tensor(x, device=_device(model)), leaf, join,
+            after=lambda path, node, t: out.append((path, t.cpu().numpy())))
+    return out

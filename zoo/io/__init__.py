@@ -1,0 +1,72 @@
+"""Reading weight files of every format into canonical weights, below both `zoo.api` and `conversion`.
+
+`zoo.load(weights=file)` reads through here, and so does `conversion` (which adds converting,
+verifying and inspecting); neither imports the other's package, so there is no import loop.
+Each format has one reader and one writer (zoo/io/io_*.py) to canonical weights.
+"""
+
+from __future__ import annotations
+
+import stat
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from zoo._checks import check_weights
+from zoo.io import keymaps
+from zoo.io.checkpoint import Checkpoint, ConversionError, check_finite
+from zoo.io.formats import detect, function
+from zoo.io.infer import resolve_spec
+from zoo.spec import ModelSpec
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def read(path, format: str | None = None, *, model: str | None = None, spec: ModelSpec | None = None) -> Checkpoint:
+    """Read a weight file into canonical names and layout (dtype as stored); foreign key maps applied.
+
+    >>> ckpt = conversion.read('model.pt')
+    >>> ckpt.weights['blocks.0.conv0.weight'].shape
+    (96, 1, 11, 11)
+    """
+    path = Path(path)
+    fmt = detect(path, format)
+    _check_input_path(path, fmt)
+    ckpt = function(fmt, "reader")(path, spec, model)
+    ckpt.weights, mapped = keymaps.to_canonical(ckpt.weights)
+    if mapped:
+        ckpt.notes.append(f"recognised foreign keys: {mapped}")
+    return ckpt
+
+
+def load(path, model: str | None = None, overrides: dict | None = None, *, format: str | None = None,
+         allow_nonfinite: bool = False) -> tuple[ModelSpec, dict[str, np.ndarray], Checkpoint]:
+    """Read a file and fit it to a spec: (spec, float32 weights checked against it, the checkpoint as read)."""
+    ckpt = read(path, format, model=model)
+    spec, _ = resolve_spec(ckpt, model, overrides)
+    weights = check_weights(spec, ckpt.weights, dtypes=FLOAT_DTYPES)
+    check_finite(weights, allow_nonfinite)
+    if ckpt.dtype == "float64":
+        raise ConversionError(f"{path} holds float64 weights; a model holds float32 and casting loses "
+                              f"precision: convert it explicitly with --dtype float32")
+    if ckpt.dtype != "float32":
+        warnings.warn(f"{path} holds {ckpt.dtype} weights; loading them as float32 (exact)", stacklevel=2)
+        weights = {k: v.astype(np.float32) for k, v in weights.items()}
+    return spec, weights, ckpt
+
+
+def _check_input_path(path: Path, fmt) -> None:
+    """A regular file (a folder for Flax), before anything opens it: a FIFO or device would block or never end."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConversionError(f"{path} does not exist") from None
+    except OSError as e:
+        raise ConversionError(f"{path} cannot be read: {e.strerror}") from None
+    if fmt.name == "flax":
+        if not stat.S_ISDIR(mode):
+            raise ConversionError(f"{path} is not a folder; a Flax checkpoint is an Orbax checkpoint folder")
+    elif not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device?)"
+        raise ConversionError(f"{path} is {kind}; a {fmt.name} checkpoint is a regular file")
