@@ -80,8 +80,8 @@ def base_weights():
 
 
 def write_seed(fmt: str, folder: Path, spec_=None, weights=None) -> Path:
-    from conversion.formats import FORMATS as F
-    from conversion.formats import function
+    from zoo.io.formats import FORMATS as F
+    from zoo.io.formats import function
 
     path = Path(folder) / NAMES[fmt]
     function(F[fmt], "writer")(weights if weights is not None else base_weights(), spec_ or spec(), path)

@@ -13,7 +13,7 @@ from conftest import TINY, random_weights, run
 import conversion
 import zoo
 from conversion import FORMATS, ConversionError
-from conversion.formats import function
+from zoo.io.formats import function
 from zoo import reference
 
 _NEEDS = {"torch": ["torch"], "safetensors": ["safetensors", "torch"], "flax": ["flax", "orbax"],
@@ -254,7 +254,7 @@ def test_crash_mid_write_leaves_nothing(interrupt, tmp_path, monkeypatch):
     _needs("safetensors")
     spec = zoo.get_spec("nin", widths=(8, 8, 8))
     src = _write("safetensors", random_weights(spec, 0), spec, tmp_path / "a.safetensors")
-    import conversion.io_safetensors as io
+    import zoo.io.io_safetensors as io
 
     def half_write(weights, spec, path):
         path.write_bytes(b"half a file")
@@ -272,7 +272,7 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
     _needs("torch")
     spec = zoo.get_spec("nin", widths=(8, 8, 8))
     src = _write("safetensors", random_weights(spec, 0), spec, tmp_path / "a.safetensors")
-    import conversion.io_torch as io
+    import zoo.io.io_torch as io
 
     real = io.write
     monkeypatch.setattr(io, "write", lambda w, s, p: real({k: v * 1.001 for k, v in w.items()}, s, p))

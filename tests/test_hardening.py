@@ -22,7 +22,7 @@ import pytest
 import conversion
 import zoo
 from conversion import ConversionError
-from conversion.formats import FORMATS, function
+from zoo.io.formats import FORMATS, function
 
 ROOT = Path(__file__).parents[1]
 SPEC = zoo.get_spec("nin", widths=(8, 16, 16), input_size=96)
@@ -143,7 +143,7 @@ def test_tag_and_path_are_never_ambiguous(tmp_path, monkeypatch):
 @needs_torch
 def test_final_move_refuses_an_output_that_appeared_meanwhile(tmp_path, monkeypatch):
     src = _write("safetensors", tmp_path / "a.safetensors")
-    import conversion.io_torch as io
+    import zoo.io.io_torch as io
 
     real = io.write
 
@@ -360,7 +360,7 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     src = _write("safetensors", tmp_path / "a.safetensors")
     script = textwrap.dedent(f"""
         import sys, time
-        import conversion.io_safetensors as io
+        import zoo.io.io_safetensors as io
         real = io.write
         def slow(weights, spec, path):
             real(weights, spec, path)
@@ -442,7 +442,7 @@ def test_malicious_pickle_never_relays_weights_only_false(tmp_path):
 
 
 def test_one_line_keeps_the_whole_reason():
-    from conversion.checkpoint import one_line
+    from zoo.io.checkpoint import one_line
 
     e = ValueError("Layer 'x' expected 2 variables,\nbut received 3 variables during loading.\nExpected: ['a', 'b']")
     assert one_line(e) == ("ValueError: Layer 'x' expected 2 variables, but received 3 variables during loading. "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import inspect
@@ -61,3 +62,30 @@ def get_spec(name, **overrides):
         raise TypeError(f"{name} takes no override {', '.join(map(repr, unknown))}; "
                         f"it accepts: {', '.join(accepted)}")
     return preset(**overrides)
+
+
+# --------------------------------------------------------------------------- foreign key maps (data)
+
+@dataclasses.dataclass(frozen=True)
+class KeyMap:
+    """How another project's state_dict names map to a family's canonical names: data, not code.
+
+    Each foreign key is renamed by the first rule whose pattern matches it whole
+    (`re.fullmatch`, then `match.expand(replacement)`); keys matching a `drop` pattern are
+    left out on purpose (and said so). A map applies to a file when every key is renamed or dropped.
+    """
+
+    name: str  # said in reports, e.g. "d2l ResNet-18 (nn.Sequential: 0.0.weight, 1.0.conv1.weight, ...)"
+    models: tuple[str, ...]  # the presets whose specs the renamed weights fit
+    rules: tuple[tuple[str, str], ...]  # (pattern, replacement)
+    drop: tuple[str, ...] = ()
+
+
+KEYMAPS: list[KeyMap] = []
+
+
+def register_keymap(keymap: KeyMap) -> KeyMap:
+    if any(k.name == keymap.name for k in KEYMAPS):
+        raise ValueError(f"key map {keymap.name!r} is registered twice")
+    KEYMAPS.append(keymap)
+    return keymap
