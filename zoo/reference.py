@@ -88,7 +88,7 @@ def forward(spec: ModelSpec, weights: dict[str, np.ndarray], x: np.ndarray, *, t
         if isinstance(op, BatchNorm):
             return batch_norm(x, tensors(path), op, train, updates, path)
         if isinstance(op, Act):
-            return np.maximum(x, 0.0) if op.kind == "relu" else 1.0 / (1.0 + np.exp(-x))
+            return np.maximum(x, 0.0) if op.kind == "relu" else 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow
         if isinstance(op, Pool):
             return pool2d(x, op)
         if isinstance(op, AdaptivePool):

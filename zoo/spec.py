@@ -455,7 +455,8 @@ class ModelSpec:
 
     def ops(self) -> dict[str, Op]:
         """Leaf ops with canonical tensors, by path."""
-        return {layer.path: layer.node for layer in self.layers() if layer.node.params() or layer.node.buffers()}
+        return {layer.path: layer.node for layer in self.layers()
+                if not isinstance(layer.node, Parallel) and (layer.node.params() or layer.node.buffers())}
 
     def param_shapes(self) -> dict[str, Shape]:
         """Every canonical tensor (parameters and BatchNorm statistics) and its shape, in layer order."""
@@ -570,7 +571,8 @@ class ModelSpec:
         """The smallest square side that every layer accepts (for a network whose linear layer needs
         one exact size, the smallest that fits; the nominal size always does)."""
         if self._needs_exact_size:  # only some sizes fit: the smallest of them
-            return next(s for s in range(1, min(self.input_size) + 1) if self.fits((s, s)) is None)
+            side = min(self.input_size)  # a non-square nominal input may fit no square one
+            return next((s for s in range(1, side + 1) if self.fits((s, s)) is None), side)
         lo, hi = 0, min(self.input_size)  # lo fails (or is 0), hi fits (checked at construction)
         while hi - lo > 1:  # a larger input never vanishes where a smaller one did not
             mid = (lo + hi) // 2

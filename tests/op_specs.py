@@ -1,0 +1,71 @@
+"""Small specs that exercise every op and container, and weights that make mistakes visible.
+
+`every_op()` holds each layer op in its awkward settings: a rectangular kernel with uneven
+padding, no-bias convs, BatchNorm with a non-default eps and momentum, sigmoid, max pooling
+with padding and ceil_mode, average pooling with and without count_include_pad (and with
+ceil_mode), concatenation with an identity branch, addition with a strided shortcut,
+adaptive pooling to a size that divides nothing, and Flatten -> Dropout -> Linear on a
+non-square 3-channel map (the NCHW/NHWC flatten order shows).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from zoo.spec import (Act, AdaptivePool, BatchNorm, Conv, Dropout, Flatten, Linear, ModelSpec, Parallel, Pool, Seq)
+
+
+def every_op(in_channels: int = 2, num_classes: int = 5, input_size=(23, 17)) -> ModelSpec:
+    body = Seq(
+        ("stem", Conv(in_channels, 6, (3, 2), 1, (1, 0))),
+        ("stem_bn", BatchNorm(6, eps=1e-3, momentum=0.3)),
+        ("stem_act", Act("relu")),
+        ("pool0", Pool("max", 3, 2, 1, ceil_mode=True)),
+        ("dense", Seq(("cat", Parallel("concat",
+                                       ("", Seq()),
+                                       ("grow", Seq(("bn", BatchNorm(6)), ("act", Act()),
+                                                    ("conv", Conv(6, 4, 3, 1, 1, bias=False)))))))),
+        ("res", Seq(("add", Parallel("add",
+                                     ("", Seq(("conv1", Conv(10, 8, 3, 2, 1, bias=False)), ("bn1", BatchNorm(8)),
+                                              ("act1", Act("sigmoid")))),
+                                     ("downsample", Seq(("0", Conv(10, 8, 1, 2, 0, bias=False)),
+                                                        ("1", BatchNorm(8, eps=1e-2)))))),
+                    ("act", Act()))),
+        ("pool1", Pool("avg", 3, 1, 1, count_include_pad=False)),
+        ("pool2", Pool("avg", 2, 2, 1, ceil_mode=True, count_include_pad=True)),
+        ("adaptive", AdaptivePool((3, 2))),
+        ("head", Seq(("0", Conv(8, 3, 1)), ("1", Act()), ("2", Flatten()), ("3", Dropout(0.5)),
+                     ("4", Linear(18, 7)), ("5", Act("sigmoid")), ("6", Linear(7, num_classes, bias=False)))),
+    )
+    return ModelSpec(name="every_op", family="test", in_channels=in_channels, num_classes=num_classes,
+                     body=body, input_size=input_size)
+
+
+def flatten_spec(input_size=(11, 7)) -> ModelSpec:
+    """Conv -> Flatten -> Linear on a non-square, many-channel map: only the right column order agrees."""
+    body = Seq(("conv", Conv(3, 4, 3, 1, 0)), ("act", Act()), ("flatten", Flatten()),
+               ("fc", Linear(4 * (input_size[0] - 2) * (input_size[1] - 2), 6)))
+    return ModelSpec(name="flatten", family="test", in_channels=3, num_classes=6, body=body, input_size=input_size)
+
+
+def testing_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """He-scaled weights, non-zero biases, and BatchNorm statistics that show an eps or variance mistake:
+    running variances spread over [0.5, 2] with every fourth one tiny (1e-4, where eps 1e-5 vs 1e-3 differ
+    by 10x), non-zero running means, weights around 1."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, w in spec.init_weights(seed).items():
+        leaf = name.rpartition(".")[2]
+        if leaf == "running_var":
+            v = rng.uniform(0.5, 2.0, w.shape)
+            v[::4] = 1e-4
+            out[name] = v.astype(np.float32)
+        elif leaf == "running_mean":
+            out[name] = rng.normal(0, 0.3, w.shape).astype(np.float32)
+        elif leaf == "weight" and w.ndim == 1:  # BatchNorm scale
+            out[name] = rng.uniform(0.5, 1.5, w.shape).astype(np.float32)
+        elif leaf == "bias":
+            out[name] = rng.normal(0, 0.1, w.shape).astype(np.float32)
+        else:
+            out[name] = w
+    return out
