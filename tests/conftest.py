@@ -21,8 +21,10 @@ TINY = {
     "nin_cifar10": dict(widths=((8, 8, 8), (8, 12, 8), (8, 8))),
     "nin_imagenet": dict(widths=((8, 8, 8), (8, 8, 8), (12, 12, 12), (16, 16)), num_classes=20),
 }
-# Input sizes per preset: the minimum, one more, and the nominal one.
+# Input sizes per preset: the minimum (None), one more, and the nominal one.
 SIZES = {"nin": (None, 96, 224), "nin_cifar10": (None, 21, 32), "nin_imagenet": (None, 129, 224)}
+# One full-width preset per family, run at its nominal input size.
+FULL_SIZE = ["nin"]
 
 def keras_backend() -> str:
     return os.environ.get("KERAS_BACKEND", "tensorflow")
@@ -114,10 +116,10 @@ def run(fw: str, model, x_nchw: np.ndarray) -> np.ndarray:
 
 
 def random_weights(spec, seed: int) -> dict[str, np.ndarray]:
-    """He-scaled kernels and non-zero biases, so that every bias is exercised."""
-    rng = np.random.default_rng(seed)
-    w = zoo.init_weights(spec, seed)
-    return {k: (v if k.endswith(".weight") else rng.normal(0, 0.1, v.shape)).astype(np.float32) for k, v in w.items()}
+    """He-scaled kernels, non-zero biases and BatchNorm statistics that show mistakes (op_specs.testing_weights)."""
+    from op_specs import testing_weights
+
+    return testing_weights(spec, seed)
 
 
 @pytest.fixture
