@@ -116,10 +116,10 @@ def run(fw: str, model, x_nchw: np.ndarray) -> np.ndarray:
 
 
 def random_weights(spec, seed: int) -> dict[str, np.ndarray]:
-    """He-scaled kernels, non-zero biases and BatchNorm statistics that show mistakes (op_specs.testing_weights)."""
-    from op_specs import testing_weights
+    """He-scaled kernels, non-zero biases and BatchNorm statistics that show mistakes (op_specs.revealing_weights)."""
+    from op_specs import revealing_weights
 
-    return testing_weights(spec, seed)
+    return revealing_weights(spec, seed)
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ def flatten_spec(input_size=(11, 7)) -> ModelSpec:
     return ModelSpec(name="flatten", family="test", in_channels=3, num_classes=6, body=body, input_size=input_size)
 
 
-def testing_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
+def revealing_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     """He-scaled weights, non-zero biases, and BatchNorm statistics that show an eps or variance mistake:
     running variances spread over [0.5, 2] with every fourth one tiny (1e-4, where eps 1e-5 vs 1e-3 differ
     by 3x in the scale), non-zero running means, BatchNorm scales around 1 (0.01 on the tiny-variance channels)."""

@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 from conftest import to_device
-from op_specs import every_op, flatten_spec, testing_weights
+from op_specs import every_op, flatten_spec, revealing_weights
 
 import zoo
 from zoo import reference
@@ -55,7 +55,7 @@ def _with_bn(spec: ModelSpec, **fields) -> ModelSpec:
 # --------------------------------------------------------------------------- BatchNorm
 
 def test_meta_an_eps_mistake_shows():
-    spec, w, x = every_op(), testing_weights(every_op()), _x(every_op())
+    spec, w, x = every_op(), revealing_weights(every_op()), _x(every_op())
     right = reference.forward(spec, w, x)
     for eps in (1e-3, 1e-5, 1e-2):  # Keras' default, torch's/Flax's, and the spec's own other value
         wrong = reference.forward(_with_bn(spec, eps=eps), w, x)
@@ -63,7 +63,7 @@ def test_meta_an_eps_mistake_shows():
 
 
 def test_meta_momentum_and_variance_mistakes_show():
-    spec, w, x = every_op(), testing_weights(every_op()), _x(every_op())
+    spec, w, x = every_op(), revealing_weights(every_op()), _x(every_op())
     right, flipped = {}, {}
     reference.forward(spec, w, x, train=True, updates=right)
     reference.forward(_with_bn(spec, momentum=0.9), w, x, train=True, updates=flipped)  # 1 - 0.1: Keras' meaning
@@ -80,7 +80,7 @@ def test_meta_momentum_and_variance_mistakes_show():
 
 def test_eval_mode_batchnorm(framework, device, record_error):
     spec = every_op()
-    w = testing_weights(spec)
+    w = revealing_weights(spec)
     model = to_device(framework, zoo.load(spec, framework, weights=w), device)
     for batch, seed in ((1, 1), (4, 2)):
         x = _x(spec, batch, seed)
@@ -92,7 +92,7 @@ def test_train_mode_batchnorm(framework, device, record_error):
     """One forward in training mode (dropout off): the same outputs and the same updated running
     statistics as the reference, which updates them as PyTorch does."""
     spec = every_op()
-    w = testing_weights(spec)
+    w = revealing_weights(spec)
     model = to_device(framework, zoo.load(spec, framework, weights=w), device)
     x = _x(spec, 4, 3)
     updates = {}
@@ -113,7 +113,7 @@ def test_train_mode_batchnorm(framework, device, record_error):
 
 def test_running_statistics_are_canonical_weights(framework):
     spec = every_op()
-    w = testing_weights(spec)
+    w = revealing_weights(spec)
     got = zoo.get_weights(zoo.load(spec, framework, weights=w))
     assert list(got) == list(spec.param_shapes())
     assert {k for k in got if k.endswith(("running_mean", "running_var"))} == spec.buffer_names()
@@ -125,7 +125,7 @@ def test_running_statistics_are_canonical_weights(framework):
 
 def test_meta_flatten_order_shows():
     spec = flatten_spec()
-    w = testing_weights(spec)
+    w = revealing_weights(spec)
     x = _x(spec)
     wrong = dict(w, **{"fc.weight": nchw_to_nhwc_columns(w["fc.weight"], (4, 9, 5))})
     right = reference.forward(spec, w, x)
@@ -135,7 +135,7 @@ def test_meta_flatten_order_shows():
 def test_flatten_before_linear(framework, device, record_error):
     """Conv -> Flatten -> Linear on a non-square 4x9x5 map: only the right column order agrees."""
     spec = flatten_spec()
-    w = testing_weights(spec)
+    w = revealing_weights(spec)
     model = to_device(framework, zoo.load(spec, framework, weights=w), device)
     x = _x(spec, 3, 5)
     record_error("traps/flatten", framework, zoo.predict(model, x, layout="NCHW"), reference.forward(spec, w, x))
@@ -168,7 +168,7 @@ def test_padded_pooling(pool, framework, device, record_error):
     """Padded and ceil_mode pools, where max pooling's -inf and average pooling's divisor matter."""
     for size in ((10, 7), (11, 8)):  # odd and even: ceil_mode's extra window appears on one of them
         spec = _pool_spec(pool, size)
-        w = testing_weights(spec)
+        w = revealing_weights(spec)
         model = to_device(framework, zoo.load(spec, framework, weights=w), device)
         x = _x(spec, 2, 7) - 2.0  # mostly negative, so padding would win a max
         record_error("traps/pools", framework, zoo.predict(model, x, layout="NCHW"), reference.forward(spec, w, x))
