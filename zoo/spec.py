@@ -626,9 +626,18 @@ class ModelSpec:
         raise ValueError(f"input {h}x{w} is too small for {self.name}: the minimum is {m}x{m} "
                          f"(any larger size works); resize or pad the images ({why})")
 
-    @functools.lru_cache(maxsize=64)  # noqa: B019  (specs are few and immutable)
     def _fits_cached(self, h: int, w: int) -> str | None:
-        return self.fits((h, w))
+        """`fits`, remembered per size: check_input runs on every forward call."""
+        cache = self._fit_cache
+        if (h, w) not in cache:
+            if len(cache) >= 256:
+                cache.clear()
+            cache[(h, w)] = self.fits((h, w))
+        return cache[(h, w)]
+
+    @functools.cached_property
+    def _fit_cache(self) -> dict:
+        return {}
 
     # ----- initial weights
 
