@@ -24,7 +24,20 @@ from typing import Any
 
 from zoo._registry import KeyMap, register_keymap, register_model
 from zoo.families._common import check_counts, width
-from zoo.spec import Act, AdaptivePool, BatchNorm, Conv, Flatten, Linear, ModelSpec, Parallel, Pool, Seq, require
+from zoo.spec import (
+    Act,
+    AdaptivePool,
+    BatchNorm,
+    Conv,
+    Flatten,
+    Linear,
+    ModelSpec,
+    Parallel,
+    Pool,
+    Seq,
+    is_int,
+    require,
+)
 
 
 def torchvision_layer(c: int, growth: int, bn_size: int) -> Seq:
@@ -40,10 +53,10 @@ def d2l_layer(c: int, growth: int, bn_size: int) -> Seq:
 def network(name: str, layer: Any, in_channels: int, num_classes: int, growth_rate: Any, block_config: Any,
             num_init_features: Any, bn_size: Any, input_size: Any, bias: bool) -> ModelSpec:
     check_counts(in_channels, num_classes)
-    growth, c, bn_size = width(growth_rate, "growth_rate"), width(num_init_features, "num_init_features"), \
-        width(bn_size, "bn_size")
+    growth, c = width(growth_rate, "growth_rate"), width(num_init_features, "num_init_features")
+    bn_size = width(bn_size, "bn_size")
     require(isinstance(block_config, (tuple, list)) and 1 <= len(block_config) <= 8
-            and all(isinstance(n, int) and 1 <= n <= 128 for n in block_config),
+            and all(is_int(n) and 1 <= n <= 128 for n in block_config),
             f"block_config must be 1 to 8 layer counts, each in [1, 128], got {block_config!r}")
     feats = [("conv0", Conv(in_channels, c, 7, 2, 3, bias=bias)), ("norm0", BatchNorm(c)), ("relu0", Act()),
              ("pool0", Pool("max", 3, 2, 1))]
