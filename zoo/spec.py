@@ -434,6 +434,7 @@ class ModelSpec:
                 f"input_size must be an int or (H, W), each in [1, {MAX_INPUT_SIZE}], got {self.input_size!r}")
         _check_tree(self.body)
         paths = [layer.path for layer in self.layers()]
+        require(bool(paths), "the network has no layers")
         dupes = sorted({p for p in paths if paths.count(p) > 1})
         require(not dupes, f"layer paths must be unique; repeated: {', '.join(dupes[:5])}")
         require(all(p for p in paths), "every layer needs a non-empty path")
