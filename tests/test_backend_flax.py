@@ -19,7 +19,7 @@ import zoo  # noqa: E402
 from zoo import reference  # noqa: E402
 from zoo.frameworks import flax_model  # noqa: E402
 from zoo.io.checkpoint import digest  # noqa: E402
-from zoo.spec import AdaptivePool, Pool, nchw_to_nhwc_columns  # noqa: E402
+from zoo.spec import AdaptivePool, BatchNorm, Dropout, Pool, nchw_to_nhwc_columns  # noqa: E402
 
 # name -> (spec, input (H, W), batch)
 CASES = {
@@ -86,7 +86,7 @@ def test_train_forward_agrees_with_reference(name):
     err, tol = _error(flax_model.predict(model, _nhwc(x)), after)
     assert err <= tol, err
     for layer in spec.layers():
-        if type(layer.node).__name__ in ("BatchNorm", "Dropout"):
+        if isinstance(layer.node, (BatchNorm, Dropout)):
             module = model.layer(layer.path)
             assert getattr(module, "use_running_average", None) or module.deterministic, layer.path
 
@@ -105,12 +105,32 @@ def test_batchnorm_uses_the_spec_eps_not_flax_default():
     model = flax_model.build(spec, weights)
     right = _worst_layer(model, spec, weights, x)
     for path, op in spec.ops().items():
-        if type(op).__name__ == "BatchNorm":
+        if isinstance(op, BatchNorm):
             model.layer(path).eps = nnx.BatchNorm(1, rngs=nnx.Rngs(0)).epsilon  # what a default would give
     wrong = _worst_layer(model, spec, weights, x)
     print(f"\nspec eps: worst layer {right[0]} at {right[1]:.2g} x the tolerance; "
           f"Flax's default eps: {wrong[0]} at {wrong[1]:.2g} x")
     assert right[1] <= 1 < 100 < wrong[1]
+
+
+def test_batchnorm_training_is_two_pass():
+    """Activations 10 away from 0 with spread 1: E[x^2] - E[x]^2 in float32 misses by 2e-4, the two-pass
+    variance by 6e-6 (tolerance 4e-5); the running variance by 6e-5 and 3e-7 (tolerance 1e-5)."""
+    op = BatchNorm(4, eps=1e-5, momentum=0.5)
+    x = (10 + np.random.default_rng(0).standard_normal((8, 4, 9, 7))).astype(np.float32)
+    start = {"weight": np.array([1.0, 0.5, 2.0, 1.0]), "bias": np.array([0.0, 0.1, -0.2, 0.3]),
+             "running_mean": np.zeros(4), "running_var": np.ones(4)}
+    updates = {}
+    ref = reference.batch_norm(x.astype(np.float64), start, op, True, updates, "bn")
+    bn = flax_model.TorchBatchNorm(op)
+    bn.scale.set_value(jnp.asarray(start["weight"], jnp.float32))
+    bn.bias.set_value(jnp.asarray(start["bias"], jnp.float32))
+    bn.use_running_average = False
+    err, tol = _error(np.asarray(bn(jnp.asarray(_nhwc(x)))).transpose(0, 3, 1, 2), ref)
+    mean, mean_tol = _error(bn.mean[...], updates["bn.running_mean"])
+    var, var_tol = _error(bn.var[...], updates["bn.running_var"])
+    print(f"\nBatchNorm on offset data: output {err:.1e}, running mean {mean:.1e}, running var {var:.1e}")
+    assert err <= tol and mean <= mean_tol and var <= var_tol
 
 
 def test_flatten_permutes_the_linear_columns():
@@ -219,8 +239,8 @@ def test_nan_input_gives_nan_logits():
 
 def test_dropout_in_training_takes_keys_per_call():
     spec, weights, x = _case("nin")  # no BatchNorm: training calls change no state
+    ref = flax_model.predict(flax_model.build(spec, weights), _nhwc(x))
     model = flax_model.build(spec, weights)
-    ref = flax_model.predict(model, _nhwc(x))
     model.train()
     a = model(jnp.asarray(_nhwc(x)), rngs=nnx.Rngs(dropout=1))
     b = model(jnp.asarray(_nhwc(x)), rngs=nnx.Rngs(dropout=1))
