@@ -250,6 +250,15 @@ def test_dropout_in_training_takes_keys_per_call():
     np.testing.assert_array_equal(flax_model.predict(model, _nhwc(x)), ref)  # predict is inference in any mode
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_empty_batch(name):
+    spec, weights, x = _case(name)
+    model = flax_model.build(spec, weights)
+    empty = _nhwc(x[:0])
+    assert flax_model.predict(model, empty).shape == (0, spec.num_classes)
+    assert [a.shape for _, a in flax_model.trace(model, empty)] == [s for _, s in spec.layer_shapes(x.shape[2:], 0)]
+
+
 def test_input_checks():
     spec, weights, x = _case("every_op")
     model = flax_model.build(spec, weights)

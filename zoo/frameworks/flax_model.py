@@ -123,7 +123,8 @@ def _function(op, x: jax.Array) -> jax.Array:
     if isinstance(op, AdaptivePool):
         return adaptive_pool2d(x, op)
     if isinstance(op, Flatten):
-        return x.reshape(x.shape[0], -1)  # (H, W, C) order: the next Linear's columns are permuted to match
+        # (H, W, C) order: the next Linear's columns are permuted to match. No -1: a batch may be empty.
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
     raise TypeError(f"no Flax layer for {op!r}")
 
 
@@ -364,7 +365,7 @@ def trace(model: ZooModel, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
             a = a.transpose(0, 3, 1, 2)
         elif flat[0] is not None:
             h, w, c = flat[0]
-            a = a.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(a.shape[0], -1)
+            a = a.reshape(a.shape[0], h, w, c).transpose(0, 3, 1, 2).reshape(a.shape)
         out.append((path, a))
 
     run(model.spec.body, jnp.asarray(x), leaf, _join, after=after)
