@@ -1,7 +1,7 @@
 """Any zoo spec in Flax NNX. Input [B, H, W, C].
 
 Modules sit at their canonical paths split on dots, so `nnx.state(model)` reads like the
-canonical names: NiN's `blocks.0.conv0.weight` is `model.blocks['0'].conv0.kernel` (the paths
+canonical names: NiN's `blocks.0.conv0.weight` is `model.blocks[0].conv0.kernel` (the paths
 of the NiN-only module before it, so its Orbax checkpoints still read). Only ops with state or
 a mode are modules (Conv, Linear, BatchNorm, Dropout); the rest are functions of the op table.
 Layouts differ from the canonical ones in three ways, all handled by `to_canonical` and
@@ -9,7 +9,8 @@ Layouts differ from the canonical ones in three ways, all handled by `to_canonic
 Flatten of an image takes its inputs in (H, W, C) order, so its columns are permuted.
 
 BatchNorm is written here rather than taken from nnx.BatchNorm, whose momentum weighs the old
-statistics and whose running variance is the biased one: this one is PyTorch's exactly.
+statistics, whose running variance is the biased one and whose batch variance is E[x^2] - E[x]^2
+by default (use_fast_variance): this one is PyTorch's exactly.
 """
 
 from __future__ import annotations
@@ -134,6 +135,14 @@ def _join(par: Parallel, outs: list[jax.Array]) -> jax.Array:
     return functools.reduce(lambda a, b: a + b, outs)
 
 
+class Children(nnx.Dict):
+    """The modules under one dotted part of their paths. An int indexes too, as the NiN-only module's
+    nnx.List did: `model.blocks[0].conv0` still works beside `model.blocks['0']`."""
+
+    def __getitem__(self, key):
+        return super().__getitem__(str(key))
+
+
 class ZooModel(nnx.Module):
     def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
         self.spec = spec
@@ -143,13 +152,13 @@ class ZooModel(nnx.Module):
                 self._place(layer.path, module)
 
     def _place(self, path: str, module: nnx.Module) -> None:
-        """Put a module at its path, with an nnx.Dict for each dotted part before its name."""
+        """Put a module at its path, with a Children for each dotted part before its name."""
         *parents, name = path.split(".")
         owner = self
         for part in parents:
-            if not isinstance(vars(owner).get(part), nnx.Dict):
+            if not isinstance(vars(owner).get(part), Children):
                 _check_name(owner, part, path)
-                setattr(owner, part, nnx.Dict())
+                setattr(owner, part, Children())
             owner = getattr(owner, part)
         _check_name(owner, name, path)
         setattr(owner, name, module)
