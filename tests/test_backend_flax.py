@@ -181,6 +181,8 @@ def test_state_paths_mirror_canonical_names():
     paths = {path for path, _ in nnx.to_flat_state(nnx.state(flax_model.build(spec, weights)))}
     assert ("blocks", "0", "conv0", "kernel") in paths and ("blocks", "3", "conv2", "bias") in paths
     assert len(paths) == len(weights)
+    model = flax_model.build(spec, weights)
+    assert model.blocks[3].conv2.bias is model.blocks["3"].conv2.bias  # indexed as the NiN-only module's nnx.List
     spec, weights, _ = _case("every_op")
     state = nnx.state(flax_model.build(spec, weights))
     flat = {".".join(p): type(v).__name__ for p, v in nnx.to_flat_state(state)}

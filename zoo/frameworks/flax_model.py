@@ -91,12 +91,12 @@ def pool2d(x: jax.Array, op: Pool) -> jax.Array:  # [B, H, W, C]
     pads = ((0, 0), *((p, p + e) for p, e in zip(op.padding, extra)), (0, 0))
     window, strides = (1, *op.size, 1), (1, *op.stride, 1)
     if op.kind == "max":  # padded cells hold the initial value, -inf; NaN wins over every number
-        y = lax.reduce_window(x, -jnp.inf, lax.max, window, strides, pads)
+        y = lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, window, strides, pads)
         return y[:, :outs[0], :outs[1]]
-    sums = lax.reduce_window(x, 0.0, lax.add, window, strides, pads)[:, :outs[0], :outs[1]]
+    sums = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, window, strides, pads)[:, :outs[0], :outs[1]]
     counts = [_window_counts(n, k, s, p, e, o, op.count_include_pad)
               for n, k, s, p, e, o in zip(x.shape[1:3], op.size, op.stride, op.padding, extra, outs)]
-    return sums / np.outer(*counts)[None, :, :, None].astype(np.float32)
+    return sums / jnp.asarray(np.outer(*counts)[None, :, :, None], x.dtype)
 
 
 def _window_counts(n: int, k: int, s: int, p: int, extra: int, out: int, include_pad: bool) -> np.ndarray:
@@ -190,8 +190,9 @@ class ZooModel(nnx.Module):
 
 def _check_name(owner: nnx.Module, name: str, path: str) -> None:
     if name in vars(owner) or hasattr(type(owner), name) or name.startswith("_"):
-        raise ValueError(f"layer path {path!r}: {name!r} is already taken in its Flax module "
-                         f"(another layer's path, or an attribute of Flax's); rename the layer")
+        raise ValueError(f"layer path {path!r}: the name {name!r} is taken in its Flax module (by another layer's "
+                         f"path, or reserved by Flax: its modules' attributes and names starting with '_'); "
+                         f"rename the layer")
 
 
 @functools.lru_cache(maxsize=64)
