@@ -252,6 +252,22 @@ def test_dropout_in_training_takes_keys_per_call():
     np.testing.assert_array_equal(flax_model.predict(model, _nhwc(x)), ref)  # predict is inference in any mode
 
 
+def test_gradients_flow_through_every_op():
+    """Training differentiates every op under jit, as its steps do (reduce_window's gradient under jit
+    needs a Python scalar as the initial value: jnp.array(-inf) fails there, and only there)."""
+    spec, weights, x = _case("every_op", kind="init")
+    model = flax_model.build(spec, weights)
+    model.train()
+
+    def loss(m):
+        return m(jnp.asarray(_nhwc(x)), rngs=nnx.Rngs(dropout=0)).sum()
+
+    grads = nnx.jit(nnx.grad(loss))(model)
+    flat = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(grads)}
+    assert len(flat) == len(weights) - len(spec.buffer_names())  # parameters only
+    assert all(np.isfinite(g).all() and np.abs(g).max() > 0 for g in flat.values()), flat.keys()
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_empty_batch(name):
     spec, weights, x = _case(name)

@@ -91,9 +91,9 @@ def pool2d(x: jax.Array, op: Pool) -> jax.Array:  # [B, H, W, C]
     pads = ((0, 0), *((p, p + e) for p, e in zip(op.padding, extra)), (0, 0))
     window, strides = (1, *op.size, 1), (1, *op.stride, 1)
     if op.kind == "max":  # padded cells hold the initial value, -inf; NaN wins over every number
-        y = lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, window, strides, pads)
+        y = lax.reduce_window(x, -jnp.inf, lax.max, window, strides, pads)  # a Python scalar: differentiable
         return y[:, :outs[0], :outs[1]]
-    sums = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, window, strides, pads)[:, :outs[0], :outs[1]]
+    sums = lax.reduce_window(x, 0.0, lax.add, window, strides, pads)[:, :outs[0], :outs[1]]
     counts = [_window_counts(n, k, s, p, e, o, op.count_include_pad)
               for n, k, s, p, e, o in zip(x.shape[1:3], op.size, op.stride, op.padding, extra, outs)]
     return sums / jnp.asarray(np.outer(*counts)[None, :, :, None], x.dtype)
