@@ -114,3 +114,28 @@ def test_ctrl_c_before_a_checkpoint_and_in_other_commands(tmp_path, monkeypatch,
     monkeypatch.setattr(zoo.cli.zoo, "list_models", interrupt)
     assert zoo.cli.main(["list"]) == 130
     assert capsys.readouterr().err == "zoo: interrupted; no output was written\n"
+
+
+def test_batchnorm_spec_trains_and_resumes_with_its_statistics(tmp_path):
+    """A spec with BatchNorm, dropout and a linear head: the steps move the running statistics (which the
+    optimizer leaves alone), and a resumed run ends where a straight one does, statistics included."""
+    from flax import nnx
+
+    from zoo.spec import Act, AdaptivePool, BatchNorm, Conv, Dropout, Flatten, Linear, ModelSpec, Pool, Seq
+
+    spec = ModelSpec("bn_net", "test", 1, 10, Seq(
+        ("conv", Conv(1, 8, 3, 1, 1, bias=False)), ("bn", BatchNorm(8, momentum=0.2)), ("act", Act()),
+        ("pool", Pool("max", 2, 2)), ("gap", AdaptivePool(2)), ("flatten", Flatten()), ("drop", Dropout(0.3)),
+        ("fc", Linear(32, 10))), input_size=28)
+    recipe = flax_train.Recipe(input_size=28, epochs=2, batch_size=32, peak_lr=2e-3, seed=1)
+    straight = flax_train.train(spec, recipe, tmp_path / "a", limit=256, progress=False)
+    assert all(np.isfinite(h["train_loss"]) for h in straight.history)
+    weights, init = _weights(straight), zoo.init_weights(spec, recipe.seed)
+    stats = sorted(spec.buffer_names())
+    assert stats and all(not np.allclose(weights[k], init[k]) for k in stats)
+    optimized = {p for p, _ in nnx.to_flat_state(nnx.state(straight.optimizer, nnx.optimizer.OptState))}
+    assert optimized and not any({"mean", "var"} & set(map(str, p)) for p in optimized), optimized
+    flax_train.train(spec, recipe, tmp_path / "b", limit=256, progress=False, stop_after=1)
+    resumed = _weights(flax_train.train(spec, recipe, tmp_path / "b", resume=True, limit=256, progress=False))
+    for k, v in weights.items():
+        np.testing.assert_allclose(resumed[k], v, rtol=0, atol=1e-6, err_msg=k)

@@ -1,7 +1,16 @@
-"""NiN in Flax NNX, built from a NiNSpec. Input [B, H, W, C].
+"""Any zoo spec in Flax NNX. Input [B, H, W, C].
 
-Attribute paths mirror the canonical names (`blocks.0.conv0.weight` is
-`model.blocks[0].conv0.kernel`); kernels are HWIO here, OIHW in canonical form.
+Modules sit at their canonical paths split on dots, so `nnx.state(model)` reads like the
+canonical names: NiN's `blocks.0.conv0.weight` is `model.blocks[0].conv0.kernel` (the paths
+of the NiN-only module before it, so its Orbax checkpoints still read). Only ops with state or
+a mode are modules (Conv, Linear, BatchNorm, Dropout); the rest are functions of the op table.
+Layouts differ from the canonical ones in three ways, all handled by `to_canonical` and
+`from_canonical`: conv kernels are HWIO, linear kernels [in, out], and a Linear fed by a
+Flatten of an image takes its inputs in (H, W, C) order, so its columns are permuted.
+
+BatchNorm is written here rather than taken from nnx.BatchNorm, whose momentum weighs the old
+statistics, whose running variance is the biased one and whose batch variance is E[x^2] - E[x]^2
+by default (use_fast_variance): this one is PyTorch's exactly.
 """
 
 from __future__ import annotations
@@ -13,151 +22,361 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
 
-from zoo.nin import ConvSpec, NiNSpec, PoolSpec
+from zoo.spec import (
+    Act,
+    AdaptivePool,
+    BatchNorm,
+    Conv,
+    Dropout,
+    Flatten,
+    Linear,
+    ModelSpec,
+    Parallel,
+    Pool,
+    adaptive_bins,
+    nchw_to_nhwc_columns,
+    nhwc_to_nchw_columns,
+    run,
+)
 
 LAYOUT = "NHWC"
 
 
-def _conv(c: ConvSpec, rngs: nnx.Rngs) -> nnx.Conv:
-    p = c.padding
-    return nnx.Conv(c.in_channels, c.out_channels, (c.kernel_size, c.kernel_size), (c.stride, c.stride),
-                    padding=((p, p), (p, p)), rngs=rngs)
+class TorchBatchNorm(nnx.Module):
+    """PyTorch's BatchNorm2d on the last axis: eps and momentum from the spec, the running variance
+    updated with the unbiased batch variance (running = (1 - momentum) * running + momentum * batch)."""
 
-
-def pool(x: jax.Array, p: PoolSpec | None) -> jax.Array:  # [B, H, W, C]
-    if p is None:
-        return x
-    args = dict(window_shape=(p.size, p.size), strides=(p.stride, p.stride), padding=((p.padding,) * 2,) * 2)
-    if p.kind == "max":
-        return nnx.max_pool(x, **args)  # pads with -inf
-    return nnx.avg_pool(x, **args, count_include_pad=p.count_include_pad)
-
-
-class NiNBlock(nnx.Module):
-    """A KxK conv and two 1x1 convs, each followed by ReLU."""
-
-    def __init__(self, convs: tuple[ConvSpec, ConvSpec, ConvSpec], *, rngs: nnx.Rngs):
-        self.conv0, self.conv1, self.conv2 = (_conv(c, rngs) for c in convs)
+    def __init__(self, op: BatchNorm):
+        n = op.num_features
+        self.scale, self.bias = nnx.Param(jnp.ones(n)), nnx.Param(jnp.zeros(n))
+        self.mean, self.var = nnx.BatchStat(jnp.zeros(n)), nnx.BatchStat(jnp.ones(n))
+        self.eps, self.momentum = op.eps, op.momentum
+        self.use_running_average = True  # the name model.train() and model.eval() set
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, H, W, C]
-        x = nnx.relu(self.conv0(x))
-        x = nnx.relu(self.conv1(x))
-        return nnx.relu(self.conv2(x))
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            mean = x.mean(axis=(0, 1, 2))
+            var = jnp.square(x - mean).mean(axis=(0, 1, 2))  # two passes: E[x^2] - E[x]^2 cancels badly
+            n, m = x.size // x.shape[-1], self.momentum
+            self.mean[...] = (1 - m) * self.mean[...] + m * mean
+            self.var[...] = (1 - m) * self.var[...] + m * var * (n / max(n - 1, 1))
+        return (x - mean) * (self.scale[...] / jnp.sqrt(var + self.eps)) + self.bias[...]
 
 
-class NiN(nnx.Module):
-    def __init__(self, spec: NiNSpec, *, rngs: nnx.Rngs):
+def _module(op, rngs: nnx.Rngs) -> nnx.Module | None:
+    """The op table's modules: one per op that holds weights or has a training mode."""
+    if isinstance(op, Conv):
+        (ph, pw) = op.padding  # explicit: 'SAME' pads unevenly under strides, unlike torch
+        return nnx.Conv(op.in_channels, op.out_channels, op.kernel_size, op.stride, padding=((ph, ph), (pw, pw)),
+                        use_bias=op.bias, rngs=rngs)
+    if isinstance(op, BatchNorm):
+        return TorchBatchNorm(op)
+    if isinstance(op, Linear):
+        return nnx.Linear(op.in_features, op.out_features, use_bias=op.bias, rngs=rngs)
+    if isinstance(op, Dropout):
+        # Its random keys come with each training call (`model(x, rngs=...)`): the model holds no RNG state.
+        return nnx.Dropout(op.rate)
+    return None
+
+
+def pool2d(x: jax.Array, op: Pool) -> jax.Array:  # [B, H, W, C]
+    """PyTorch's pooling: symmetric padding, then on the bottom/right as far as ceil_mode's last window reaches."""
+    outs = [op.out_len(x.shape[1 + a], a) for a in (0, 1)]
+    extra = [max(0, (o - 1) * s + k - (n + 2 * p))
+             for o, s, k, n, p in zip(outs, op.stride, op.size, x.shape[1:3], op.padding)]
+    pads = ((0, 0), *((p, p + e) for p, e in zip(op.padding, extra)), (0, 0))
+    window, strides = (1, *op.size, 1), (1, *op.stride, 1)
+    if op.kind == "max":  # padded cells hold the initial value, -inf; NaN wins over every number
+        y = lax.reduce_window(x, -jnp.inf, lax.max, window, strides, pads)  # a Python scalar: differentiable
+        return y[:, :outs[0], :outs[1]]
+    sums = lax.reduce_window(x, 0.0, lax.add, window, strides, pads)[:, :outs[0], :outs[1]]
+    counts = [_window_counts(n, k, s, p, e, o, op.count_include_pad)
+              for n, k, s, p, e, o in zip(x.shape[1:3], op.size, op.stride, op.padding, extra, outs)]
+    return sums / jnp.asarray(np.outer(*counts)[None, :, :, None], x.dtype)
+
+
+def _window_counts(n: int, k: int, s: int, p: int, extra: int, out: int, include_pad: bool) -> np.ndarray:
+    """Average pooling's divisor along one axis: the input cells each window covers, plus the symmetric
+    padding's when include_pad; never ceil_mode's extra cells. (The 2-D divisor is the outer product.)"""
+    cells = np.concatenate([np.full(p, float(include_pad)), np.ones(n), np.full(p, float(include_pad)),
+                            np.zeros(extra)])
+    return np.array([cells[i * s:i * s + k].sum() for i in range(out)])
+
+
+def adaptive_pool2d(x: jax.Array, op: AdaptivePool) -> jax.Array:  # [B, H, W, C]
+    """PyTorch's bins (which need not divide the input), averaged over rows, then columns."""
+    if op.output_size == (1, 1):
+        return x.mean(axis=(1, 2), keepdims=True)
+    rows = jnp.stack([x[:, a:b].mean(axis=1) for a, b in adaptive_bins(x.shape[1], op.output_size[0])], 1)
+    return jnp.stack([rows[:, :, a:b].mean(axis=2) for a, b in adaptive_bins(x.shape[2], op.output_size[1])], 2)
+
+
+def _function(op, x: jax.Array) -> jax.Array:
+    """The op table's functions: the ops without weights or modes."""
+    if isinstance(op, Act):
+        return jax.nn.relu(x) if op.kind == "relu" else jax.nn.sigmoid(x)
+    if isinstance(op, Pool):
+        return pool2d(x, op)
+    if isinstance(op, AdaptivePool):
+        return adaptive_pool2d(x, op)
+    if isinstance(op, Flatten):
+        # (H, W, C) order: the next Linear's columns are permuted to match. No -1: a batch may be empty.
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
+    raise TypeError(f"no Flax layer for {op!r}")
+
+
+def _join(par: Parallel, outs: list[jax.Array]) -> jax.Array:
+    if par.join == "concat":
+        return jnp.concatenate(outs, axis=-1)
+    return functools.reduce(lambda a, b: a + b, outs)
+
+
+class Children(nnx.Dict):
+    """The modules under one dotted part of their paths. An int indexes too, as the NiN-only module's
+    nnx.List did: `model.blocks[0].conv0` still works beside `model.blocks['0']`."""
+
+    def __getitem__(self, key):
+        return super().__getitem__(str(key))
+
+
+class ZooModel(nnx.Module):
+    def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
         self.spec = spec
-        blocks, channels = [], spec.in_channels
-        for stage in spec.stages:
-            blocks.append(NiNBlock(stage.block.convs(channels), rngs=rngs))
-            channels = stage.block.widths[-1]
-        self.blocks = nnx.List(blocks)
-        # Rate 0 is the identity: one dropout per stage keeps the lists aligned. Their random
-        # keys come with each training call (`model(x, rngs=...)`), so the model holds no RNG state.
-        self.dropouts = nnx.List(nnx.Dropout(s.dropout) for s in spec.stages)
+        for layer in spec.layers():
+            module = None if isinstance(layer.node, Parallel) else _module(layer.node, rngs)
+            if module is not None:
+                self._place(layer.path, module)
+
+    def _place(self, path: str, module: nnx.Module) -> None:
+        """Put a module at its path, with a Children for each dotted part before its name."""
+        *parents, name = path.split(".")
+        owner = self
+        for part in parents:
+            if not isinstance(vars(owner).get(part), Children):
+                _check_name(owner, part, path)
+                setattr(owner, part, Children())
+            owner = getattr(owner, part)
+        _check_name(owner, name, path)
+        setattr(owner, name, module)
+
+    def layer(self, path: str) -> nnx.Module:
+        """The module at a layer's path."""
+        owner = self
+        for part in path.split("."):
+            owner = getattr(owner, part)
+        return owner
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:  # [B, H, W, C] -> [B, classes]
         self.spec.check_input(x.shape, LAYOUT)
-        for block, stage, dropout in zip(self.blocks, self.spec.stages, self.dropouts):
-            x = dropout(pool(block(x), stage.pool), rngs=rngs)
-        return x.mean(axis=(1, 2))
+        return run(self.spec.body, x, functools.partial(self._leaf, rngs=rngs), _join)
+
+    def _leaf(self, path: str, op, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        if isinstance(op, Dropout):
+            return self.layer(path)(x, rngs=rngs)
+        if isinstance(op, (Conv, BatchNorm, Linear)):
+            return self.layer(path)(x)
+        expected = _flatten_shapes(self.spec).get(path)
+        if expected is not None and x.shape[1:] != expected:
+            h, w, _ = expected
+            raise ValueError(f"{self.spec.name}: layer {path} flattens a {x.shape[1]}x{x.shape[2]} map where the "
+                             f"nominal input gives {h}x{w}; the next linear layer's weights are ordered for {h}x{w} "
+                             f"(channels last), so only inputs that give that map agree with the other frameworks")
+        return _function(op, x)
+
+
+def _check_name(owner: nnx.Module, name: str, path: str) -> None:
+    if name in vars(owner) or hasattr(type(owner), name) or name.startswith("_"):
+        raise ValueError(f"layer path {path!r}: the name {name!r} is taken in its Flax module (by another layer's "
+                         f"path, or reserved by Flax: its modules' attributes and names starting with '_'); "
+                         f"rename the layer")
+
+
+@functools.lru_cache(maxsize=64)
+def _flatten_shapes(spec: ModelSpec) -> dict[str, tuple[int, int, int]]:
+    """Each Flatten whose next Linear has permuted columns -> the (H, W, C) map it must receive."""
+    linears, out, last = spec.flatten_inputs(), {}, None
+    for layer in spec.layers():
+        if isinstance(layer.node, Flatten):
+            last = layer.path
+        elif layer.path in linears and last is not None:
+            c, h, w = linears[layer.path]
+            out[last] = (h, w, c)
+    return out
+
+
+# --------------------------------------------------------------------------- canonical weights
+
+# Flax's name of each tensor -> the canonical one (layouts: see to_canonical).
+NAMES = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean", "var": "running_var"}
+_BN_NAMES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+
+
+def to_canonical(native: dict[str, np.ndarray], flatten_inputs: dict[str, tuple]) -> dict[str, np.ndarray]:
+    """Flax state paths ('blocks.0.conv0.kernel') to canonical names and layouts: conv kernels HWIO -> OIHW,
+    linear kernels [in, out] -> [out, in] with the columns of those in `flatten_inputs`
+    (spec.flatten_inputs()) put back in NCHW order. Arrays are not copied where no layout changes."""
+    out = {}
+    for path, a in native.items():
+        prefix, _, leaf = path.rpartition(".")
+        if leaf not in NAMES or not prefix:
+            raise KeyError(f"{path!r} is not a zoo tensor of Flax's ('<layer>.' + one of {', '.join(NAMES)})")
+        a = np.asarray(a)
+        if leaf == "kernel" and a.ndim == 4:
+            a = a.transpose(3, 2, 0, 1)
+        elif leaf == "kernel" and a.ndim == 2:
+            a = a.T if prefix not in flatten_inputs else nhwc_to_nchw_columns(a.T, flatten_inputs[prefix])
+        elif leaf == "kernel":
+            raise KeyError(f"{path!r} has shape {a.shape}: a kernel of Flax's has 4 dims (conv) or 2 (linear)")
+        out[f"{prefix}.{NAMES[leaf]}"] = a
+    return out
+
+
+def from_canonical(weights: dict[str, np.ndarray], spec: ModelSpec) -> dict[str, np.ndarray]:
+    """Canonical weights to Flax state paths and layouts (the inverse of to_canonical)."""
+    ops, flatten_inputs, out = spec.ops(), spec.flatten_inputs(), {}
+    for name, a in weights.items():
+        prefix, _, leaf = name.rpartition(".")
+        a = np.asarray(a)
+        if isinstance(ops[prefix], BatchNorm):
+            out[f"{prefix}.{_BN_NAMES[leaf]}"] = a
+        elif leaf == "bias":
+            out[f"{prefix}.bias"] = a
+        elif a.ndim == 4:
+            out[f"{prefix}.kernel"] = a.transpose(2, 3, 1, 0)
+        else:
+            a = a if prefix not in flatten_inputs else nchw_to_nhwc_columns(a, flatten_inputs[prefix])
+            out[f"{prefix}.kernel"] = a.T
+    return out
+
+
+def _variables(model: ZooModel) -> dict[str, nnx.Variable]:
+    state = nnx.state(model, (nnx.Param, nnx.BatchStat))
+    return {".".join(map(str, path)): v for path, v in nnx.to_flat_state(state)}
 
 
 # --------------------------------------------------------------------------- adapter
 
-def _layer(model: NiN, name: str):
-    """The callable for one of the spec's layer names."""
-    kind, *rest = name.split(".")
-    if kind == "blocks":
-        block, attr = model.blocks[int(rest[0])], rest[1]
-        return getattr(block, attr) if attr.startswith("conv") else nnx.relu
-    if kind == "pools":
-        return functools.partial(pool, p=model.spec.stages[int(rest[0])].pool)
-    if kind == "dropouts":
-        return model.dropouts[int(rest[0])]
-    if kind == "global_pool":
-        return lambda x: x.mean(axis=(1, 2), keepdims=True)
-    if kind == "flatten":
-        return lambda x: x.reshape(x.shape[0], -1)
-    raise KeyError(name)
-
-
-def build(spec: NiNSpec, weights: dict[str, np.ndarray]) -> NiN:
+def build(spec: ModelSpec, weights: dict[str, np.ndarray]) -> ZooModel:
     # Shapes only: drawing initial values that are overwritten at once took seconds.
-    model = nnx.eval_shape(lambda: NiN(spec, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: ZooModel(spec, rngs=nnx.Rngs(0)))
     set_weights(model, weights)
-    model.eval()  # dropout off
+    model.eval()
     return model
 
 
 def owns(model) -> bool:
-    return isinstance(model, NiN)
+    return isinstance(model, ZooModel)
 
 
-def spec_of(model: NiN) -> NiNSpec:
+def spec_of(model: ZooModel) -> ModelSpec:
     return model.spec
 
 
-def to_canonical(native: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Flax parameter paths ('blocks.0.conv0.kernel', HWIO) to canonical names and layout (OIHW)."""
-    out = {}
+def get_weights(model: ZooModel) -> dict[str, np.ndarray]:
+    native = {k: np.asarray(v.get_value()) for k, v in _variables(model).items()}
+    canonical = to_canonical(native, model.spec.flatten_inputs())
+    return {k: np.array(canonical[k], np.float32, order="C") for k in model.spec.param_shapes()}  # in layer order
+
+
+def set_weights(model: ZooModel, weights: dict[str, np.ndarray]) -> None:
+    variables = _variables(model)
+    native = from_canonical({k: weights[k] for k in model.spec.param_shapes()}, model.spec)
+    if set(native) != set(variables):
+        raise ValueError(f"the Flax model's tensors do not match the spec's: "
+                         f"{sorted(set(native) ^ set(variables))[:5]}")
     for path, a in native.items():
-        prefix, _, leaf = path.rpartition(".")
-        if leaf == "kernel":
-            out[f"{prefix}.weight"] = np.asarray(a).transpose(3, 2, 0, 1)  # HWIO -> OIHW
-        elif leaf == "bias":
-            out[f"{prefix}.bias"] = np.asarray(a)
-        else:
-            raise KeyError(f"{path!r} is not a NiN parameter of Flax's ('<layer>.kernel' or '<layer>.bias')")
-    return out
-
-
-def get_weights(model: NiN) -> dict[str, np.ndarray]:
-    flat = {".".join(map(str, path)): np.array(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    canonical = to_canonical(flat)
-    return {name: canonical[name] for name in model.spec.param_shapes()}  # in layer order
-
-
-def set_weights(model: NiN, weights: dict[str, np.ndarray]) -> None:
-    for name in model.spec.convs():
-        conv = _layer(model, name)
-        conv.kernel.set_value(jnp.asarray(weights[f"{name}.weight"].transpose(2, 3, 1, 0)))  # OIHW -> HWIO
-        conv.bias.set_value(jnp.asarray(weights[f"{name}.bias"]))
+        if a.shape != variables[path].shape:
+            raise ValueError(f"{path}: shape {a.shape}, the model's is {variables[path].shape}")
+    for path, a in native.items():
+        variables[path].set_value(jnp.asarray(a, jnp.float32))
 
 
 # nnx.jit splits the model into graph and state on every call, walking the whole module
 # graph: about 1 ms for NiN, as long as the network itself takes on one 96x96 image. So
 # predict splits each model once and keeps a jitted function of its state. The state's leaves
-# are the model's own Variables: later set_weights or optimizer updates are seen; only
-# swapping in a new Variable object is not. The graph is closed over, not passed as a static
-# argument: hashing it takes 0.2 ms, so it is hashed once per model, not once per call.
+# are the model's own Variables: later set_weights, train_forward or optimizer updates are
+# seen; only swapping in a new Variable object is not. The graph is closed over, not passed as
+# a static argument: hashing it takes 0.2 ms, so it is hashed once per model, not once per call.
 _split: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @functools.cache
 def _forward(graphdef: nnx.GraphDef):
-    """One compiled function per model structure, shared by all models of that structure."""
-    return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+    """One compiled inference function per model structure, shared by all models of that structure."""
+
+    def forward(state, x):
+        model = nnx.merge(graphdef, state)
+        model.eval()  # inference whatever mode the model was split in; the model itself is untouched
+        return model(x)
+
+    return jax.jit(forward)
 
 
-def _jitted(model: NiN):
+def _jitted(model: ZooModel):
     if model not in _split:
         graphdef, state = nnx.split(model)
         _split[model] = _forward(graphdef), state
     return _split[model]
 
 
-def predict(model: NiN, x: np.ndarray) -> np.ndarray:
+def predict(model: ZooModel, x: np.ndarray) -> np.ndarray:
+    """Logits in inference mode (running statistics, dropout off), whatever mode the model is in."""
     forward, state = _jitted(model)
     return np.asarray(forward(state, x))  # jit moves a numpy x itself, sooner than jnp.asarray
 
 
-def trace(model: NiN, x: np.ndarray) -> list[tuple[str, tuple[int, ...]]]:
+@functools.cache
+def _train_forward(graphdef: nnx.GraphDef):
+    def forward(state, x):
+        model = nnx.merge(graphdef, state)
+        return model(x), nnx.state(model, nnx.BatchStat)
+
+    return jax.jit(forward)
+
+
+def train_forward(model: ZooModel, x: np.ndarray) -> np.ndarray:
+    """One forward in training mode with dropout off: BatchNorm normalises with the batch's
+    statistics and updates its running ones in the model. The model is left in eval mode."""
+    model.train()
+    model.set_attributes(nnx.Dropout, deterministic=True, raise_if_not_found=False)
+    try:
+        graphdef, state = nnx.split(model)
+        logits, stats = _train_forward(graphdef)(state, x)
+        nnx.update(model, stats)
+    finally:
+        model.eval()
+    return np.asarray(logits)
+
+
+def trace(model: ZooModel, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(layer path, output as NCHW numpy) for each of the spec's layers, run one by one in inference mode.
+
+    Images come back NCHW, and the flattened features between a Flatten and its Linear in NCHW
+    order, so that every row compares with PyTorch's and the reference's."""
     model.spec.check_input(x.shape, LAYOUT)
-    out, a = [], jnp.asarray(x)
-    for layer in model.spec.layers():
-        a = _layer(model, layer.name)(a)
-        out.append((layer.name, tuple(a.shape)))
+    view = nnx.merge(*nnx.split(model))  # shares the Variables; eval() here leaves the model's mode alone
+    view.eval()
+    out, flat = [], [None]  # flat[0]: the (H, W, C) that the current flattened features came from
+
+    def leaf(path, op, a):
+        if isinstance(op, Flatten):
+            flat[0] = a.shape[1:] if a.ndim == 4 else None
+        elif not isinstance(op, Dropout):
+            flat[0] = None
+        return view._leaf(path, op, a)
+
+    def after(path, node, a):
+        a = np.asarray(a)
+        if a.ndim == 4:
+            a = a.transpose(0, 3, 1, 2)
+        elif flat[0] is not None:
+            h, w, c = flat[0]
+            a = a.reshape(a.shape[0], h, w, c).transpose(0, 3, 1, 2).reshape(a.shape)
+        out.append((path, a))
+
+    run(model.spec.body, jnp.asarray(x), leaf, _join, after=after)
     return out

@@ -1,6 +1,10 @@
-"""Train a NiN on Fashion-MNIST with Flax NNX and optax: seeded, resumable, logged, plotted.
+"""Train a zoo model on Fashion-MNIST with Flax NNX and optax: seeded, resumable, logged, plotted.
 
     zoo train nin --framework flax --out runs/nin-fmnist          # --resume continues it
+
+Any spec with one input channel and ten classes trains: the optimizer updates the parameters
+(nnx.Param) only; BatchNorm's running statistics (nnx.BatchStat) are updated by the training
+steps' forward passes, as in PyTorch, and are saved in the checkpoints with the rest.
 
 The run folder gets `metrics.jsonl` (one line per epoch), `checkpoint.npz` +
 `checkpoint.json` (after every epoch), `curves.png`, and at the end the trained
@@ -25,7 +29,7 @@ from flax import nnx
 
 from zoo import data
 from zoo._progress import bar
-from zoo.frameworks import flax_model as flax_nin
+from zoo.frameworks import flax_model
 from zoo.spec import ModelSpec, init_weights
 
 
@@ -48,6 +52,10 @@ class Recipe:
 
 class Trainer:
     def __init__(self, spec: ModelSpec, recipe: Recipe, train_set, test_set):
+        if spec.in_channels != 1 or spec.num_classes != 10:
+            raise ValueError(f"Fashion-MNIST has 1 channel and 10 classes; {spec.name} takes {spec.in_channels} "
+                             f"channel(s) and gives {spec.num_classes} classes (set in_channels=1, num_classes=10)")
+        spec.check_input((None, recipe.input_size, recipe.input_size, 1), "NHWC")
         self.spec, self.recipe = spec, recipe
         self.train_x, self.train_y = train_set
         self.test_x, self.test_y = test_set
@@ -55,7 +63,7 @@ class Trainer:
         total = max(1, recipe.epochs * self.steps_per_epoch)
         self.schedule = optax.cosine_onecycle_schedule(total, recipe.peak_lr, recipe.warmup, div_factor=25.0,
                                                        final_div_factor=1e3)
-        self.model = flax_nin.build(spec, init_weights(spec, recipe.seed))
+        self.model = flax_model.build(spec, init_weights(spec, recipe.seed))
         tx = optax.chain(optax.clip_by_global_norm(recipe.clip_norm),
                          optax.adamw(self.schedule, weight_decay=recipe.weight_decay))
         self.optimizer = nnx.Optimizer(self.model, tx, wrt=nnx.Param)
@@ -73,7 +81,7 @@ class Trainer:
 
         @nnx.jit
         def step(model, optimizer, x, y, key):
-            def loss_fn(m):
+            def loss_fn(m):  # BatchNorm's running statistics, updated in m, come back with the model
                 logits = m(prep(x), rngs=nnx.Rngs(dropout=key))
                 targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), smoothing)
                 return optax.softmax_cross_entropy(logits, targets).mean(), logits
@@ -98,7 +106,7 @@ class Trainer:
         return x
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, batch: int = 500) -> tuple[float, float]:
-        """(mean cross-entropy, accuracy) with dropout off."""
+        """(mean cross-entropy, accuracy) in inference mode: dropout off, BatchNorm on its running statistics."""
         self.model.eval()
         loss = correct = 0.0
         for i in range(0, len(images), batch):

@@ -1,7 +1,9 @@
-"""Flax NNX parameters as an Orbax checkpoint directory, with the spec in its custom metadata.
+"""Flax NNX state (parameters and BatchNorm statistics) as an Orbax checkpoint directory, with the
+spec in its custom metadata.
 
 A Flax user restores it into the zoo's model with
-`nnx.update(model, ocp.StandardCheckpointer().restore(path, nnx.state(model, nnx.Param)))`.
+`nnx.update(model, ocp.StandardCheckpointer().restore(path, nnx.state(model, (nnx.Param, nnx.BatchStat))))`.
+Checkpoints written before the zoo had BatchNorm hold parameters only, at the same paths: they still read.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from zoo.frameworks import flax_model as flax_nin
+from zoo.frameworks import flax_model
 from zoo.io.checkpoint import DIGEST_KEY, Checkpoint, ConversionError, check_digest, digest, one_line
+from zoo.io.infer import infer_spec
 from zoo.spec import ModelSpec, SpecError
 
 
@@ -91,35 +94,47 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
     except Exception as e:  # orbax raises many kinds for a damaged or foreign directory
         raise ConversionError(f"{path} is not a readable Orbax checkpoint (incomplete or corrupt?): "
                               f"{one_line(e)}") from None
+    if not isinstance(custom, dict):
+        raise ConversionError(f"{path}: its custom metadata is a {type(custom).__name__}, not a dictionary; damaged")
+    stored = None
+    if "zoo_spec" in custom:
+        try:
+            stored = ModelSpec.from_json(custom["zoo_spec"])
+        except SpecError as e:
+            raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
     try:
-        weights = flax_nin.to_canonical(_flatten(tree))
+        native = _flatten(tree)
+        # The linear layers after a Flatten have their columns in Flax's (H, W, C) order: putting them
+        # back needs the spec (given, stored, or else inferred from the shapes, which the order does not change).
+        layout_spec = spec or stored
+        if layout_spec is None and any(k.endswith(".kernel") and a.ndim == 2 for k, a in native.items()):
+            shapes = {k: tuple(a.shape) for k, a in flax_model.to_canonical(native, {}).items()}
+            layout_spec = infer_spec(shapes, model)
+        weights = flax_model.to_canonical(native, layout_spec.flatten_inputs() if layout_spec else {})
+    except ConversionError:
+        raise
     except KeyError as e:
         raise ConversionError(f"{path}: {e.args[0]}") from None
     except Exception as e:
-        raise ConversionError(f"{path} holds no Flax NiN parameters: {one_line(e)}") from None
+        raise ConversionError(f"{path} holds no Flax zoo parameters: {one_line(e)}") from None
     bad = {k: str(a.dtype) for k, a in weights.items() if str(a.dtype) not in ("float32", "float16", "bfloat16",
                                                                                 "float64")}
     if bad:
         raise ConversionError(f"{path}: tensors of non-float dtypes: {bad}"[:400])
-    if not isinstance(custom, dict):
-        raise ConversionError(f"{path}: its custom metadata is a {type(custom).__name__}, not a dictionary; damaged")
     check_digest(path, weights, custom.get(DIGEST_KEY))
-    ckpt = Checkpoint(weights, "flax")
+    ckpt = Checkpoint(weights, "flax", spec=stored)
     if DIGEST_KEY in custom:
         ckpt.notes.append("SHA-256 of its tensors checked")
-    if "zoo_spec" in custom:
-        try:
-            ckpt.spec = ModelSpec.from_json(custom["zoo_spec"])
-        except SpecError as e:
-            raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
+    if stored is None and spec is None and layout_spec is not None:
+        ckpt.spec, ckpt.spec_origin = layout_spec, "inferred from the tensor shapes (the checkpoint carries none)"
     return ckpt
 
 
 def write(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
-    model = flax_nin.build(spec, weights)
+    model = flax_model.build(spec, weights)
     # Synchronous: the asynchronous StandardCheckpointer's background threads kept the process alive
     # forever after a failed write (full disk, unwritable folder). Orbax logs a failure with its
     # traceback before raising it; the caller reports it in one line, so its log is silenced here.
     with _quiet_log(), ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
-        ck.save(Path(path).absolute(), args=ocp.args.StandardSave(nnx.state(model, nnx.Param)),
+        ck.save(Path(path).absolute(), args=ocp.args.StandardSave(nnx.state(model, (nnx.Param, nnx.BatchStat))),
                 custom_metadata={"zoo_spec": spec.to_json(), DIGEST_KEY: digest(weights)})
