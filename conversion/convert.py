@@ -171,8 +171,8 @@ def inspect(path, format: str | None = None, model: str | None = None) -> str:
         lines.append(f"fits no model: {e}")
         missing = [k for k in spec.param_shapes() if k not in ckpt.weights] if spec is not None else []
         if missing and set(missing) <= spec.buffer_names():
-            lines.append("  the file lacks BatchNorm running statistics (running_mean, running_var), which "
-                         "inference needs: save the whole state_dict, buffers included")
+            lines.append(f"  the file lacks its {len(missing)} BatchNorm running statistics (running_mean, "
+                         f"running_var), which inference needs: save the whole state_dict, buffers included")
     bad = [k for k, a in ckpt.weights.items() if not np.isfinite(a.astype(np.float32)).all()]
     if bad:
         lines.append(f"non-finite values in: {', '.join(bad)}")

@@ -134,6 +134,11 @@ def infer(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> Infer
         base = registry.get_spec(name)
         expected = base.param_shapes()
         if set(expected) != names:
+            missing = set(expected) - names
+            if missing and missing <= base.buffer_names() and names < set(expected):
+                near.append(f"{name}: the file lacks its {len(missing)} BatchNorm running statistics (running_mean, "
+                            f"running_var), which inference needs: save the whole state_dict, buffers included")
+                continue
             overlap = len(names & set(expected)) / len(names | set(expected))
             far.append((overlap, f"{name}: the file {_names_gap(expected, shapes)}"))
             continue
