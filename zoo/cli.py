@@ -163,11 +163,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _train(args) -> None:
-    from zoo.frameworks import flax_train
-
     for k in ("epochs", "input_size", "batch_size", "limit"):  # before: --batch-size 0 divided by zero
         if getattr(args, k) is not None and getattr(args, k) < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
+    from zoo.frameworks import flax_train  # after the argument checks: a mistyped option costs no import
     chosen = {k: getattr(args, k) for k in ("epochs", "input_size", "batch_size", "peak_lr", "seed")}
     recipe = flax_train.Recipe(**{k: v for k, v in chosen.items() if v is not None})
     spec = zoo.get_spec(args.model, input_size=recipe.input_size, **dict(args.set))
