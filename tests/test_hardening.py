@@ -298,6 +298,14 @@ def test_spec_from_a_file_is_bounded_before_any_allocation(edit, message):
         zoo.ModelSpec.from_json(json.dumps(d))
 
 
+@pytest.mark.xfail(strict=True, raises=IndexError,
+                   reason="zoo/spec.py: a spec with no layers raises IndexError in output_shape (found by the fuzz "
+                          "harness's spec edits); ModelSpec.__post_init__ should require at least one layer")
+def test_spec_with_no_layers_is_a_spec_error():
+    with pytest.raises(zoo.SpecError):
+        zoo.ModelSpec.from_json(json.dumps({**SPEC.to_dict(), "body": {"seq": []}}))
+
+
 def test_deeply_nested_spec_json_is_a_spec_error():
     with pytest.raises(zoo.SpecError, match="RecursionError"):  # before: RecursionError escaped
         zoo.ModelSpec.from_json("[" * 30_000 + "]" * 30_000)
