@@ -171,33 +171,33 @@ def _resolve(model, sides: list[_Side], weights, seed: int, overrides: dict) -> 
 
             s.spec, s.weights, _ = io.load(s.path, name, overrides or None)
             from_files = from_files or (s.spec, s.weights)
+    # the spec: the one given, else a file side's, else the weights file's, else the preset's
+    spec = model if isinstance(model, ModelSpec) else from_files[0] if from_files else None
     shared = None
     if weights is None:
-        if from_files is not None:
-            spec, shared = from_files
-        elif isinstance(model, ModelSpec):
-            spec = model
-        else:
-            spec = get_spec(model, **overrides)
+        shared = from_files[1] if from_files else None
     elif isinstance(weights, Mapping):
-        spec = model if isinstance(model, ModelSpec) else get_spec(model, **overrides)
+        spec = spec or get_spec(model, **overrides)
         shared = check_weights(spec, weights)
     elif isinstance(weights, (str, os.PathLike)):
-        if name is None:
-            raise TypeError("with a weights file or tag, name the model ('nin'); the spec comes from the file")
         from zoo import io
         from zoo.api import _is_tag
 
         path = weights
-        if isinstance(weights, str) and _is_tag(name, weights):
+        if isinstance(weights, str) and name is not None and _is_tag(name, weights):  # a tag of that model
             from zoo import pretrained
 
             if overrides:
                 raise TypeError(f"pretrained weights fix the spec; drop the overrides {sorted(overrides)}")
             path, _ = pretrained.resolve(name, weights)
-        spec, shared, _ = io.load(path, name, overrides or None)
+        file_spec, shared, _ = io.load(path, name, overrides or None)
+        if spec is not None and not _same_model(file_spec, spec):
+            raise ValueError(f"the weights {weights} are of another model ({file_spec.name}) than the one "
+                             f"compared ({spec.name})")
+        spec = spec or file_spec
     else:
         raise TypeError(f"weights must be a pretrained tag, a path or a dict of arrays, got {type(weights).__name__}")
+    spec = spec or get_spec(model, **overrides)
     if shared is None:
         shared = init_weights(spec, seed)
     for s in sides:
@@ -311,9 +311,10 @@ def _compare(a: np.ndarray | None, b: np.ndarray | None) -> tuple[float, float]:
     if a is None or b is None or a.shape != b.shape:
         return float("inf"), float("inf")
     a, b = a.astype(np.float64), b.astype(np.float64)
-    err = np.abs(a - b)
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, settled below
+        err = np.abs(a - b)
     both = np.isnan(a) & np.isnan(b)
-    err = np.where(both | (a == b), 0.0, np.nan_to_num(err, nan=np.inf))  # equal infinities agree too
+    err = np.where(both | (a == b), 0.0, np.where(np.isnan(err), np.inf, err))  # equal infinities agree too
     max_abs = float(err.max()) if err.size else 0.0
     return max_abs, max_abs / max(_scale(a), 1e-30) if max_abs else 0.0
 
