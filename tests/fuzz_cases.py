@@ -194,12 +194,36 @@ def _with_spec(fmt: str, path: Path, text: str) -> None:
         _rewrite_zip(path, {"config.json": lambda b: _keras_config(b, text)})
 
 
+def _is_spec(value) -> bool:
+    return isinstance(value, dict) and "body" in value and "in_channels" in value
+
+
+def spec_location(obj):
+    """(container, key, kept as JSON text) of the spec inside a Keras archive's config, wherever the Keras
+    model keeps it (a dictionary, or the spec's JSON as a string); None when there is none."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        if _is_spec(value):
+            return obj, key, False
+        if isinstance(value, str) and value.startswith("{") and '"body"' in value:
+            try:
+                if _is_spec(json.loads(value)):
+                    return obj, key, True
+            except ValueError:
+                pass
+        found = spec_location(value)
+        if found is not None:
+            return found
+    return None
+
+
 def _keras_config(raw: bytes, text: str) -> bytes:
     c = json.loads(raw)
+    container, key, as_text = spec_location(c)
     try:
-        c["config"]["spec"] = json.loads(text)
+        container[key] = text if as_text else json.loads(text)
     except (ValueError, RecursionError):
-        c["config"]["spec"] = text
+        container[key] = text
     return json.dumps(c).encode()
 
 

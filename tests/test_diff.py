@@ -269,3 +269,43 @@ def test_framework_sides_with_a_weights_file_or_tag(tmp_path):
     if "nin.fashion_mnist" in pretrained.manifest():
         rows = zoo.diff("nin", "torch", "reference", weights="fashion_mnist", batch=1, input_size=67)
         assert rows.first is None and len(rows) == 30
+
+
+def test_channels_last_outputs_come_back_in_nchw():
+    """What Flax and Keras trace: NHWC images, and flat features in (H, W, C) order up to the next linear
+    layer. The diff compares them in NCHW: here a channels-last stand-in built from the torch model."""
+    pytest.importorskip("torch")
+    from zoo.frameworks import torch_model
+    from zoo.spec import Dropout, Flatten
+
+    spec = every_op()
+    model = zoo.load(spec, "torch", weights=_weights(spec))
+    x = np.random.default_rng(0).standard_normal((2, 2, 23, 17)).astype(np.float32)
+    nchw = torch_model.trace(model, x)
+    nodes = {layer.path: layer.node for layer in spec.layers()}
+
+    class ChannelsLast:
+        @staticmethod
+        def trace(model, x_nhwc):
+            out, image = [], None
+            for path, y in torch_model.trace(model, np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))):
+                if y.ndim == 4:
+                    image, y = y, y.transpose(0, 2, 3, 1)
+                elif isinstance(nodes[path], (Flatten, Dropout)) and image is not None:
+                    y = image.transpose(0, 2, 3, 1).reshape(len(y), -1)  # flattened (H, W, C)
+                else:
+                    image = None
+                out.append((path, y))
+            return out
+
+    traced = dict(ChannelsLast.trace(model, x.transpose(0, 2, 3, 1)))
+    assert not np.array_equal(traced["head.2"], dict(nchw)["head.2"])  # the stand-in does reorder
+    back = diff_module._model_trace(ChannelsLast, model, spec, x, "NHWC")
+    assert [p for p, _ in back] == [p for p, _ in nchw]
+    for (path, a), (_, b) in zip(back, nchw):
+        np.testing.assert_array_equal(a, b, err_msg=path)
+    # a flatten whose output is in neither order stays as it is, and shows as a divergence
+    broken = {**traced, "head.2": traced["head.2"][:, ::-1]}
+    ChannelsLast.trace = staticmethod(lambda model, x: list(broken.items()))
+    back = dict(diff_module._model_trace(ChannelsLast, model, spec, x, "NHWC"))
+    assert not np.array_equal(back["head.2"], dict(nchw)["head.2"])

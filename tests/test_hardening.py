@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fuzz_cases import spec_location
 
 import conversion
 import zoo
@@ -329,19 +330,6 @@ def test_expanded_pt_tensor_refused_before_copying(tmp_path):
         conversion.read(tmp_path / "x.pt")
 
 
-def _spec_dict(config):
-    """The spec dictionary inside a .keras archive's config.json, wherever the Keras model keeps it."""
-    if isinstance(config, dict):
-        if "body" in config and "in_channels" in config:
-            return config
-        values = config.values()
-    elif isinstance(config, list):
-        values = config
-    else:
-        return None
-    return next((found for v in values if (found := _spec_dict(v)) is not None), None)
-
-
 @needs_keras
 @pytest.mark.keras
 def test_keras_archive_with_huge_widths_or_a_zip_bomb_refused(tmp_path):
@@ -349,9 +337,11 @@ def test_keras_archive_with_huge_widths_or_a_zip_bomb_refused(tmp_path):
     with zipfile.ZipFile(path) as z:
         members = {i.filename: z.read(i.filename) for i in z.infolist()}
     config = json.loads(members["config.json"])
-    spec = _spec_dict(config)
+    container, key, as_text = spec_location(config)  # wherever the Keras model keeps its spec
+    spec = json.loads(container[key]) if as_text else container[key]
     for conv in list(_nodes(spec, "Conv"))[3:6]:
         conv.update(in_channels=30000, out_channels=30000)
+    container[key] = json.dumps(spec) if as_text else spec
     with zipfile.ZipFile(tmp_path / "wide.keras", "w") as z:
         for name, data in members.items():
             z.writestr(name, json.dumps(config) if name == "config.json" else data)

@@ -220,9 +220,36 @@ def _to_nchw(out: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
 
 
 def _model_trace(mod, model, spec: ModelSpec, x: np.ndarray, layout: str) -> list[tuple[str, np.ndarray]]:
+    """A framework model's trace, every output in NCHW (and flattened in NCHW order)."""
     xin = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "NHWC" else x
     expected = dict(spec.layer_shapes(x.shape[2:], x.shape[0]))
-    return [(path, _to_nchw(out, expected.get(path, ()))) for path, out in mod.trace(model, xin)]
+    nodes = {layer.path: layer.node for layer in spec.layers()}
+    out, prev, hwc = [], x, None
+    for path, y in mod.trace(model, xin):
+        y = _to_nchw(y, expected.get(path, ()))
+        node = nodes.get(path)
+        # A channels-last framework flattens (H, W, C), and its next linear layer's weights are permuted to
+        # match: the flat values (up to that layer) are the same, in another order. Flattening is exact,
+        # so its input says which order the output is in.
+        if isinstance(node, Flatten):
+            hwc = prev.shape[1:] if layout == "NHWC" and _flat_in_hwc(prev, y) else None
+        elif not isinstance(node, Dropout):
+            hwc = None
+        if hwc is not None:
+            c, h, w = hwc
+            y = y.reshape(len(y), h, w, c).transpose(0, 3, 1, 2).reshape(len(y), -1)
+        out.append((path, y))
+        prev = y
+    return out
+
+
+def _flat_in_hwc(image: np.ndarray, flat: np.ndarray) -> bool:
+    """Whether `flat` is the NCHW `image` flattened in (H, W, C) order, and not in (C, H, W) order."""
+    if image.ndim != 4 or flat.shape != (len(image), image[0].size):
+        return False
+    b = len(image)
+    return not np.array_equal(flat, image.reshape(b, -1), equal_nan=True) and \
+        np.array_equal(flat, image.transpose(0, 2, 3, 1).reshape(b, -1), equal_nan=True)
 
 
 def _keras_backend_here() -> str:
