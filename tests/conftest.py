@@ -20,9 +20,28 @@ TINY = {
     "nin": dict(widths=(8, 16, 16)),
     "nin_cifar10": dict(widths=((8, 8, 8), (8, 12, 8), (8, 8))),
     "nin_imagenet": dict(widths=((8, 8, 8), (8, 8, 8), (12, 12, 12), (16, 16)), num_classes=20),
+    "lenet": {}, "lenet_relu": {},  # 62 thousand parameters: tiny already
+    "alexnet": dict(ratio=16, hidden=32), "alexnet_d2l": dict(ratio=16, hidden=32, input_size=96),
+    "vgg11": dict(ratio=16, hidden=16), "vgg16": dict(ratio=16, hidden=16),
+    "vgg11_d2l": dict(ratio=32, hidden=16, input_size=32),
+    "googlenet": dict(ratio=16), "googlenet_d2l": dict(ratio=16),
+    "resnet18": dict(width=4), "resnet34": dict(width=4), "resnet50": dict(width=4), "resnet18_d2l": dict(width=4),
+    "densenet121": dict(growth_rate=4, num_init_features=8, bn_size=2),
+    "densenet_d2l": dict(growth_rate=4, num_init_features=8),
 }
-# Input sizes per preset: the minimum, one more, and the nominal one.
-SIZES = {"nin": (None, 96, 224), "nin_cifar10": (None, 21, 32), "nin_imagenet": (None, 129, 224)}
+# Input sides per preset's tiny variant: the minimum (None) at batch 1, then others at batch 3; a network
+# whose linear layer takes a fixed size has one side, its nominal one. Each size is one more compilation
+# in Flax and Keras, so two at most.
+SIZES = {
+    "nin": (None, 96), "nin_cifar10": (None, 32), "nin_imagenet": (None, 129),
+    "lenet": (28,), "lenet_relu": (28,), "alexnet": (None, 64), "alexnet_d2l": (96,),
+    "vgg11": (None, 32), "vgg16": (None, 32), "vgg11_d2l": (32,), "googlenet": (None, 32), "googlenet_d2l": (None, 32),
+    "resnet18": (None, 32), "resnet34": (None, 32), "resnet50": (None, 32), "resnet18_d2l": (None, 32),
+    "densenet121": (None, 32), "densenet_d2l": (None, 32),
+}
+# One full-width preset per family, run at its nominal input size (the d2l variants: what the book trains).
+FULL_SIZE = ["lenet", "alexnet_d2l", "vgg11_d2l", "nin", "googlenet_d2l", "resnet18_d2l", "densenet_d2l"]
+
 
 def keras_backend() -> str:
     return os.environ.get("KERAS_BACKEND", "tensorflow")
@@ -114,10 +133,10 @@ def run(fw: str, model, x_nchw: np.ndarray) -> np.ndarray:
 
 
 def random_weights(spec, seed: int) -> dict[str, np.ndarray]:
-    """He-scaled kernels and non-zero biases, so that every bias is exercised."""
-    rng = np.random.default_rng(seed)
-    w = zoo.init_weights(spec, seed)
-    return {k: (v if k.endswith(".weight") else rng.normal(0, 0.1, v.shape)).astype(np.float32) for k, v in w.items()}
+    """He-scaled kernels, non-zero biases and BatchNorm statistics that show mistakes (op_specs.revealing_weights)."""
+    from op_specs import revealing_weights
+
+    return revealing_weights(spec, seed)
 
 
 @pytest.fixture

@@ -48,10 +48,10 @@ def flatten_spec(input_size=(11, 7)) -> ModelSpec:
     return ModelSpec(name="flatten", family="test", in_channels=3, num_classes=6, body=body, input_size=input_size)
 
 
-def testing_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
+def revealing_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     """He-scaled weights, non-zero biases, and BatchNorm statistics that show an eps or variance mistake:
     running variances spread over [0.5, 2] with every fourth one tiny (1e-4, where eps 1e-5 vs 1e-3 differ
-    by 10x), non-zero running means, weights around 1."""
+    by 3x in the scale), non-zero running means, BatchNorm scales around 1 (0.01 on the tiny-variance channels)."""
     rng = np.random.default_rng(seed)
     out = {}
     for name, w in spec.init_weights(seed).items():
@@ -62,8 +62,10 @@ def testing_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
             out[name] = v.astype(np.float32)
         elif leaf == "running_mean":
             out[name] = rng.normal(0, 0.3, w.shape).astype(np.float32)
-        elif leaf == "weight" and w.ndim == 1:  # BatchNorm scale
-            out[name] = rng.uniform(0.5, 1.5, w.shape).astype(np.float32)
+        elif leaf == "weight" and w.ndim == 1:  # BatchNorm scale; small where the variance is tiny, so that
+            g = rng.uniform(0.5, 1.5, w.shape)  # activations keep a unit scale (no saturated sigmoid hides
+            g[::4] *= 0.01  # an error) while eps still weighs: sqrt(1e-4 + 1e-5) vs sqrt(1e-4 + 1e-3) is 3x
+            out[name] = g.astype(np.float32)
         elif leaf == "bias":
             out[name] = rng.normal(0, 0.1, w.shape).astype(np.float32)
         else:

@@ -1,17 +1,19 @@
-"""Every preset in every framework against the float64 NumPy reference, from the same canonical weights."""
+"""Every preset in every framework against the float64 NumPy reference, from the same canonical weights.
+
+Tiny variants (conftest.TINY: the same architecture with few channels) keep the grid fast;
+one full-width model per family runs at its nominal input size.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import numpy as np
 import pytest
-from conftest import SIZES, TINY, random_weights, run, to_device
+from conftest import FULL_SIZE, SIZES, TINY, random_weights, run, to_device
 
 import zoo
 from zoo import reference
-from zoo.nin import PoolSpec
 
 MODELS = zoo.list_models()
 
@@ -26,50 +28,47 @@ def _tiny(preset: str):
     return spec, random_weights(spec, seed=len(preset))
 
 
-def _input(spec, batch: int, size: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((batch, spec.in_channels, size, size)).astype(np.float32)
+def _input(spec, batch: int, size, seed: int = 0) -> np.ndarray:
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return np.random.default_rng(seed).standard_normal((batch, spec.in_channels, *size)).astype(np.float32)
+
+
+def _sizes(spec, preset: str) -> list[int]:
+    """conftest.SIZES: the minimum (None) and a larger size of the tiny variant, each checked to fit."""
+    sizes = [s or spec.min_input_size for s in SIZES[preset]]
+    for s in sizes:
+        assert spec.fits((s, s)) is None, f"conftest.SIZES[{preset!r}]: {s}x{s} does not fit: {spec.fits((s, s))}"
+    return sizes
 
 
 @pytest.mark.parametrize("preset", MODELS)
 def test_tiny_grid(preset, framework, device, record_error):
-    """Batches 1 and 3 at the minimum, an intermediate and the nominal input size."""
+    """Batch 1 at the minimum input size, batch 3 at a larger one (batch 2 where only one size fits)."""
     spec, w = _tiny(preset)
     model = to_device(framework, zoo.load(spec, framework), device)
     zoo.set_weights(model, w)
-    for size in (s or spec.min_input_size for s in SIZES[preset]):
-        for batch in (1, 3):
-            x = _input(spec, batch, size, seed=size + batch)
-            record_error(preset, framework, run(framework, model, x), reference.forward(spec, w, x))
-
-
-@pytest.mark.parametrize("preset", MODELS)
-def test_full_size(preset, framework, device, record_error):
-    """The real widths, at the nominal input size, batches 1 and 3."""
-    spec = zoo.get_spec(preset)
-    w = random_weights(spec, seed=1)
-    model = to_device(framework, zoo.load(spec, framework), device)
-    zoo.set_weights(model, w)
-    for batch in (1, 3):
-        x = _input(spec, batch, spec.input_size[0], seed=batch)
+    sizes = _sizes(spec, preset)
+    for i, size in enumerate(sizes):
+        batch = 2 if len(sizes) == 1 else 1 if i == 0 else 3
+        x = _input(spec, batch, size, seed=batch)
         record_error(preset, framework, run(framework, model, x), reference.forward(spec, w, x))
 
 
-PADDED_POOLS = [PoolSpec("max", 3, 2, 1), PoolSpec("avg", 3, 2, 1, count_include_pad=True),
-                PoolSpec("avg", 3, 2, 1, count_include_pad=False), PoolSpec("avg", 2, 1, 1, False)]
+@functools.cache
+def _full(preset: str):
+    spec = zoo.get_spec(preset)
+    w = random_weights(spec, seed=1)
+    x = _input(spec, 1, spec.input_size, seed=1)
+    return spec, w, x, reference.forward(spec, w, x)
 
 
-@pytest.mark.parametrize("pool", PADDED_POOLS, ids=lambda p: f"{p.kind}{p.size}s{p.stride}p{p.padding}"
-                         f"{'incl' if p.count_include_pad else 'excl'}")
-def test_padded_pooling(pool, framework, device, record_error):
-    """Padded pools, where max pooling's -inf and average pooling's divisor matter."""
-    spec, w = _tiny("nin_cifar10")
-    stages = tuple(dataclasses.replace(s, pool=pool) if s.pool else s for s in spec.stages)
-    spec = dataclasses.replace(spec, stages=stages)
+@pytest.mark.parametrize("preset", FULL_SIZE)
+def test_full_size(preset, framework, device, record_error):
+    """One full-width model per family at its nominal input size."""
+    spec, w, x, ref = _full(preset)
     model = to_device(framework, zoo.load(spec, framework), device)
     zoo.set_weights(model, w)
-    for size in (spec.min_input_size, 13):
-        x = _input(spec, 2, size, seed=size) - 2.0  # mostly negative, so padding would win a max
-        record_error("padded_pools", framework, run(framework, model, x), reference.forward(spec, w, x))
+    record_error(f"{preset} (full size)", framework, run(framework, model, x), ref)
 
 
 def test_same_seed_same_model(framework, device, record_error):
@@ -105,20 +104,20 @@ def test_weights_round_trip_exact(preset, framework):
 @pytest.mark.parametrize("preset", MODELS)
 def test_layer_shapes_match_spec(preset, framework):
     """The framework's layers, run one by one, give the shapes the spec predicts (the summary's rows)."""
-    spec, _ = _tiny(preset)
-    model = zoo.load(spec, framework)
-    size = SIZES[preset][1]
+    spec, w = _tiny(preset)
+    model = zoo.load(spec, framework, weights=w)
+    size = (_sizes(spec, preset)[-1],) * 2
+    x = _input(spec, 2, size)
     mod = zoo._frameworks.adapter(framework)
     nhwc = zoo.FRAMEWORKS[framework].layout == "NHWC"
-    got = mod.trace(model, np.zeros((2, size, size, spec.in_channels) if nhwc else (2, spec.in_channels, size, size),
-                                    np.float32))
-    expected = spec.layer_shapes((size, size), batch=2)
-    if nhwc:
-        expected = [(n, s if len(s) == 2 else (s[0], s[2], s[3], s[1])) for n, s in expected]
-    assert got == expected
+    got = mod.trace(model, np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if nhwc else x)
+    expected = spec.layer_shapes(size, batch=2)
+    assert [(p, tuple(y.shape)) for p, y in got] == expected  # trace gives NCHW outputs in every framework
     ref_trace = []
-    reference.forward(spec, zoo.init_weights(spec), np.zeros((2, spec.in_channels, size, size)), trace=ref_trace)
-    assert ref_trace == spec.layer_shapes((size, size), batch=2)
+    reference.forward(spec, w, x, trace=ref_trace)
+    assert [(p, y.shape) for p, y in ref_trace] == expected
+    # the last row is the output: the trace runs the same function as predict
+    np.testing.assert_allclose(got[-1][1], run(framework, model, x), rtol=1e-5, atol=1e-5)
 
 
 def test_summary_rows_agree(framework, capsys):

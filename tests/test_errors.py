@@ -69,7 +69,7 @@ def test_too_small_input(framework):
 
 
 def test_invalid_override(framework):
-    with pytest.raises(zoo.SpecError, match="num_classes must be an int >= 1, got 0"):
+    with pytest.raises(zoo.SpecError, match=r"num_classes must be an int in \[1, 65536\], got 0"):
         zoo.load("nin", framework, num_classes=0)
 
 

@@ -137,7 +137,7 @@ def test_bench_runs_every_alternative_and_they_agree(framework, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--frameworks", "tf"], "unknown framework 'tf'"),
     (["--frameworks", "keras[nonexistent_backend]"], "nonexistent_backend not installed"),
-    (["--cases", "1x32"], "the size at least 67, nin's minimum input"),
+    (["--cases", "1x32"], "nin does not take 32x32 input (its minimum is 67"),
     (["--json", "no/such/folder/out.json"], "its folder does not exist"),
     (["--rounds", "0"], "--rounds must be at least 1"),
 ])

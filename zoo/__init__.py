@@ -1,13 +1,16 @@
 """A model zoo whose architectures are defined once, as specs, and built in PyTorch, Flax NNX and Keras 3.
 
     >>> import zoo                                  # imports no framework
-    >>> zoo.list_models()
-    ['nin', 'nin_cifar10', 'nin_imagenet']
-    >>> model = zoo.load('nin', framework='flax')   # NHWC input, inference mode
+    >>> zoo.list_models('resnet*')
+    ['resnet18', 'resnet18_d2l', 'resnet34', 'resnet50']
+    >>> model = zoo.load('resnet18', framework='flax', num_classes=10, in_channels=1)   # NHWC, inference mode
     >>> weights = zoo.get_weights(model)            # canonical: PyTorch names and layout, float32
     >>> model = zoo.load('nin', 'keras', weights='fashion_mnist')   # trained weights, shipped
 
-Frameworks are imported only when a model of theirs is asked for.
+Every model is a `ModelSpec` (zoo/spec.py: layer ops composed in sequences and parallel
+branches), written once per family in zoo/families/; each framework builds any spec from one
+op table (zoo/frameworks/*_model.py). Frameworks are imported only when a model of theirs is
+asked for.
 """
 
 from zoo import families as _families  # noqa: F401  (registers every preset)

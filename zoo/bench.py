@@ -14,6 +14,7 @@ Then, in fresh processes, the time to first prediction: the framework's bare imp
 `zoo.load` to the first output (compilation included) on top of it.
 
     zoo bench                                   # nin; torch, flax, keras
+    zoo bench resnet18 --cases 1x224 32x224     # any model of the zoo
     zoo bench --frameworks torch --cases 32x224 --rounds 9
     zoo bench --frameworks keras[jax]           # Keras on another backend
 """
@@ -221,8 +222,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default="nin")
     p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), metavar="FW",
                    help="torch, flax, keras, or keras[BACKEND] (default: torch flax keras)")
-    p.add_argument("--cases", nargs="+", type=_case, default=list(CASES), metavar="BxS",
-                   help="batch x input size (default: 1x96 32x96 1x224 32x224)")
+    p.add_argument("--cases", nargs="+", type=_case, default=None, metavar="BxS",
+                   help="batch x input size (default: 1x96 32x96 1x224 32x224 where the model takes them, "
+                        "else 1 and 32 at its nominal size)")
     p.add_argument("--only", nargs="+", metavar="TEXT",
                    help="measure only the alternatives whose names contain one of these (the default is always kept)")
     p.add_argument("--rounds", type=int, default=7, help="timed rounds per alternative; medians are reported")
@@ -243,10 +245,16 @@ def run(args: argparse.Namespace) -> None:
     spec = zoo.get_spec(args.model)  # an unknown model fails here, before any process starts
     if args.rounds < 1 or args.min_time <= 0:
         raise ValueError("--rounds must be at least 1 and --min-time above 0")
+    if args.cases is None:
+        args.cases = [c for c in CASES if spec.fits((c[1], c[1])) is None] or \
+            [(b, spec.input_size[0]) for b in (1, 32)]
     for batch, size in args.cases:
-        if batch < 1 or size < spec.min_input_size:
-            raise ValueError(f"case {batch}x{size}: the batch must be at least 1 and the size at least "
-                             f"{spec.min_input_size}, {args.model}'s minimum input")
+        if batch < 1:
+            raise ValueError(f"case {batch}x{size}: the batch must be at least 1")
+        if spec.fits((size, size)) is not None:
+            raise ValueError(f"case {batch}x{size}: {args.model} does not take {size}x{size} input "
+                             f"(its minimum is {spec.min_input_size}, its nominal size "
+                             f"{spec.input_size[0]}x{spec.input_size[1]})")
     targets = [(text, *_target(text)) for text in args.frameworks]  # all checked before the first starts
     for text, framework, env in targets:
         packages = FRAMEWORKS[framework].packages + tuple(env.values())  # keras[jax] needs jax too

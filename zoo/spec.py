@@ -434,6 +434,7 @@ class ModelSpec:
                 f"input_size must be an int or (H, W), each in [1, {MAX_INPUT_SIZE}], got {self.input_size!r}")
         _check_tree(self.body)
         paths = [layer.path for layer in self.layers()]
+        require(bool(paths), "the network has no layers")
         dupes = sorted({p for p in paths if paths.count(p) > 1})
         require(not dupes, f"layer paths must be unique; repeated: {', '.join(dupes[:5])}")
         require(all(p for p in paths), "every layer needs a non-empty path")
@@ -626,9 +627,18 @@ class ModelSpec:
         raise ValueError(f"input {h}x{w} is too small for {self.name}: the minimum is {m}x{m} "
                          f"(any larger size works); resize or pad the images ({why})")
 
-    @functools.lru_cache(maxsize=64)  # noqa: B019  (specs are few and immutable)
     def _fits_cached(self, h: int, w: int) -> str | None:
-        return self.fits((h, w))
+        """`fits`, remembered per size: check_input runs on every forward call."""
+        cache = self._fit_cache
+        if (h, w) not in cache:
+            if len(cache) >= 256:
+                cache.clear()
+            cache[(h, w)] = self.fits((h, w))
+        return cache[(h, w)]
+
+    @functools.cached_property
+    def _fit_cache(self) -> dict:
+        return {}
 
     # ----- initial weights
 

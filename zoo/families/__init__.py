@@ -4,4 +4,4 @@ Importing this package registers every preset. A family touches no framework mod
 converter or reader: everything else walks the spec it returns.
 """
 
-from zoo.families import nin  # noqa: F401
+from zoo.families import alexnet, densenet, googlenet, lenet, nin, resnet, vgg  # noqa: F401

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.spec import MAX_WIDTH, is_int, require
+from zoo.spec import MAX_WIDTH, Seq, Shape, is_int, require, run
 
 
 def check_counts(in_channels: Any, num_classes: Any) -> None:
@@ -29,3 +29,37 @@ def scaled(base: int, ratio: Any) -> int:
     """A width divided by `ratio` (d2l's small VGG divides every width by 4), at least 1."""
     require(is_int(ratio) and 1 <= ratio <= 1024, f"width ratio must be an int in [1, 1024], got {ratio!r}")
     return max(1, base // ratio)
+
+
+def size_pair(value: Any) -> tuple[int, int]:
+    """An input_size override (int or (H, W)) as a pair; ModelSpec checks the range."""
+    pair = (value, value) if is_int(value) else tuple(value) if isinstance(value, (tuple, list)) else ()
+    require(len(pair) == 2 and all(is_int(n) for n in pair), f"input_size must be an int or (H, W), got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def out_shape(body: Seq, in_channels: int, input_size: Any) -> Shape:
+    """The per-image shape `body` gives for an input of `input_size`: how a family sizes the Linear
+    after a Flatten that no AdaptivePool precedes. SpecError naming the layer where the input vanishes."""
+
+    def leaf(path, op, shape):
+        new = op.out_shape(shape)
+        require(len(new) != 3 or min(new[1:]) >= 1,
+                f"input_size {input_size!r} is too small: it vanishes at layer {path} (output {new})")
+        return new
+
+    def join(par, shapes):
+        return shapes[0] if par.join == "add" else (sum(s[0] for s in shapes), *shapes[0][1:])
+
+    return run(body, (in_channels, *size_pair(input_size)), leaf, join)
+
+
+def conv_widths(value: Any, count: int, what: str) -> tuple[int, ...]:
+    """A sequence of `count` widths, each an int in [1, MAX_WIDTH]."""
+    return tuple(width(v, f"{what}[{i}]") for i, v in enumerate(widths(value, count, what)))
+
+
+def dropout_rate(value: Any) -> float:
+    require(isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0,
+            f"dropout must be a float in [0, 1), got {value!r}")
+    return float(value)

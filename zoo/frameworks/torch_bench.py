@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import zoo
-from zoo.nin import Activation
+from zoo.spec import Act, Parallel
 
 LAYOUT = "NCHW"
 
@@ -41,11 +41,14 @@ def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
-def _sequential(model) -> torch.nn.Sequential:
-    """The zoo model's layers (copies, same weights) in a plain nn.Sequential, as d2l writes NiN,
-    with in-place ReLU modules."""
-    layers = [torch.nn.ReLU(inplace=True) if isinstance(layer.op, Activation)
-              else copy.deepcopy(model.get_submodule(layer.name)) for layer in zoo.spec_of(model).layers()]
+def _sequential(model) -> torch.nn.Sequential | None:
+    """For a chain (no branches), the zoo model's layers (copies, same weights) in a plain nn.Sequential,
+    as d2l writes its networks, with in-place ReLU modules; None for a network with branches."""
+    spec = zoo.spec_of(model)
+    if any(isinstance(layer.node, Parallel) for layer in spec.layers()):
+        return None
+    layers = [torch.nn.ReLU(inplace=True) if isinstance(layer.node, Act) and layer.node.kind == "relu"
+              else copy.deepcopy(model.get_submodule(layer.path)) for layer in spec.layers()]
     return torch.nn.Sequential(*layers).eval()
 
 
@@ -68,13 +71,18 @@ def alternatives(model) -> dict:
     that no shape meets torch.compile's recompilation limit (it would fall back to eager).
     """
     torch._dynamo.reset()
-    nchw = _sequential(model).to(memory_format=torch.contiguous_format)
-    channels_last = _sequential(model).to(memory_format=torch.channels_last)
-    return {
+    runs = {
         "zoo.predict(model, x)": lambda x: (lambda: zoo.predict(model, x)),
         "model(x), inference_mode": _run(model),
-        "eager NCHW": _run(nchw),
-        "eager channels_last": _run(channels_last, to_channels_last=True),
-        "torch.compile NCHW": _run(torch.compile(nchw, dynamic=False)),
-        "torch.compile channels_last": _run(torch.compile(channels_last, dynamic=False), to_channels_last=True),
+        "torch.compile(model)": _run(torch.compile(model, dynamic=False)),
     }
+    if _sequential(model) is not None:
+        nchw = _sequential(model).to(memory_format=torch.contiguous_format)
+        channels_last = _sequential(model).to(memory_format=torch.channels_last)
+        runs.update({
+            "eager NCHW": _run(nchw),
+            "eager channels_last": _run(channels_last, to_channels_last=True),
+            "torch.compile NCHW": _run(torch.compile(nchw, dynamic=False)),
+            "torch.compile channels_last": _run(torch.compile(channels_last, dynamic=False), to_channels_last=True),
+        })
+    return runs

@@ -114,7 +114,8 @@ class ZooModel(nn.Module):
         return steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, num_classes]
-        self.spec.check_input(tuple(x.shape), LAYOUT)
+        if not torch.compiler.is_compiling():  # torch.compile re-traces for each new shape anyway
+            self.spec.check_input(tuple(x.shape), LAYOUT)
         return _chain(self._plan, x.contiguous(memory_format=torch.channels_last))
 
 

@@ -1,0 +1,134 @@
+"""ResNet (He et al. 2015): torchvision's ResNet-18/34 (BasicBlock) and ResNet-50 (Bottleneck, stride on
+the 3x3 conv: "v1.5"), and the d2l book's ResNet-18.
+
+Canonical names follow torchvision's state_dict:
+
+    conv1, bn1                    7x7/2 stem conv and its BatchNorm (then ReLU, 3x3/2 max pool)
+    layer{s}.{b}.conv1/bn1 ...    block b of stage s (both from torchvision: s from 1, b from 0)
+    layer{s}.{b}.downsample.0/.1  the projection shortcut (1x1 conv, BatchNorm) where the shape changes
+    fc                            after global average pooling
+
+d2l's ResNet-18 keeps these names where its structure matches; its projection shortcut is a single 1x1
+conv with bias and no BatchNorm, named as d2l names it: `layer{s}.0.conv3`. `width` is the first stage's
+width (64; the stages double it), `layers` the blocks per stage: tiny test variants.
+
+    >>> zoo.get_spec('resnet50').num_params
+    25557032
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zoo._registry import KeyMap, register_keymap, register_model
+from zoo.families._common import check_counts, conv_widths, width
+from zoo.spec import Act, AdaptivePool, BatchNorm, Conv, Flatten, Linear, ModelSpec, Parallel, Pool, Seq
+
+IDENTITY = ("", Seq())
+
+
+def basic_block(c_in: int, planes: int, stride: int) -> tuple[Seq, int]:
+    body = Seq(("conv1", Conv(c_in, planes, 3, stride, 1, bias=False)), ("bn1", BatchNorm(planes)), ("relu1", Act()),
+               ("conv2", Conv(planes, planes, 3, 1, 1, bias=False)), ("bn2", BatchNorm(planes)))
+    return _residual(body, c_in, planes, stride), planes
+
+
+def bottleneck(c_in: int, planes: int, stride: int) -> tuple[Seq, int]:
+    c_out = planes * 4
+    body = Seq(("conv1", Conv(c_in, planes, 1, bias=False)), ("bn1", BatchNorm(planes)), ("relu1", Act()),
+               ("conv2", Conv(planes, planes, 3, stride, 1, bias=False)), ("bn2", BatchNorm(planes)), ("relu2", Act()),
+               ("conv3", Conv(planes, c_out, 1, bias=False)), ("bn3", BatchNorm(c_out)))
+    return _residual(body, c_in, c_out, stride), c_out
+
+
+def _residual(body: Seq, c_in: int, c_out: int, stride: int) -> Seq:
+    shortcut = IDENTITY if stride == 1 and c_in == c_out else (
+        "downsample", Seq(("0", Conv(c_in, c_out, 1, stride, bias=False)), ("1", BatchNorm(c_out))))
+    return Seq(("add", Parallel("add", ("", body), shortcut)), ("relu", Act()))
+
+
+def d2l_residual(c_in: int, planes: int, stride: int) -> tuple[Seq, int]:
+    """d2l's Residual: 3x3 convs with bias, each followed by BatchNorm; a 1x1 conv shortcut (`conv3`)
+    in the first block of every stage but the first."""
+    body = Seq(("conv1", Conv(c_in, planes, 3, stride, 1)), ("bn1", BatchNorm(planes)), ("relu1", Act()),
+               ("conv2", Conv(planes, planes, 3, 1, 1)), ("bn2", BatchNorm(planes)))
+    shortcut = IDENTITY if stride == 1 and c_in == planes else ("", Seq(("conv3", Conv(c_in, planes, 1, stride))))
+    return Seq(("add", Parallel("add", ("", body), shortcut)), ("relu", Act())), planes
+
+
+def network(name: str, block: Any, in_channels: int, num_classes: int, base: Any, layers: Any, input_size: Any,
+            stem_bias: bool = False) -> ModelSpec:
+    check_counts(in_channels, num_classes)
+    w = width(base, "width")
+    counts = conv_widths(layers, 4, "layers")
+    children = [("conv1", Conv(in_channels, w, 7, 2, 3, bias=stem_bias)), ("bn1", BatchNorm(w)), ("relu", Act()),
+                ("maxpool", Pool("max", 3, 2, 1))]
+    c = w
+    for s, n in enumerate(counts):
+        for b in range(n):
+            blk, c = block(c, w * 2**s, 2 if s > 0 and b == 0 else 1)
+            children.append((f"layer{s + 1}.{b}", blk))
+    children += [("avgpool", AdaptivePool(1)), ("flatten", Flatten()), ("fc", Linear(c, num_classes))]
+    return ModelSpec(name=name, family="resnet", in_channels=in_channels, num_classes=num_classes,
+                     body=Seq(*children), input_size=input_size)
+
+
+@register_model
+def resnet18(*, in_channels: int = 3, num_classes: int = 1000, width: int = 64,
+             layers: tuple[int, int, int, int] = (2, 2, 2, 2), input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's ResNet-18 (`torchvision.models.resnet18`): 11,689,512 parameters, 224x224 RGB input."""
+    return network("resnet18", basic_block, in_channels, num_classes, width, layers, input_size)
+
+
+@register_model
+def resnet34(*, in_channels: int = 3, num_classes: int = 1000, width: int = 64,
+             layers: tuple[int, int, int, int] = (3, 4, 6, 3), input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's ResNet-34 (`torchvision.models.resnet34`): 21,797,672 parameters, 224x224 RGB input."""
+    return network("resnet34", basic_block, in_channels, num_classes, width, layers, input_size)
+
+
+@register_model
+def resnet50(*, in_channels: int = 3, num_classes: int = 1000, width: int = 64,
+             layers: tuple[int, int, int, int] = (3, 4, 6, 3), input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's ResNet-50 (`torchvision.models.resnet50`): 25,557,032 parameters, 224x224 RGB input.
+
+    Bottleneck blocks (1x1, 3x3, 1x1 four times wider) that downsample on the 3x3 conv, as torchvision
+    does ("ResNet v1.5"; the paper strides the first 1x1).
+    """
+    return network("resnet50", bottleneck, in_channels, num_classes, width, layers, input_size)
+
+
+@register_model
+def resnet18_d2l(*, in_channels: int = 1, num_classes: int = 10, width: int = 64,
+                 layers: tuple[int, int, int, int] = (2, 2, 2, 2), input_size: int | tuple[int, int] = 96) -> ModelSpec:
+    """d2l's ResNet-18 (section 7.6) for Fashion-MNIST resized to 96x96: 11,178,378 parameters.
+
+    Every conv has a bias (the stem's too); the projection shortcut is a 1x1 conv without BatchNorm.
+    """
+    return network("resnet18_d2l", d2l_residual, in_channels, num_classes, width, layers, input_size,
+                   stem_bias=True)
+
+
+# torchvision's checkpoints carry every BatchNorm's num_batches_tracked, which changes no output here
+# (the zoo's momentum is never None); their other names are canonical.
+TORCHVISION_RESNET = register_keymap(KeyMap(
+    name="torchvision ResNet (conv1.weight, layer1.0.bn1.running_mean, layer2.0.downsample.0.weight, ...)",
+    models=("resnet18", "resnet34", "resnet50"),
+    rules=((r"((?:layer[1-4]\.\d+\.)?(?:conv[1-3]\.weight|bn[1-3]\.(?:weight|bias|running_mean|running_var))"
+            r"|layer[1-4]\.\d+\.downsample\.(?:0\.weight|1\.(?:weight|bias|running_mean|running_var))"
+            r"|fc\.(?:weight|bias))", r"\1"),),
+    drop=(r".*\.num_batches_tracked",)))
+
+# d2l-zh 2.0 (PyTorch tab of chapter_convolutional-modern/resnet.md): nn.Sequential(b1, b2, b3, b4, b5,
+# AdaptiveAvgPool2d, Flatten, Linear); b1 = (Conv2d, BatchNorm2d, ReLU, MaxPool2d); b2..b5 are
+# nn.Sequential of Residual modules (attributes conv1, conv2, optional conv3, bn1, bn2), so block j of
+# b(s+1) is `s.j`: d2l's index s is torchvision's stage number.
+D2L_RESNET = register_keymap(KeyMap(
+    name="d2l ResNet-18 (nn.Sequential: 0.0.weight, 0.1.running_mean, 1.0.conv1.weight, 2.0.conv3.weight, "
+         "7.weight)",
+    models=("resnet18_d2l",),
+    rules=((r"0\.0\.(weight|bias)", r"conv1.\1"), (r"0\.1\.(weight|bias|running_mean|running_var)", r"bn1.\1"),
+           (r"([1-4])\.(\d+)\.(conv[1-3]\.(?:weight|bias)|bn[12]\.(?:weight|bias|running_mean|running_var))",
+            r"layer\1.\2.\3"),
+           (r"7\.(weight|bias)", r"fc.\1")),
+    drop=(r".*\.num_batches_tracked",)))

@@ -1,0 +1,94 @@
+"""VGG (Simonyan and Zisserman 2014): torchvision's VGG-11 and VGG-16 (no BatchNorm), and d2l's small VGG-11.
+
+Canonical names follow torchvision's state_dict, N the index in its flat nn.Sequential:
+
+    features.N                    3x3 convs (padding 1), each followed by ReLU; a 2x2/2 max pool ends each block
+    classifier.{0,3,6}            Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear
+
+torchvision pools adaptively to 7x7 before the classifier; d2l flattens what 224x224 leaves (7x7).
+`ratio` divides the conv widths (d2l's own knob: its VGG-11 divides by 4); `hidden` sets the two
+hidden dense layers (4096 in both sources).
+
+    >>> zoo.get_spec('vgg16').num_params
+    138357544
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from zoo._registry import KeyMap, register_keymap, register_model
+from zoo.families._common import check_counts, dropout_rate, out_shape, scaled, width
+from zoo.spec import Act, AdaptivePool, Conv, Dropout, Flatten, Linear, ModelSpec, Pool, Seq
+
+# (convs, width) per block: configurations A (11 layers) and D (16 layers) of the paper's table 1
+VGG11 = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
+VGG16 = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+
+
+def features(in_channels: int, arch: Any, ratio: Any) -> tuple[Seq, int]:
+    """The conv blocks, numbered as torchvision's flat nn.Sequential; returns (features, last width)."""
+    layers, c = [], in_channels
+    for convs, w in arch:
+        for _ in range(convs):
+            layers += [Conv(c, scaled(w, ratio), 3, 1, 1), Act()]
+            c = scaled(w, ratio)
+        layers.append(Pool("max", 2, 2))
+    return Seq(*((str(i), op) for i, op in enumerate(layers))), c
+
+
+def classifier(in_features: int, hidden: Any, num_classes: int, dropout: Any) -> Seq:
+    h, p = width(hidden, "hidden"), dropout_rate(dropout)
+    return Seq(("0", Linear(in_features, h)), ("1", Act()), ("2", Dropout(p)),
+               ("3", Linear(h, h)), ("4", Act()), ("5", Dropout(p)), ("6", Linear(h, num_classes)))
+
+
+def torchvision_vgg(name: str, arch: Any, in_channels: int, num_classes: int, ratio: int, hidden: int,
+                    dropout: float, input_size: Any) -> ModelSpec:
+    check_counts(in_channels, num_classes)
+    feats, c = features(in_channels, arch, ratio)
+    body = Seq(("features", feats), ("avgpool", AdaptivePool(7)), ("flatten", Flatten()),
+               ("classifier", classifier(c * 49, hidden, num_classes, dropout)))
+    return ModelSpec(name=name, family="vgg", in_channels=in_channels, num_classes=num_classes, body=body,
+                     input_size=input_size)
+
+
+@register_model
+def vgg11(*, in_channels: int = 3, num_classes: int = 1000, ratio: int = 1, hidden: int = 4096,
+          dropout: float = 0.5, input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's VGG-11 (`torchvision.models.vgg11`): 132,863,336 parameters, 224x224 RGB input."""
+    return torchvision_vgg("vgg11", VGG11, in_channels, num_classes, ratio, hidden, dropout, input_size)
+
+
+@register_model
+def vgg16(*, in_channels: int = 3, num_classes: int = 1000, ratio: int = 1, hidden: int = 4096,
+          dropout: float = 0.5, input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's VGG-16 (`torchvision.models.vgg16`): 138,357,544 parameters, 224x224 RGB input."""
+    return torchvision_vgg("vgg16", VGG16, in_channels, num_classes, ratio, hidden, dropout, input_size)
+
+
+@register_model
+def vgg11_d2l(*, in_channels: int = 1, num_classes: int = 10, ratio: int = 4, hidden: int = 4096,
+              dropout: float = 0.5, input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """d2l's small VGG-11 (section 7.2) for Fashion-MNIST resized to 224x224: convs 16, 32, 64, 128, 128
+    wide (VGG-11's divided by `ratio` = 4), no adaptive pooling; 43,093,322 parameters, most of them in
+    the first dense layer (128x7x7 -> 4096)."""
+    check_counts(in_channels, num_classes)
+    feats, _ = features(in_channels, VGG11, ratio)
+    flat = out_shape(Seq(*feats.children, ("flatten", Flatten())), in_channels, input_size)[0]
+    body = Seq(("features", feats), ("flatten", Flatten()),
+               ("classifier", classifier(flat, hidden, num_classes, dropout)))
+    return ModelSpec(name="vgg11_d2l", family="vgg", in_channels=in_channels, num_classes=num_classes, body=body,
+                     input_size=input_size)
+
+
+# d2l-zh 2.0 (PyTorch tab of chapter_convolutional-modern/vgg.md): nn.Sequential(*vgg_blocks, Flatten,
+# Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear); vgg_block b is nn.Sequential(Conv2d, ReLU, ...,
+# MaxPool2d), so the j-th conv of block b is `b.{2j}`. torchvision numbers the same convs in one flat list.
+_D2L_CONVS = (("0.0", 0), ("1.0", 3), ("2.0", 6), ("2.2", 8), ("3.0", 11), ("3.2", 13), ("4.0", 16), ("4.2", 18))
+D2L_VGG11 = register_keymap(KeyMap(
+    name="d2l VGG-11 (nn.Sequential of vgg_blocks: 0.0.weight, 2.2.weight, ..., 6.weight, 9.weight, 12.weight)",
+    models=("vgg11_d2l",),
+    rules=tuple((rf"{re.escape(foreign)}\.(weight|bias)", rf"features.{i}.\1") for foreign, i in _D2L_CONVS)
+    + tuple((rf"{i}\.(weight|bias)", rf"classifier.{j}.\1") for i, j in ((6, 0), (9, 3), (12, 6)))))
