@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import TINY, random_weights, run
 from op_specs import every_op
-from op_specs import testing_weights as bn_weights  # (a plain import would be collected as a test)
+from op_specs import revealing_weights as bn_weights
 
 import conversion
 import zoo
@@ -163,7 +163,22 @@ def test_inference_reads_every_override_back(preset):
     assert found.spec.in_channels == spec.in_channels and found.spec.num_classes == spec.num_classes
     if "input_size" not in TINY[preset]:
         assert found.spec == spec
-    assert infer(spec.param_shapes()).spec.param_shapes() == spec.param_shapes()  # without naming the model
+    try:  # without naming the model: the same shapes, unless another preset has them too
+        found = infer(spec.param_shapes())
+    except ConversionError as e:
+        assert re.search(r"the tensor shapes fit \w+ and \w+ alike", str(e)) and preset in str(e), e
+    else:
+        assert found.spec.param_shapes() == spec.param_shapes()
+
+
+def test_shapes_that_fit_two_presets_alike_are_refused():
+    """LeNet with sigmoids and with ReLUs have the same tensors: inference names both, never guesses."""
+    shapes = zoo.get_spec("lenet_relu").param_shapes()
+    with pytest.raises(ConversionError, match=re.escape(
+            "the tensor shapes fit lenet and lenet_relu alike, which differ where shapes do not show (act1: "
+            "Act(kind='sigmoid') in lenet, Act(kind='relu') in lenet_relu): name the model")):
+        infer(shapes)
+    assert infer(shapes, "lenet_relu").spec == zoo.get_spec("lenet_relu")
 
 
 def test_inference_prefers_a_preset_at_its_defaults():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import TINY, random_weights
 from op_specs import every_op
-from op_specs import testing_weights as bn_weights  # (a plain import would be collected as a test)
+from op_specs import revealing_weights as bn_weights
 
 import zoo
 from zoo import cli
@@ -102,7 +102,8 @@ def test_every_registered_model(preset):
     pytest.importorskip("torch")
     spec = zoo.get_spec(preset, **TINY[preset])
     size = (spec.min_input_size,) * 2 if spec.fits((spec.min_input_size,) * 2) is None else spec.input_size
-    rows = zoo.diff(preset, "torch", "reference", input_size=size, weights=random_weights(spec, 0), **TINY[preset])
+    rows = zoo.diff(preset, "torch", "reference", input_size=size, weights=random_weights(spec, 0),
+                    overrides=TINY[preset])
     assert len(rows) == len(spec.layers()) and rows.first is None, str(rows)
 
 

@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             print(conversion.inspect(args.path, args.format, args.model))
         elif args.command == "diff":
             rows = zoo.diff(args.model, args.a, args.b, weights=args.weights, input_size=args.input_size,
-                            batch=args.batch, seed=args.seed, tol=args.tol, runner=args.runner, **dict(args.set))
+                            batch=args.batch, seed=args.seed, tol=args.tol, runner=args.runner,
+                            overrides=dict(args.set))
             print(rows)
             return 1 if rows.diverged else 0
     except KeyboardInterrupt:

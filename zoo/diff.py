@@ -347,13 +347,15 @@ def _compare(a: np.ndarray | None, b: np.ndarray | None) -> tuple[float, float]:
 
 
 def diff(model, a, b, *, weights=None, input_size=None, batch: int = 2, seed: int = 0, tol: float = TOLERANCE,
-         runner: str | None = None, **overrides) -> Diff:
+         runner: str | None = None, overrides: dict | None = None, **more_overrides) -> Diff:
     """Run `model` two ways layer by layer and compare every layer's output: a `Diff` (a list of rows).
 
     `a` and `b`: 'torch', 'flax', 'keras', 'keras[BACKEND]', 'reference', a weight file (run in its
     own framework: torch for .pt and .safetensors, flax for Orbax, keras for .weights.h5 and .keras;
     or in `runner`, e.g. 'reference'), or a zoo model. Framework sides run `weights` (a pretrained
     tag, a file or a dict), else the weights of the file side, else `zoo.init_weights(spec, seed)`.
+    `input_size` is the size of the input run; spec overrides are keywords, or `overrides`
+    (where a spec's own `input_size` is one: `overrides={'input_size': 96}`).
 
     >>> zoo.diff('nin', 'model.pt', 'model.weights.h5').first    # None: no layer diverged
     """
@@ -364,6 +366,7 @@ def diff(model, a, b, *, weights=None, input_size=None, batch: int = 2, seed: in
     if runner is not None and runner != REFERENCE and runner not in _frameworks.FRAMEWORKS:
         raise ValueError(f"runner must be {REFERENCE!r} or a framework ({', '.join(_frameworks.FRAMEWORKS)}), "
                          f"got {runner!r}")
+    overrides = {**(overrides or {}), **more_overrides}
     sides = [_side(a, "A", runner), _side(b, "B", runner)]
     spec, _ = _resolve(model, sides, weights, seed, overrides)
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size or spec.input_size)

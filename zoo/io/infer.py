@@ -2,10 +2,12 @@
 
 Inference tries each registered preset (or the named model) whose canonical names are the file's.
 The shapes give the overrides a preset takes: `in_channels` from the first conv or linear layer,
-`num_classes` from the last weight, and every other integer override (a width, or a tuple of
-widths such as NiN's `widths`) from the tensor dimension it sets. Which dimension that is, the
-preset itself says: built with the override one larger, exactly one tensor dimension of its value
-grows by one. Strides, padding, pooling and dropout come from the preset. The candidate must then
+`num_classes` from the last weight, and every other integer override (a width, a width ratio,
+NiN's tuple of `widths`, the input size of a network whose linear layer takes a fixed size) from
+the tensor dimensions it sets. Which dimensions those are, the preset itself says: built with the
+override changed, some dimensions change; the value that gives the file's dimensions is then
+found by solving (a linear guess, else a bisection: a dimension grows or shrinks with its
+override). Strides, padding, pooling and dropout come from the preset. The candidate must then
 give the file's shapes exactly; a preset that fits at its defaults is preferred.
 
     >>> infer_spec({'blocks.0.conv0.weight': (8, 1, 11, 11), ...}).name
@@ -21,10 +23,10 @@ from typing import Any
 
 from zoo import _registry as registry  # get_spec, list_models: the registry alone, not zoo.api
 from zoo.io.checkpoint import Checkpoint, ConversionError
-from zoo.spec import Conv, Linear, ModelSpec, SpecError, is_int
+from zoo.spec import MAX_WIDTH, Conv, Linear, ModelSpec, SpecError, is_int
 
-_READ = ("in_channels", "num_classes")  # overrides read from the first and last layers' tensors
-_NEVER = ("input_size",)  # not in the tensor shapes (except through a fixed-size linear layer)
+_READ = ("in_channels", "num_classes")  # overrides read straight from the first and last layers' tensors
+_SCAN = 64  # values tried after the bisection, where several give the first dimension (ratios, input sizes)
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,14 @@ def _defaults(name: str) -> dict[str, Any]:
             if p.default is not inspect.Parameter.empty}
 
 
+@functools.lru_cache(maxsize=256)
+def _default(name: str) -> ModelSpec:
+    """A preset at its defaults (specs are immutable: built once per process)."""
+    return registry.get_spec(name)
+
+
 def _leaves(value: Any, at: tuple = ()) -> list[tuple[tuple, int]] | None:
-    """(index path, value) of each int in a nested tuple of ints; None if it is not one."""
+    """(index path, value) of each int in an int or a nested tuple of ints; None if it is neither."""
     if is_int(value):
         return [(at, int(value))]
     if isinstance(value, (tuple, list)) and value:
@@ -67,46 +75,122 @@ def _replaced(value: Any, at: tuple, new: int) -> Any:
     return type(value)(items) if isinstance(value, tuple) else items
 
 
-@functools.lru_cache(maxsize=256)
-def _probe(name: str, param: str) -> tuple[tuple[tuple, str, int] | None, ...]:
-    """For each int leaf of a preset's override `param`: the (index path, tensor, axis) that shows
-    its value, or None where no single dimension does."""
-    default = _defaults(name)[param]
-    base = registry.get_spec(name).param_shapes()
-    found = []
-    for at, v in _leaves(default) or []:
+def _leaf(value: Any, at: tuple) -> int:
+    for i in at:
+        value = value[i]
+    return value
+
+
+class _Solver:
+    """Solves one preset's integer overrides for a file's shapes, one int at a time."""
+
+    def __init__(self, name: str, shapes: dict[str, tuple[int, ...]]):
+        self.name, self.shapes = name, shapes
+
+    def shapes_with(self, overrides: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
+        """The preset's shapes with these overrides; None when they make no valid spec or other names."""
         try:
-            grown = registry.get_spec(name, **{param: _replaced(default, at, v + 1)}).param_shapes()
+            got = registry.get_spec(self.name, **overrides).param_shapes()
         except (SpecError, TypeError, ValueError):
-            found.append(None)
-            continue
-        if set(grown) != set(base):
-            found.append(None)
-            continue
-        found.append(next(((at, k, axis) for k, s in base.items() for axis, n in enumerate(s)
-                           if n == v and grown[k][axis] == v + 1), None))
-    return tuple(found)
+            return None
+        return got if got.keys() == self.shapes.keys() else None
+
+    def moved(self, overrides: dict[str, Any], param: str, at: tuple) -> tuple[int, dict, dict, list] | None:
+        """(the value tried, shapes before, shapes after, the (tensor, axis) that changed) for leaf `at`
+        of `param`, or None where no dimension shows it (a rate, a depth that renames layers)."""
+        base = self.shapes_with(overrides)
+        v0 = _leaf(overrides[param], at)
+        if base is None:
+            return None
+        for step in (v0 + 1, 2 * v0):  # an input size may need more than one more pixel to show
+            after = self.shapes_with({**overrides, param: _replaced(overrides[param], at, step)})
+            if after is not None:
+                changed = [(k, axis) for k, s in base.items() for axis, n in enumerate(s) if after[k][axis] != n]
+                if changed:
+                    return step, base, after, changed
+        return None
+
+    def solve(self, overrides: dict[str, Any], param: str, at: tuple, dims: list) -> int | None:
+        """The value of leaf `at` of `param` that gives the file's sizes at `dims` (tensor, axis), others as in
+        `overrides`: a linear guess, else a bisection on the first of them (a size grows or shrinks with
+        its override), then the values that give that one size too (several may: ratios, input sizes)."""
+        def sizes(v: int) -> list[int] | None:
+            got = self.shapes_with({**overrides, param: _replaced(overrides[param], at, v)})
+            return None if got is None else [got[k][axis] for k, axis in dims]
+
+        v0 = _leaf(overrides[param], at)
+        found = self.moved(overrides, param, at)
+        if found is None:
+            return None
+        step, base, after = found[:3]
+        want = [self.shapes[k][axis] for k, axis in dims]
+        if sizes(v0) == want:
+            return v0
+        (k0, a0) = dims[0]
+        d0, d1 = base[k0][a0], after[k0][a0]
+        if d1 == d0:
+            return None
+        if (want[0] - d0) * (step - v0) % (d1 - d0) == 0:  # a width that grows linearly with its override
+            guess = v0 + (want[0] - d0) * (step - v0) // (d1 - d0)
+            if guess >= 1 and sizes(guess) == want:
+                return guess
+        grows = d1 > d0
+        lo, hi = 1, MAX_WIDTH  # the smallest v whose first size reaches want[0]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            got = sizes(mid)
+            # no valid spec: below v0 (which is valid), too small (an input that vanishes); above, too large
+            if got is None and mid < v0 or got is not None and not (got[0] >= want[0] if grows else
+                                                                    got[0] <= want[0]):
+                lo = mid + 1
+            else:
+                hi = mid
+        for v in range(lo, min(lo + _SCAN, MAX_WIDTH + 1)):
+            got = sizes(v)
+            if got == want:
+                return v
+            if got is None or got[0] != want[0]:
+                break
+        return None
 
 
 def _read_overrides(name: str, base: ModelSpec, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    """The overrides of preset `name` that the file's shapes say, for a file with the preset's names."""
+    """The overrides of preset `name` that the file's shapes say, for a file with the preset's names.
+
+    Each integer (a leaf of an override) is solved on the dimensions that it alone sets, when it has
+    any (NiN's widths, DenseNet's growth rate, a width ratio), before those whose dimensions depend on
+    others too (DenseNet's bottleneck factor times the growth rate; the input size, which sets a fixed
+    linear layer's width together with the ratio); those are solved on all their dimensions, the others
+    known by then.
+    """
     defaults = _defaults(name)
-    out = {}
+    out = dict(defaults)
     first = next((p for p, op in base.ops().items() if isinstance(op, (Conv, Linear))), None)
     if "in_channels" in defaults and first is not None:
         out["in_channels"] = shapes[f"{first}.weight"][1]
     last = next((k for k in reversed(list(base.param_shapes())) if k.endswith(".weight")), None)
     if "num_classes" in defaults and last is not None:
         out["num_classes"] = shapes[last][0]
-    for param, default in defaults.items():
-        if param in _READ or param in _NEVER or _leaves(default) is None:
-            continue
-        value = default
-        for where in _probe(name, param):
-            if where is not None:
-                at, tensor, axis = where
-                value = _replaced(value, at, shapes[tensor][axis])
-        out[param] = value
+    solver = _Solver(name, shapes)
+    if solver.shapes_with(out) == shapes:
+        return out
+    leaves = [(param, at) for param, value in defaults.items() if param not in _READ
+              for at, _ in (_leaves(value) or [])]
+    shown = {}
+    for param, at in leaves:
+        found = solver.moved(out, param, at)
+        if found is not None:
+            shown[(param, at)] = found[3]
+    own = {leaf: [d for d in dims if not any(d in other for o, other in shown.items() if o != leaf)]
+           for leaf, dims in shown.items()}
+    order = [leaf for leaf in shown if own[leaf]] + [leaf for leaf in shown if not own[leaf]]
+    for _ in range(2):  # a second pass, for an override solved before one that its dimensions depend on
+        for param, at in order:
+            value = solver.solve(out, param, at, own[(param, at)] or shown[(param, at)])
+            if value is not None:
+                out[param] = _replaced(out[param], at, value)
+        if solver.shapes_with(out) == shapes:
+            break
     return out
 
 
@@ -131,7 +215,7 @@ def infer(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> Infer
     names = set(shapes)
     fits, near, far = [], [], []
     for name in [model] if model else registry.list_models():
-        base = registry.get_spec(name)
+        base = _default(name)
         expected = base.param_shapes()
         if set(expected) != names:
             missing = set(expected) - names
@@ -148,7 +232,7 @@ def infer(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> Infer
         hint = f" ({', '.join(f'{k}={v!r}' for k, v in changed.items())} read from the shapes)" if changed else ""
         try:
             spec = registry.get_spec(name, **overrides)
-        except SpecError as e:
+        except (ValueError, TypeError) as e:  # SpecError, or a preset's own check
             near.append(f"{name}{hint}: {e}")
             continue
         got = spec.param_shapes()
@@ -158,7 +242,17 @@ def infer(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> Infer
             k = next(k for k in got if got[k] != shapes[k])
             near.append(f"{name}{hint}: {k} should be {got[k]}, the file has {shapes[k]}")
     if fits:
-        return min(fits, key=lambda f: f[0])[1]  # the first best, in registry order
+        best = min(rank for rank, _ in fits)
+        found = [f for rank, f in fits if rank == best]
+        other = next((f for f in found[1:] if f.spec.layers() != found[0].spec.layers()), None)
+        if other is not None:  # e.g. two presets that differ in an activation: shapes cannot tell them apart
+            a, b = found[0].spec, other.spec
+            at = next((x, y) for x, y in zip(a.layers(), b.layers()) if x != y)
+            raise ConversionError(
+                f"the tensor shapes fit {a.name} and {b.name} alike, which differ where shapes do not show "
+                f"({at[0].path}: {at[0].node} in {a.name}, {at[1].node} in {b.name}): name the model "
+                f"(zoo convert {b.name} IN OUT, zoo.load({b.name!r}, ..., weights=...))")
+        return found[0]  # the first best, in registry order
     held = f"{', '.join(list(shapes)[:6])}{' ...' if len(shapes) > 6 else ''}"
     if not near:
         closest = [reason for _, reason in sorted(far, key=lambda f: -f[0])[:2]]
