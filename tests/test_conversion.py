@@ -614,3 +614,40 @@ def test_loading_a_file_never_imports_conversion(tmp_path):
                        env={**os.environ, "PYTHONPATH": str(root)}, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["[]", "True"], r.stdout
+
+
+def test_torchvision_checkpoints_end_to_end(tmp_path):
+    """torchvision's files, as torch.save(model.state_dict()) writes them: ResNet's names are canonical once
+    the counters are dropped; GoogLeNet's also hold the auxiliary heads, which its key map leaves out. The
+    spec (a tiny variant) is inferred, and the model gives the reference's logits."""
+    _needs("torch")
+    import torch
+
+    for preset, extra in [("resnet18", {}), ("googlenet", {"aux1.conv.conv.weight": (2, 3, 1, 1),
+                                                           "aux1.fc2.bias": (5,), "aux2.fc1.weight": (4, 6)})]:
+        if preset not in zoo.list_models():
+            pytest.skip(f"{preset} is not registered")
+        spec = zoo.get_spec(preset, **TINY[preset])
+        w = random_weights(spec, 5)
+        state = {k: torch.from_numpy(v) for k, v in w.items()}
+        for k in spec.buffer_names():
+            if k.endswith(".running_mean"):
+                state[k.replace(".running_mean", ".num_batches_tracked")] = torch.tensor(100)
+        state.update({k: torch.zeros(s) for k, s in extra.items()})
+        path = tmp_path / f"{preset}.pth"
+        torch.save(state, path)
+        ckpt = conversion.read(path)
+        n = len(spec.buffer_names()) // 2
+        assert f"dropped {n} num_batches_tracked counters: the zoo's BatchNorm momentum is fixed, so they change " \
+               f"no output" in ckpt.notes
+        if extra:
+            assert any(note.startswith("recognised foreign keys: torchvision GoogLeNet") for note in ckpt.notes)
+            assert f"left out {len(extra)} tensor(s) on purpose, as that key map says: " \
+                   f"{', '.join(extra)}" in ckpt.notes
+        else:
+            assert not any("recognised" in note for note in ckpt.notes)  # canonical names: no map needed
+        got, origin = conversion.resolve_spec(ckpt)
+        assert got == spec and origin.startswith(f"inferred from the tensor shapes: {preset} with"), origin
+        model = zoo.load(preset, "torch", weights=path)
+        x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+        np.testing.assert_allclose(zoo.predict(model, x), reference.forward(spec, w, x), rtol=1e-4, atol=1e-4)

@@ -2,8 +2,9 @@
 key maps (`zoo._registry.KEYMAPS`, data that the family files declare). Layouts are PyTorch's in all
 of them, so only names change.
 
-A map applies to a file when each of its keys is renamed by a rule (the first whose pattern matches
-the whole key) or matches one of its `drop` patterns, and no two keys get the same name. When
+A map applies to a file when each of its keys matches one of its `drop` patterns (left out on
+purpose) or is renamed by a rule (the first whose pattern matches the whole key), and no two keys
+get the same name. When
 several maps apply, the one whose renamed keys are exactly the canonical names of one of its models
 wins; the spec check that follows the renaming reports anything else.
 
@@ -55,16 +56,16 @@ def rename(keymap: KeyMap, names) -> tuple[dict[str, str], list[str]] | None:
     drops = [re.compile(p) for p in keymap.drop]
     mapping, dropped = {}, []
     for name in names:
+        if any(d.fullmatch(name) for d in drops):
+            dropped.append(name)
+            continue
         for pattern, replacement in rules:
             m = pattern.fullmatch(name)
             if m:
                 mapping[name] = m.expand(replacement)
                 break
         else:
-            if any(d.fullmatch(name) for d in drops):
-                dropped.append(name)
-            else:
-                return None
+            return None
     if len(set(mapping.values())) != len(mapping):  # two keys renamed alike: not this map's file
         return None
     return mapping, dropped
