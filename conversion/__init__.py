@@ -12,7 +12,7 @@ from conversion.convert import Report, convert, inspect
 from zoo.io import load, read
 from zoo.io.checkpoint import Checkpoint, ConversionError
 from zoo.io.formats import FORMATS, detect
-from zoo.io.infer import infer_spec, resolve_spec
+from zoo.io.infer import infer, infer_spec, resolve_spec
 
-__all__ = ["FORMATS", "Checkpoint", "ConversionError", "Report", "convert", "detect", "infer_spec", "inspect",
-           "load", "read", "resolve_spec"]
+__all__ = ["FORMATS", "Checkpoint", "ConversionError", "Report", "convert", "detect", "infer", "infer_spec",
+           "inspect", "load", "read", "resolve_spec"]

@@ -1,9 +1,9 @@
-"""Where the time of a conversion goes: `python -m conversion.benchmark [--repeat N]`.
+"""Where the time of a conversion goes: `python -m conversion.benchmark [--model NAME] [--repeat N]`.
 
 For each direction between the three frameworks' own formats it runs, each in a
 fresh process (so that no import is already warm):
   bare     python startup plus importing the zoo and the two frameworks, nothing else;
-  convert  `zoo convert nin IN OUT --no-verify`, the whole process;
+  convert  `zoo convert MODEL IN OUT --no-verify`, the whole process;
   verify   the same with verification (both models built and run on a probe).
 `convert - bare` is the zoo's own reading, transposing and writing. Medians of N runs.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import zoo
 from zoo.io.formats import FORMATS, function
 
-FILES = {"torch": "nin.pt", "flax": "nin_flax", "keras": "nin.weights.h5"}
+FILES = {"torch": "{}.pt", "flax": "{}_flax", "keras": "{}.weights.h5"}  # each framework's own format
 IMPORTS = {"torch": "import torch", "flax": "import jax, flax.nnx, orbax.checkpoint", "keras": "import keras"}
 
 
@@ -33,22 +33,24 @@ def _wall(cmd: list[str]) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="nin", help="a registered model, at its defaults (default: nin)")
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args(argv)
-    spec = zoo.get_spec("nin")
+    spec = zoo.get_spec(args.model)
     weights = zoo.init_weights(spec, 0)
+    files = {fmt: name.format(args.model) for fmt, name in FILES.items()}
     py = sys.executable
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for fmt, name in FILES.items():
+        for fmt, name in files.items():
             function(FORMATS[fmt], "writer")(weights, spec, tmp / name)
-        for src in FILES:
-            for dst in FILES:
+        for src in files:
+            for dst in files:
                 if src == dst:
                     continue
-                out = tmp / f"out_{FILES[dst]}"
-                convert = [py, "-m", "zoo.cli", "convert", "nin", str(tmp / FILES[src]), str(out), "--force"]
+                out = tmp / f"out_{files[dst]}"
+                convert = [py, "-m", "zoo.cli", "convert", args.model, str(tmp / files[src]), str(out), "--force"]
                 bare = [py, "-c", f"import zoo, conversion; {IMPORTS[src]}; {IMPORTS[dst]}"]
                 runs = {"bare": [], "convert": [], "verify": []}
                 for _ in range(args.repeat):
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
                 med = {k: statistics.median(v) for k, v in runs.items()}
                 rows.append((f"{src} -> {dst}", med["bare"], med["convert"], med["verify"]))
                 print(f"  {rows[-1][0]} done", file=sys.stderr)
-    print(f"nin ({spec.num_params:,} parameters, {sum(w.nbytes for w in weights.values()) / 2**20:.1f} MiB), "
+    print(f"{args.model} ({spec.num_params:,} parameters, {sum(w.nbytes for w in weights.values()) / 2**20:.1f} MiB), "
           f"median of {args.repeat}, seconds")
     print(f"{'direction':<18}{'bare':>8}{'convert':>9}{'ours':>8}{'ours %':>8}{'verify':>8}")
     for name, bare, conv, ver in rows:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import stat
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,24 +10,29 @@ import numpy as np
 import zoo
 from zoo import reference
 from zoo.io import FLOAT_DTYPES, keymaps, load, read  # noqa: F401  (re-exported by conversion)
-from zoo.io.checkpoint import Checkpoint, ConversionError, atomic_output, check_finite, check_output_path, one_line
+from zoo.io.checkpoint import ConversionError, atomic_output, check_finite, check_output_path, one_line
 from zoo.io.formats import detect, function, is_previous_output, sniff
 from zoo.io.infer import infer_spec, resolve_spec
 from zoo.spec import ModelSpec
 
-# The verification probe: batch 2, the spec's input size, or its minimum when that is too large.
+# The verification probe: batch 2, the spec's input size, or a smaller one that fits when that is too large.
 PROBE_MAX_ELEMENTS = 2**25  # of the largest activation: 128 MiB of float32
 
 
 def probe_size(spec: ModelSpec) -> tuple[int, int]:
+    """The nominal input size, or the smallest square one that fits when its activations are too large
+    (a spec whose linear layer takes a fixed size fits only some sizes: `ModelSpec.fits` says which)."""
     m = spec.min_input_size
-    for size in (spec.input_size, (m, m)):
+    for size in (tuple(spec.input_size), (m, m)):
+        if spec.fits(size) is not None:
+            continue
         largest = max(max(int(np.prod(s)) for _, s in spec.layer_shapes(size, 2)),
                       2 * spec.in_channels * size[0] * size[1])
         if largest <= PROBE_MAX_ELEMENTS:
             return size
     raise ConversionError(f"verification would need activations of over {PROBE_MAX_ELEMENTS:,} values even at "
-                          f"this spec's minimum input {m}x{m}; pass --no-verify / verify=False to skip it")
+                          f"this spec's smallest input that fits ({m}x{m} or its nominal "
+                          f"{spec.input_size[0]}x{spec.input_size[1]}); pass --no-verify / verify=False to skip it")
 
 
 @dataclass
@@ -144,18 +147,32 @@ def _what(path: Path) -> str:
 
 
 def inspect(path, format: str | None = None, model: str | None = None) -> str:
-    """What a file holds: format, tensors, dtype, foreign keys recognised, and the spec it fits (or why none)."""
+    """What a file holds: format, tensors, dtype, foreign keys recognised, and the spec it fits (or why none).
+
+    >>> print(conversion.inspect('resnet18.pt'))
+    """
     ckpt = read(path, format, model=model)
-    lines = [f"{path}: {ckpt.format} format, {len(ckpt.weights)} tensors, {ckpt.num_params:,} parameters, "
+    lines = [f"{path}: {ckpt.format} format, {len(ckpt.weights)} tensors, {ckpt.num_params:,} values, "
              f"{ckpt.dtype}"]
     lines += [f"  {n}" for n in ckpt.notes]
+    spec = None
     try:
         spec, origin = resolve_spec(ckpt, model)
         zoo.check_weights(spec, ckpt.weights, dtypes=FLOAT_DTYPES)
-        lines.append(f"fits: {spec.name} ({spec.in_channels} input channels, {spec.num_classes} classes, "
-                     f"widths {[s.block.widths for s in spec.stages]}); spec: {origin}")
+        lines.append(f"fits: {spec.name} (family {spec.family}), {spec.num_params:,} parameters, "
+                     f"{spec.in_channels} input channel(s), {spec.num_classes} classes; spec: {origin}")
+        lines.append(f"  input: nominal {_size(spec.input_size)}, {_input_fit(spec)}; "
+                     f"{spec.flops() / 1e9:.3g} GFLOPs at {_size(spec.input_size)}")
+        buffers = spec.buffer_names()
+        if buffers:
+            lines.append(f"  BatchNorm running statistics: present ({len(buffers)} tensors, running_mean and "
+                         f"running_var of {len(buffers) // 2} layers); inference uses them as they are")
     except (ConversionError, ValueError) as e:
         lines.append(f"fits no model: {e}")
+        missing = [k for k in spec.param_shapes() if k not in ckpt.weights] if spec is not None else []
+        if missing and set(missing) <= spec.buffer_names():
+            lines.append(f"  the file lacks its {len(missing)} BatchNorm running statistics (running_mean, "
+                         f"running_var), which inference needs: save the whole state_dict, buffers included")
     bad = [k for k, a in ckpt.weights.items() if not np.isfinite(a.astype(np.float32)).all()]
     if bad:
         lines.append(f"non-finite values in: {', '.join(bad)}")
@@ -164,6 +181,18 @@ def inspect(path, format: str | None = None, model: str | None = None) -> str:
     if len(ckpt.weights) > 40:
         lines.append(f"  ... {len(ckpt.weights) - 40} more")
     return "\n".join(lines)
+
+
+def _size(pair) -> str:
+    return f"{pair[0]}x{pair[1]}"
+
+
+def _input_fit(spec: ModelSpec) -> str:
+    m = spec.min_input_size
+    h, w = spec.input_size
+    if spec.fits((h + 1, w + 1)) is not None:  # a larger input never vanishes: a fixed-size linear layer
+        return f"only some sizes fit (its linear layer takes a fixed number of features; smallest square {m}x{m})"
+    return f"any size from {m}x{m} up fits"
 
 
 __all__ = ["read", "load", "convert", "inspect", "infer_spec", "Report"]

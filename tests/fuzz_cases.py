@@ -2,7 +2,7 @@
 `zoo inspect`, `zoo convert` and `zoo.load`, each under a time and memory bound.
 
 Design:
-- A worker process (`python tests/fuzz_cases.py --worker`) imports every framework once, then caps
+- A worker process (`python tests/fuzz_cases.py --worker torch,flax,keras`) imports the frameworks once, then caps
   its address space (RLIMIT_AS: what it uses after the imports plus MEMORY_BUDGET) and runs cases
   sent as JSON lines on stdin. Each case is built in a fresh folder, each operation runs under
   signal.alarm(CASE_SECONDS) (a Python-level timeout); the supervisor (`run_cases`) kills the
@@ -52,16 +52,25 @@ DESTINATIONS = ("safetensors", "torch", "keras", "flax", "keras_archive")
 KINDS = ("truncate", "flip", "zero", "header", "spec")
 SPEC_ARGS = dict(widths=(8, 16, 16), input_size=96)
 
+# Paths into the spec dictionary (ModelSpec.to_dict) of SPEC_ARGS's NiN
+_BODY = ("body", "seq")
+CONV0 = (*_BODY, 0, 1, "seq", 0, 1)  # blocks.0.conv0
+POOL0 = (*_BODY, 1, 1)  # pools.0
+BLOCK1 = (*_BODY, 2, 1, "seq")  # blocks.1
+DROPOUT = (*_BODY, 6, 1)  # dropouts.2
+WIDE = {"in_channels": 30000, "out_channels": 30000}  # a dict value updates the node
+
 # Absurd or malformed values for the spec a file carries: (JSON path, value)
 SPEC_EDITS = [
-    (("stages", 0, "block", "kernel_size"), 10**7), (("stages", 0, "block", "stride"), 10**7),
-    (("stages", 0, "block", "stride"), 0), (("stages", 0, "pool", "size"), 10**7),
-    (("stages", 0, "pool", "stride"), 10**7), (("stages", 1, "block", "widths"), [30000, 30000, 30000]),
+    ((*CONV0, "kernel_size"), 10**7), ((*CONV0, "stride"), 10**7),
+    ((*CONV0, "stride"), 0), ((*POOL0, "size"), 10**7),
+    ((*POOL0, "stride"), 10**7), ((*BLOCK1, 2, 1), WIDE),
     (("input_size",), [30000, 30000]), (("input_size",), 10**9), (("name",), 5), (("in_channels",), -1),
-    (("stages",), []), (("stages", 0, "block"), "x"), (("num_classes",), 10**12), (("stages", 0, "dropout"), 7.5),
-    (("stages", 0, "pool", "kind"), "median"), (("stages", 0, "block", "kernel_size"), 3.5),
-    (("stages", 0, "block", "padding"), -4), (("stages", 0, "pool", "padding"), 10**6),
-    (("stages", 2, "block", "stride"), 2), (("stages", 0, "pool", "kind"), "avg"),  # sane: fine if it reads
+    (_BODY, []), ((*_BODY, 0, 1), "x"), (("num_classes",), 10**12), ((*DROPOUT, "rate"), 7.5),
+    ((*POOL0, "kind"), "median"), ((*CONV0, "kernel_size"), 3.5),
+    ((*CONV0, "padding"), -4), ((*POOL0, "padding"), 10**6), ((*CONV0, "op"), "Conv3D"),
+    ((*_BODY, 8), ["join", {"parallel": "add", "branches": []}]), ((*BLOCK1, 0, 1, "groups"), 2),
+    ((*_BODY, 4, 1, "seq", 0, 1, "stride"), 2), ((*POOL0, "kind"), "avg"),  # sane: fine if it reads
 ]
 NESTED = "[" * 30_000 + "]" * 30_000  # deep JSON: RecursionError in json.loads
 GARBAGE_SPECS = [NESTED, "{", "null", "[]", '{"name": "nin"}', "\ud800" * 3, "1e999", '{"stages": [1, 2]}']
@@ -127,7 +136,23 @@ def _mutate_bytes(path: Path, kind: str, rng: random.Random) -> str:
 def _set(d, keys, value):
     for k in keys[:-1]:
         d = d[k]
-    d[keys[-1]] = value
+    if isinstance(value, dict) and isinstance(d[keys[-1]], dict):
+        d[keys[-1]].update(value)
+    else:
+        d[keys[-1]] = value
+
+
+def _datasets(f) -> list[str]:
+    """Every dataset in an HDF5 file, by name, in file order: the Keras layers' names are not assumed."""
+    import h5py
+
+    found = []
+    f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def _first_kernel(f) -> str:
+    return next(n for n in _datasets(f) if f[n].ndim == 4)
 
 
 def _edited_spec(rng: random.Random) -> tuple[str, str]:
@@ -169,12 +194,36 @@ def _with_spec(fmt: str, path: Path, text: str) -> None:
         _rewrite_zip(path, {"config.json": lambda b: _keras_config(b, text)})
 
 
+def _is_spec(value) -> bool:
+    return isinstance(value, dict) and "body" in value and "in_channels" in value
+
+
+def spec_location(obj):
+    """(container, key, kept as JSON text) of the spec inside a Keras archive's config, wherever the Keras
+    model keeps it (a dictionary, or the spec's JSON as a string); None when there is none."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        if _is_spec(value):
+            return obj, key, False
+        if isinstance(value, str) and value.startswith("{") and '"body"' in value:
+            try:
+                if _is_spec(json.loads(value)):
+                    return obj, key, True
+            except ValueError:
+                pass
+        found = spec_location(value)
+        if found is not None:
+            return found
+    return None
+
+
 def _keras_config(raw: bytes, text: str) -> bytes:
     c = json.loads(raw)
+    container, key, as_text = spec_location(c)
     try:
-        c["config"]["spec"] = json.loads(text)
+        container[key] = text if as_text else json.loads(text)
     except (ValueError, RecursionError):
-        c["config"]["spec"] = text
+        container[key] = text
     return json.dumps(c).encode()
 
 
@@ -219,8 +268,8 @@ def _header(fmt: str, path: Path, rng: random.Random) -> str:
         import numpy as np
 
         with h5py.File(path, "a") as f:
-            group = f["layers"][rng.choice([n for n in f["layers"] if n.startswith("padded_conv2d")])]["vars"]
-            v = rng.choice(["0", "1"])
+            name = rng.choice(_datasets(f))
+            group, v = f[name].parent, name.rpartition("/")[2]
             old = group[v][()]
             del group[v]
             dtype = rng.choice([np.int32, np.uint8, np.bool_, np.complex64, np.float16, np.float64])
@@ -231,8 +280,8 @@ def _header(fmt: str, path: Path, rng: random.Random) -> str:
                 group.create_dataset(v, data=np.zeros((3,) + old.shape, np.float32))
             else:
                 group.create_dataset(v, data=old)
-                group.create_dataset("2", data=old)
-            return f"HDF5 dataset {group.name}/{v}: {edit} edited"
+                group.create_dataset(v + "_extra", data=old)
+            return f"HDF5 dataset {name}: {edit} edited"
     # flax: Orbax metadata files
     target = rng.choice([p for p in _files(path) if p.name in ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt")]
                         or _files(path))
@@ -295,12 +344,11 @@ def _crafted(fmt: str, name: str, folder: Path) -> Path:
         else:
             os.mkfifo(path)
     elif name == "nonpreset":  # a spec no preset describes: must survive, or be refused
-        import dataclasses
+        from zoo.spec import ModelSpec
 
-        s = spec()
-        stages = list(s.stages)
-        stages[0] = dataclasses.replace(stages[0], pool=dataclasses.replace(stages[0].pool, kind="avg"))
-        write_seed(fmt, folder, dataclasses.replace(s, stages=tuple(stages)), w)
+        d = spec().to_dict()
+        _set(d, (*POOL0, "kind"), "avg")
+        write_seed(fmt, folder, ModelSpec.from_dict(d), w)
     elif name == "nonfinite":
         w = dict(w)
         w["blocks.1.conv0.weight"] = w["blocks.1.conv0.weight"].copy()
@@ -343,27 +391,38 @@ def _crafted(fmt: str, name: str, folder: Path) -> Path:
         import h5py
 
         with h5py.File(path, "a") as f:
-            group = f["layers"]["padded_conv2d"]["vars"]
-            old = group["0"][()]
-            del group["0"]
-            group.create_dataset("0", data=old.astype(name))
+            kernel = _first_kernel(f)
+            old = f[kernel][()]
+            del f[kernel]
+            f.create_dataset(kernel, data=old.astype(name))
     elif name == "external" and fmt == "keras":
         write_seed(fmt, folder)
         import h5py
 
         (Path(folder) / "ext.bin").write_bytes(bytes(8 * 11 * 11 * 4))
         with h5py.File(path, "a") as f:
-            group = f["layers"]["padded_conv2d"]["vars"]
-            shape = group["0"].shape
-            del group["0"]
-            group.create_dataset("0", shape=shape, dtype="float32", external=[(str(Path(folder) / "ext.bin"), 0,
+            kernel = _first_kernel(f)
+            shape = f[kernel].shape
+            del f[kernel]
+            f.create_dataset(kernel, shape=shape, dtype="float32", external=[(str(Path(folder) / "ext.bin"), 0,
                                                                                 4 * int(np.prod(shape)))])
     elif name == "wide_config" and fmt == "keras_archive":
         write_seed(fmt, folder)
         d = spec().to_dict()
-        for st in d["stages"][:3]:
-            st["block"]["widths"] = [30000, 30000, 30000]
+        for i in range(3):
+            _set(d, (*BLOCK1, 2 * i, 1), WIDE)
         _with_spec(fmt, path, json.dumps(d))
+    elif name in ("counter", "counter_float") and fmt in ("torch", "safetensors"):  # torch's BatchNorm counters
+        import torch
+
+        sd = {k: torch.from_numpy(v) for k, v in w.items()}
+        sd["blocks.0.conv0.num_batches_tracked"] = torch.tensor(7) if name == "counter" else torch.tensor(7.0)
+        if fmt == "torch":
+            torch.save(sd, path)
+        else:
+            from safetensors.torch import save_file
+
+            save_file(sd, str(path))
     elif name == "zip_bomb" and fmt == "keras_archive":
         write_seed(fmt, folder)
         _zip_bomb(path)
@@ -379,9 +438,9 @@ def _crafted(fmt: str, name: str, folder: Path) -> Path:
 
 CRAFTED = {
     "torch": ["empty", "random", "other_format", "fifo", "nonpreset", "nonfinite", "expanded", "meta", "nested",
-              "int", "float8", "sparse", "big_input", "spec:nested", "spec:0", "spec:5"],
+              "int", "float8", "sparse", "big_input", "spec:nested", "spec:0", "spec:5", "counter", "counter_float"],
     "safetensors": ["empty", "random", "other_format", "fifo", "nonpreset", "nonfinite", "float8", "big_input",
-                    "spec:nested", "spec:0"],
+                    "spec:nested", "spec:0", "counter", "counter_float"],
     "flax": ["empty", "random", "other_format", "fifo", "nonpreset", "nonfinite", "big_input", "spec:nested",
              "spec:0"],
     "keras": ["empty", "random", "other_format", "fifo", "nonpreset", "nonfinite", "int32", "uint8", "bool",
@@ -522,22 +581,35 @@ def run_op(op: str, fmt: str, kind: str, path: Path, case_dir: Path, dst_fmt: st
     return outcome, detail[:500]
 
 
-def worker() -> None:
+# The frameworks each format needs (its own, and torch for `zoo.load(..., 'torch')` and for verification
+# of the formats torch reads).
+FRAMEWORKS = {"torch": ("torch",), "safetensors": ("torch",), "flax": ("flax",), "keras": ("keras",),
+              "keras_archive": ("keras",)}
+
+
+def frameworks(formats) -> tuple[str, ...]:
+    return tuple(fw for fw in ("torch", "flax", "keras") if any(fw in FRAMEWORKS[f] for f in ("torch", *formats)))
+
+
+def worker(fws=("torch", "flax", "keras")) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import warnings
 
     warnings.simplefilter("ignore")
-    import h5py  # noqa: F401
-    import keras  # noqa: F401
     import numpy as np  # noqa: F401
-    import orbax.checkpoint  # noqa: F401
     import torch  # noqa: F401
-    from flax import nnx  # noqa: F401
+
+    if "keras" in fws:
+        import h5py  # noqa: F401
+        import keras  # noqa: F401
+    if "flax" in fws:
+        import orbax.checkpoint  # noqa: F401
+        from flax import nnx  # noqa: F401
 
     import conversion  # noqa: F401
     import zoo
 
-    for fw in ("torch", "flax", "keras"):  # warm every framework once, so a case's time is its own
+    for fw in fws:  # warm each framework once, so a case's time is its own
         zoo.predict(zoo.load("nin", fw, **SPEC_ARGS), np.zeros((1, 96, 96, 1) if fw != "torch" else (1, 1, 96, 96),
                                                               np.float32))
 
@@ -551,7 +623,7 @@ def worker() -> None:
     print(json.dumps({"ready": True, "root": str(root)}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
-        fmt, kind, seed, ops = req["fmt"], req["kind"], req["seed"], req["ops"]
+        fmt, kind, seed, ops, dsts = req["fmt"], req["kind"], req["seed"], req["ops"], req["dsts"]
         case_dir = root / f"case{seed}-{kind.replace(':', '_')}-{fmt}"
         case_dir.mkdir()
         results = []
@@ -562,9 +634,9 @@ def worker() -> None:
             shutil.rmtree(case_dir, ignore_errors=True)
             continue
         for i, op in enumerate(ops):
-            dst = DESTINATIONS[(seed + i + FORMATS.index(fmt)) % len(DESTINATIONS)]
+            dst = dsts[(seed + i + FORMATS.index(fmt)) % len(dsts)]
             if dst == fmt:
-                dst = DESTINATIONS[(DESTINATIONS.index(dst) + 1) % len(DESTINATIONS)]
+                dst = dsts[(dsts.index(dst) + 1) % len(dsts)]
             outcome, detail = run_op(op, fmt, kind, path, case_dir, dst)
             results.append({"op": op, "dst": dst if op == "convert" else None, "outcome": outcome, "detail": detail})
         shutil.rmtree(case_dir, ignore_errors=True)
@@ -577,10 +649,10 @@ def worker() -> None:
 # --------------------------------------------------------------------------- the supervisor
 
 class Worker:
-    def __init__(self):
+    def __init__(self, fws=("torch", "flax", "keras")):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
                                                             os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", ",".join(fws)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         ready = self._read(300)
         if ready is None:
@@ -597,9 +669,10 @@ class Worker:
         line = self.proc.stdout.readline()
         return json.loads(line) if line else None
 
-    def run(self, case, ops):
+    def run(self, case, ops, dsts=DESTINATIONS):
         fmt, kind, seed = case
-        self.proc.stdin.write(json.dumps({"fmt": fmt, "kind": kind, "seed": seed, "ops": ops}) + "\n")
+        self.proc.stdin.write(json.dumps({"fmt": fmt, "kind": kind, "seed": seed, "ops": ops, "dsts": list(dsts)})
+                              + "\n")
         self.proc.stdin.flush()
         return self._read(HARD_SECONDS * len(ops))
 
@@ -613,14 +686,18 @@ class Worker:
             self.proc.wait()
 
 
-def run_cases(cases, ops=("inspect", "convert", "load"), log=None) -> list[dict]:
-    """Run each case through `ops` in a worker; a hang or death is a result, and the next case gets a new worker."""
+def run_cases(cases, ops=("inspect", "convert", "load"), log=None, formats=FORMATS) -> list[dict]:
+    """Run each case through `ops` in a worker; a hang or death is a result, and the next case gets a new worker.
+
+    Conversions write the `formats` given (each case's own excepted), and the worker imports only the
+    frameworks they need."""
     results, w = [], None
+    dsts = [d for d in DESTINATIONS if d in formats]
     try:
         for case in cases:
-            w = w or Worker()
+            w = w or Worker(frameworks(formats))
             t = time.perf_counter()
-            reply = w.run(case, list(ops))
+            reply = w.run(case, list(ops), dsts)
             if reply is None:  # hung past HARD_SECONDS, or died (memory, signal)
                 code = w.proc.poll()
                 w.proc.kill()
@@ -642,5 +719,5 @@ def run_cases(cases, ops=("inspect", "convert", "load"), log=None) -> list[dict]
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--worker"]:
-        worker()
+    if sys.argv[1:2] == ["--worker"]:
+        worker(tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else ("torch", "flax", "keras"))

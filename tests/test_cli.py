@@ -130,3 +130,26 @@ def test_keras_file_names_keras_accepts(capsys, tmp_path):
     assert cli.main(["inspect", str(src), "--format", "keras_archive"]) == 2
     assert "rename it to IN.keras" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["IN"]
+
+
+def test_list_shows_family_params_gflops_and_input(capsys):
+    assert cli.main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["Model", "Family", "Params", "GFLOPs", "Input", "Classes"]
+    rows = {line.split()[0]: line.split() for line in lines[1:-1]}
+    assert sorted(rows) == zoo.list_models()
+    for name, row in rows.items():  # every registered model, its numbers from its spec
+        spec = zoo.get_spec(name)
+        h, w = spec.input_size
+        assert row[1:] == [spec.family, f"{spec.num_params:,}", f"{spec.flops() / 1e9:.3g}",
+                           f"{spec.in_channels}x{h}x{w}", str(spec.num_classes)], row
+    assert rows["nin"][1:] == ["nin", "1,992,166", "1.52", "1x224x224", "10"]
+    assert lines[-1].startswith("GFLOPs of one image at its nominal input")
+
+
+def test_list_takes_a_pattern(capsys):
+    assert cli.main(["list", "nin_c*"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[1:-1]] == zoo.list_models("nin_c*") == ["nin_cifar10"]
+    assert cli.main(["list", "no_such_*"]) == 2
+    assert capsys.readouterr().err.strip() == "zoo: error: no model matches 'no_such_*'; `zoo list` shows them all"

@@ -5,16 +5,24 @@ from __future__ import annotations
 import importlib.util
 import os
 import pickle
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import TINY, random_weights, run
+from op_specs import every_op
+from op_specs import revealing_weights as bn_weights
 
 import conversion
 import zoo
 from conversion import FORMATS, ConversionError
-from zoo.io.formats import function
 from zoo import reference
+from zoo.io.formats import function
+from zoo.io.infer import infer
 
 _NEEDS = {"torch": ["torch"], "safetensors": ["safetensors", "torch"], "flax": ["flax", "orbax"],
           "keras": ["keras", "h5py"], "keras_archive": ["keras"]}
@@ -137,10 +145,48 @@ def test_spec_from_shapes_and_overrides(tmp_path):
     save_file(random_weights(spec, 0), tmp_path / "plain.safetensors")  # no metadata
     ckpt = conversion.read(tmp_path / "plain.safetensors")
     got, origin = conversion.resolve_spec(ckpt)
-    assert got == spec and origin == "inferred from the tensor shapes"
+    assert got == spec
+    assert origin == ("inferred from the tensor shapes: nin_cifar10 with in_channels=1, num_classes=4, "
+                      "widths=((8, 8, 8), (8, 8, 8), (8, 8))")
     with pytest.raises(ConversionError, match="the file holds a nin_cifar10 model, not a nin"):
         conversion.resolve_spec(conversion.read(_write("safetensors", random_weights(spec, 0), spec,
                                                        tmp_path / "meta.safetensors")), model="nin")
+
+
+@pytest.mark.parametrize("preset", zoo.list_models())
+def test_inference_reads_every_override_back(preset):
+    """The tiny variant of every preset is found again from its tensor shapes alone, with the overrides it
+    was made with (widths included), so a plain state_dict of any of them needs no metadata."""
+    spec = zoo.get_spec(preset, **TINY[preset])
+    found = infer(spec.param_shapes(), preset)
+    assert found.spec.layers() == spec.layers() and found.spec.param_shapes() == spec.param_shapes()
+    assert found.spec.in_channels == spec.in_channels and found.spec.num_classes == spec.num_classes
+    if "input_size" not in TINY[preset]:
+        assert found.spec == spec
+    try:  # without naming the model: the same shapes, unless another preset has them too
+        found = infer(spec.param_shapes())
+    except ConversionError as e:
+        assert re.search(r"the tensor shapes fit \w+ and \w+ alike", str(e)) and preset in str(e), e
+    else:
+        assert found.spec.param_shapes() == spec.param_shapes()
+
+
+def test_shapes_that_fit_two_presets_alike_are_refused():
+    """LeNet with sigmoids and with ReLUs have the same tensors: inference names both, never guesses."""
+    shapes = zoo.get_spec("lenet_relu").param_shapes()
+    with pytest.raises(ConversionError, match=re.escape(
+            "the tensor shapes fit lenet and lenet_relu alike, which differ where shapes do not show (act1: "
+            "Act(kind='sigmoid') in lenet, Act(kind='relu') in lenet_relu): name the model")):
+        infer(shapes)
+    assert infer(shapes, "lenet_relu").spec == zoo.get_spec("lenet_relu")
+
+
+def test_inference_prefers_a_preset_at_its_defaults():
+    """nin's default shapes also fit nin_imagenet with other widths; the exact default fit wins."""
+    found = infer(zoo.get_spec("nin").param_shapes())
+    assert found.spec == zoo.get_spec("nin") and found.overrides == {} and found.describe() == "nin at its defaults"
+    found = infer(zoo.get_spec("nin", num_classes=7).param_shapes())
+    assert found.spec.name == "nin" and found.overrides == {"num_classes": 7}
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
@@ -148,13 +194,17 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     from safetensors.numpy import save_file
 
     save_file({"fc.weight": np.zeros((3, 4), np.float32)}, tmp_path / "mlp.safetensors")
-    with pytest.raises(ConversionError, match=r"no NiN tensors \(blocks.N.convJ.\*\) in the file.*fc.weight"):
+    with pytest.raises(ConversionError, match=r"no registered model has these tensor names, so no spec can be "
+                                              r"inferred .*the file holds 1 tensors: fc.weight\. .*zoo summary MODEL"):
         conversion.convert(tmp_path / "mlp.safetensors", tmp_path / "out.safetensors")
     spec = zoo.get_spec("nin", widths=(8, 8, 8))
     w = random_weights(spec, 0)
     w["blocks.0.conv0.weight"] = np.zeros((8, 1, 7, 7), np.float32)  # no preset has a 7x7 first conv
     save_file(w, tmp_path / "odd.safetensors")
-    with pytest.raises(ConversionError, match="fit no registered model: nin: block 0 has a 7x7 kernel, nin a 11x11"):
+    # the preset whose names fit, the overrides read from the shapes, the tensor that still differs, and the fix
+    expected = re.escape("fit no registered model: nin (widths=(8, 8, 8) read from the shapes): blocks.0.conv0.weight "
+                         "should be (8, 1, 11, 11), the file has (8, 1, 7, 7)")
+    with pytest.raises(ConversionError, match=expected + r".*Name the model and the overrides .*zoo convert nin --set"):
         conversion.convert(tmp_path / "odd.safetensors", tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
 
@@ -290,7 +340,7 @@ def test_unknown_suffix_lists_known(tmp_path):
 
 
 def test_half_precision_kept_or_cast_only_when_asked(tmp_path):
-    _needs("torch", "keras")
+    _needs("torch", "safetensors")
     import torch
 
     spec = zoo.get_spec("nin", widths=(8, 8, 8))
@@ -298,15 +348,27 @@ def test_half_precision_kept_or_cast_only_when_asked(tmp_path):
     torch.save(w, tmp_path / "half.pt")
     report = conversion.convert(tmp_path / "half.pt", tmp_path / "half.safetensors")
     assert report.dtype == "float16" and conversion.read(tmp_path / "half.safetensors").dtype == "float16"
-    with pytest.raises(ConversionError, match="holds float16 weights and keras files hold float32: pass --dtype"):
-        conversion.convert(tmp_path / "half.pt", tmp_path / "k.weights.h5")
-    report = conversion.convert(tmp_path / "half.pt", tmp_path / "k.weights.h5", dtype="float32")
+    report = conversion.convert(tmp_path / "half.pt", tmp_path / "single.pt", dtype="float32")
     assert "cast from float16 to float32, as asked" in str(report)
+    assert conversion.read(tmp_path / "single.pt").dtype == "float32"
     bf = {k: v.to(torch.bfloat16) for k, v in w.items()}
     torch.save(bf, tmp_path / "bf16.pt")
     assert conversion.read(tmp_path / "bf16.pt").dtype == "bfloat16"
     with pytest.warns(UserWarning, match="holds bfloat16 weights; loading them as float32"):
         zoo.load("nin", "torch", weights=tmp_path / "bf16.pt")
+
+
+@pytest.mark.keras
+def test_half_precision_to_keras_needs_dtype(tmp_path):
+    _needs("torch", "keras")
+    import torch
+
+    spec = zoo.get_spec("nin", widths=(8, 8, 8))
+    torch.save({k: torch.from_numpy(v).half() for k, v in random_weights(spec, 0).items()}, tmp_path / "half.pt")
+    with pytest.raises(ConversionError, match="holds float16 weights and keras files hold float32: pass --dtype"):
+        conversion.convert(tmp_path / "half.pt", tmp_path / "k.weights.h5")
+    report = conversion.convert(tmp_path / "half.pt", tmp_path / "k.weights.h5", dtype="float32")
+    assert "cast from float16 to float32, as asked" in str(report)
 
 
 def test_cli_convert_and_inspect(tmp_path, capsys):
@@ -325,4 +387,267 @@ def test_cli_convert_and_inspect(tmp_path, capsys):
     assert "exists; refusing to overwrite" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "m.safetensors")]) == 0
     out = capsys.readouterr().out
-    assert "safetensors format, 24 tensors" in out and "fits: nin" in out and "spec: the file's metadata" in out
+    assert "safetensors format, 24 tensors" in out and "spec: the file's metadata" in out
+    assert f"fits: nin (family nin), {spec.num_params:,} parameters, 1 input channel(s), 10 classes" in out
+    assert "input: nominal 224x224, any size from 67x67 up fits" in out and "BatchNorm" not in out
+
+
+# --------------------------------------------------------------------------- BatchNorm statistics
+
+@pytest.mark.parametrize("dst", _formats())
+@pytest.mark.parametrize("src", _formats())
+def test_batchnorm_statistics_survive_every_pair(src, dst, tmp_path, record_error):
+    """A spec no preset describes, with every op and BatchNorm statistics that show an eps or variance
+    mistake: its spec and every tensor, running_mean and running_var included, cross every format pair."""
+    _needs(src, dst)
+    spec = every_op()
+    w = bn_weights(spec, seed=4)
+    assert spec.buffer_names() <= set(w) and len(spec.buffer_names()) == 8
+    src_path = _write(src, w, spec, tmp_path / ("src_" + _SUFFIX[src]))
+    report = conversion.convert(src_path, tmp_path / ("dst_" + _SUFFIX[dst]))
+    assert report.max_rel <= 1e-5 and report.spec == spec
+    back = conversion.read(tmp_path / ("dst_" + _SUFFIX[dst]))
+    assert back.spec == spec and sorted(back.weights) == sorted(w)
+    for k in w:
+        np.testing.assert_array_equal(back.weights[k], w[k], err_msg=k)
+    fw = FORMATS[dst].framework
+    x = np.random.default_rng(1).standard_normal((2, spec.in_channels, *spec.input_size)).astype(np.float32)
+    model = zoo.load(spec, fw, weights=back.weights)
+    record_error("convert:every_op", fw, run(fw, model, x), reference.forward(spec, w, x))
+
+
+def _every_op_preset(*, in_channels: int = 2, num_classes: int = 5):
+    return every_op(in_channels, num_classes)
+
+
+@pytest.fixture
+def every_op_registered(monkeypatch):
+    """every_op() as a registered preset named 'every_op', for this test only."""
+    from zoo import _registry
+
+    _every_op_preset.__name__ = "every_op"
+    monkeypatch.setitem(_registry._PRESETS, "every_op", _every_op_preset)
+    return every_op()
+
+
+def _torch_state_dict(spec, weights):
+    """What `model.state_dict()` of a torch model of `spec` holds: the canonical tensors and, for each
+    BatchNorm, torch's num_batches_tracked counter (as torchvision's checkpoints hold them)."""
+    import torch
+
+    model = zoo.load(spec, "torch", weights=weights)
+    model.train()
+    with torch.no_grad():  # counts one batch, so the counters are not all zero
+        model(torch.zeros(2, spec.in_channels, *spec.input_size))
+    model.eval()
+    zoo.set_weights(model, weights)
+    return model.state_dict()
+
+
+def test_num_batches_tracked_dropped_with_a_note(tmp_path, every_op_registered):
+    _needs("torch", "safetensors")
+    import torch
+    from safetensors.torch import save_file
+
+    spec = every_op_registered
+    w = bn_weights(spec, seed=2)
+    state = _torch_state_dict(spec, w)
+    counters = [k for k in state if k.endswith("num_batches_tracked")]
+    assert len(counters) == 4 and int(state[counters[0]]) == 1
+    torch.save(state, tmp_path / "tv.pt")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "tv.safetensors"))
+    note = ("dropped 4 num_batches_tracked counters: the zoo's BatchNorm momentum is fixed, so they change no "
+            "output")
+    for name in ("tv.pt", "tv.safetensors"):
+        ckpt = conversion.read(tmp_path / name)
+        assert note in ckpt.notes, ckpt.notes
+        assert sorted(ckpt.weights) == sorted(w)
+        for k in w:
+            np.testing.assert_array_equal(ckpt.weights[k], w[k], err_msg=k)
+        assert note in conversion.inspect(tmp_path / name)
+        # the spec is inferred from the shapes, the statistics come along, and the model gives the reference's logits
+        model = zoo.load("every_op", "torch", weights=tmp_path / name)
+        x = np.random.default_rng(0).standard_normal((2, 2, 23, 17)).astype(np.float32)
+        np.testing.assert_allclose(zoo.predict(model, x), reference.forward(spec, w, x), rtol=1e-4, atol=1e-5)
+    report = conversion.convert(tmp_path / "tv.pt", tmp_path / "zoo.pt")
+    assert note in str(report) and report.spec_origin.startswith("inferred from the tensor shapes: every_op")
+
+
+def test_pt_written_without_counters_loads_strictly_into_torch(tmp_path):
+    """The decision: .pt files hold no num_batches_tracked, and torch's strict load_state_dict accepts them."""
+    _needs("torch")
+    import torch
+
+    spec = every_op()
+    w = bn_weights(spec, seed=3)
+    _write("torch", w, spec, tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)["state_dict"]
+    assert sorted(state) == sorted(w) and not any("num_batches_tracked" in k for k in state)
+    model = zoo.load(spec, "torch")
+    assert any("num_batches_tracked" in k for k in model.state_dict())
+    result = model.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    np.testing.assert_array_equal(model.state_dict()["res.downsample.1.running_var"].numpy(),
+                                  w["res.downsample.1.running_var"])
+
+
+@pytest.mark.parametrize("counter", ["float", "matrix"])
+def test_a_counter_that_is_not_one_integer_is_refused(counter, tmp_path):
+    _needs("torch", "safetensors")
+    import torch
+    from safetensors.torch import save_file
+
+    spec = every_op()
+    state = {k: torch.from_numpy(v) for k, v in bn_weights(spec).items()}
+    state["stem_bn.num_batches_tracked"] = torch.tensor(3.0) if counter == "float" else torch.zeros(4, 4,
+                                                                                                  dtype=torch.int64)
+    torch.save(state, tmp_path / "bad.pt")
+    save_file(state, str(tmp_path / "bad.safetensors"))
+    for name in ("bad.pt", "bad.safetensors"):
+        with pytest.raises(ConversionError, match=r"tensor stem_bn.num_batches_tracked is .*; a BatchNorm counter "
+                                                  r"is one integer"):
+            conversion.read(tmp_path / name)
+
+
+def test_inspect_says_the_statistics_are_there_or_missing(tmp_path, every_op_registered):
+    _needs("safetensors")
+    from safetensors.numpy import save_file
+
+    spec = every_op_registered
+    w = bn_weights(spec)
+    save_file(w, str(tmp_path / "bn.safetensors"))
+    out = conversion.inspect(tmp_path / "bn.safetensors")
+    assert "fits: every_op (family test)" in out and "spec: inferred from the tensor shapes: every_op at its " \
+                                                      "defaults" in out
+    assert "BatchNorm running statistics: present (8 tensors, running_mean and running_var of 4 layers)" in out
+    assert "input: nominal 23x17, any size from 2x2 up fits" in out  # its adaptive pool takes any size
+    save_file({k: v for k, v in w.items() if "running" not in k}, str(tmp_path / "params_only.safetensors"))
+    for model in (None, "every_op"):
+        out = conversion.inspect(tmp_path / "params_only.safetensors", model=model)
+        assert "fits no model: the tensors fit no registered model: every_op: the file lacks its 8 BatchNorm running " \
+               "statistics (running_mean, running_var), which inference needs" in out, out
+    # a file whose spec is known says the same
+    _write("safetensors", {k: v for k, v in w.items() if "running" not in k}, spec, tmp_path / "meta.safetensors")
+    out = conversion.inspect(tmp_path / "meta.safetensors")
+    assert "fits no model: weights do not fit every_op" in out
+    assert "the file lacks its 8 BatchNorm running statistics (running_mean, running_var)" in out, out
+
+
+# --------------------------------------------------------------------------- key maps
+
+@pytest.fixture
+def keymaps(monkeypatch):
+    """The registered key maps, restored after the test; returns a function that registers one more."""
+    from zoo import _registry
+
+    monkeypatch.setattr(_registry, "KEYMAPS", list(_registry.KEYMAPS))
+    return _registry.register_keymap
+
+
+def test_a_registered_keymap_renames_and_drops(tmp_path, keymaps):
+    _needs("safetensors")
+    from safetensors.numpy import save_file
+
+    from zoo._registry import KeyMap
+
+    keymaps(KeyMap("DataParallel NiN (module.*)", ("nin",), ((r"module\.(.*)", r"\1"),),
+                   drop=(r"aux\..*",)))
+    spec = zoo.get_spec("nin", widths=(8, 8, 8))
+    w = random_weights(spec, 0)
+    save_file({**{f"module.{k}": v for k, v in w.items()}, "aux.weight": np.zeros(3, np.float32),
+               "aux.bias": np.zeros(3, np.float32)}, str(tmp_path / "dp.safetensors"))
+    ckpt = conversion.read(tmp_path / "dp.safetensors")
+    assert "recognised foreign keys: DataParallel NiN (module.*)" in ckpt.notes
+    assert "left out 2 tensor(s) on purpose, as that key map says: aux.bias, aux.weight" in ckpt.notes
+    assert sorted(ckpt.weights) == sorted(w) and all(np.array_equal(ckpt.weights[k], w[k]) for k in w)
+    assert conversion.resolve_spec(ckpt)[0] == spec
+    # a map applies only when it names every key: one more key, and the names are left for the spec check
+    save_file({**{f"module.{k}": v for k, v in w.items()}, "head.weight": np.zeros(3, np.float32)},
+              str(tmp_path / "more.safetensors"))
+    ckpt = conversion.read(tmp_path / "more.safetensors")
+    assert not any("recognised" in n for n in ckpt.notes) and "head.weight" in ckpt.weights
+    with pytest.raises(zoo.WeightsError, match=r"unexpected 25 tensor\(s\): head.weight, module.blocks.0.conv0.bias"):
+        conversion.load(tmp_path / "more.safetensors", "nin", {"widths": (8, 8, 8)})
+    # naming another model leaves the map out
+    assert not any("recognised" in n for n in conversion.read(tmp_path / "dp.safetensors", model="nin_cifar10").notes)
+
+
+def test_of_two_maps_that_apply_the_one_giving_a_presets_names_wins(tmp_path, keymaps):
+    from zoo._registry import KeyMap
+    from zoo.io.keymaps import rename, to_canonical
+
+    spec = zoo.get_spec("nin", widths=(8, 8, 8))
+    w = {f"model.{k}": v for k, v in random_weights(spec, 0).items()}
+    keymaps(KeyMap("wrong: keeps the prefix's dot", ("nin",), ((r"model\.(.*)", r"x.\1"),)))
+    keymaps(KeyMap("right", ("nin",), ((r"model\.(.*)", r"\1"),)))
+    out, keymap, dropped = to_canonical(w)
+    assert keymap.name == "right" and dropped == [] and set(out) == set(spec.param_shapes())
+    # canonical names pass unchanged, even where a map would also apply
+    keymaps(KeyMap("identity", ("nin",), ((r"(.*)", r"\1"),)))
+    same, keymap, _ = to_canonical(random_weights(spec, 0))
+    assert keymap is None and set(same) == set(spec.param_shapes())
+    # two keys renamed to one name: the map does not apply
+    collapsing = KeyMap("collapsing", ("nin",), ((r"model\.blocks\.(\d)\..*", r"blocks.\1"),))
+    assert rename(collapsing, ["model.blocks.0.conv0.weight", "model.blocks.0.conv0.bias"]) is None
+    assert rename(collapsing, ["model.blocks.0.conv0.weight", "model.blocks.1.conv0.bias"]) == \
+        ({"model.blocks.0.conv0.weight": "blocks.0", "model.blocks.1.conv0.bias": "blocks.1"}, [])
+
+
+# --------------------------------------------------------------------------- import layering
+
+def test_loading_a_file_never_imports_conversion(tmp_path):
+    """zoo.load(weights=file) reads through zoo.io alone: the conversion package stays unimported."""
+    _needs("torch", "safetensors")
+    spec = zoo.get_spec("nin", widths=(8, 8, 8))
+    for fmt in ("torch", "safetensors"):
+        _write(fmt, random_weights(spec, 0), spec, tmp_path / _SUFFIX[fmt])
+    code = textwrap.dedent(f"""
+        import sys
+        import zoo
+        for name in ({_SUFFIX['torch']!r}, {_SUFFIX['safetensors']!r}):
+            model = zoo.load("nin", "torch", weights={str(tmp_path)!r} + "/" + name)
+        print(sorted(m for m in sys.modules if m == "conversion" or m.startswith("conversion.")))
+        print("zoo.io" in sys.modules)
+    """)
+    root = Path(__file__).parents[1]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(root)}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["[]", "True"], r.stdout
+
+
+def test_torchvision_checkpoints_end_to_end(tmp_path):
+    """torchvision's files, as torch.save(model.state_dict()) writes them: ResNet's names are canonical once
+    the counters are dropped; GoogLeNet's also hold the auxiliary heads, which its key map leaves out. The
+    spec (a tiny variant) is inferred, and the model gives the reference's logits."""
+    _needs("torch")
+    import torch
+
+    for preset, extra in [("resnet18", {}), ("googlenet", {"aux1.conv.conv.weight": (2, 3, 1, 1),
+                                                           "aux1.fc2.bias": (5,), "aux2.fc1.weight": (4, 6)})]:
+        if preset not in zoo.list_models():
+            pytest.skip(f"{preset} is not registered")
+        spec = zoo.get_spec(preset, **TINY[preset])
+        w = random_weights(spec, 5)
+        state = {k: torch.from_numpy(v) for k, v in w.items()}
+        for k in spec.buffer_names():
+            if k.endswith(".running_mean"):
+                state[k.replace(".running_mean", ".num_batches_tracked")] = torch.tensor(100)
+        state.update({k: torch.zeros(s) for k, s in extra.items()})
+        path = tmp_path / f"{preset}.pth"
+        torch.save(state, path)
+        ckpt = conversion.read(path)
+        n = len(spec.buffer_names()) // 2
+        assert f"dropped {n} num_batches_tracked counters: the zoo's BatchNorm momentum is fixed, so they change " \
+               f"no output" in ckpt.notes
+        if extra:
+            assert any(note.startswith("recognised foreign keys: torchvision GoogLeNet") for note in ckpt.notes)
+            assert f"left out {len(extra)} tensor(s) on purpose, as that key map says: " \
+                   f"{', '.join(extra)}" in ckpt.notes
+        else:
+            assert not any("recognised" in note for note in ckpt.notes)  # canonical names: no map needed
+        got, origin = conversion.resolve_spec(ckpt)
+        assert got == spec and origin.startswith(f"inferred from the tensor shapes: {preset} with"), origin
+        model = zoo.load(preset, "torch", weights=path)
+        x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+        np.testing.assert_allclose(zoo.predict(model, x), reference.forward(spec, w, x), rtol=1e-4, atol=1e-4)

@@ -3,7 +3,8 @@ output or a one-line error, within its time and memory bound, with nothing left 
 
 The default corpus (every crafted hostile file, one seeded mutant of each kind per format) runs here;
 `ZOO_FUZZ_PER_KIND=N` (nox -s fuzz) adds N seeded mutants of each kind per format. A summary of the
-outcomes per format is printed, and written as JSON to $ZOO_FUZZ_REPORT when that is set.
+outcomes per format is printed, and written as JSON beside $ZOO_FUZZ_REPORT when that is set
+(report.json -> report-torch.json, report-torch-flax-keras.json).
 """
 
 from __future__ import annotations
@@ -11,20 +12,29 @@ from __future__ import annotations
 import collections
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 fuzz_cases = pytest.importorskip("fuzz_cases")
-for _package in ("torch", "flax", "keras", "h5py", "safetensors"):
-    pytest.importorskip(_package)
 
 PER_KIND = int(os.environ.get("ZOO_FUZZ_PER_KIND", "1"))
+# The formats that PyTorch alone reads and writes, converted among themselves; then every format, with
+# conversions to every other (the first group's cases again, now also converted to Flax and Keras files).
+GROUPS = {"torch": ("torch", "safetensors"), "torch-flax-keras": fuzz_cases.FORMATS}
+_PACKAGES = {"torch": ("torch", "safetensors"), "flax": ("flax", "orbax"), "keras": ("keras", "h5py")}
 
 
 @pytest.mark.fuzz
-def test_fuzz_corpus(capsys):
-    cases = fuzz_cases.corpus(PER_KIND)
-    rows = fuzz_cases.run_cases(cases)
+@pytest.mark.parametrize("group", [pytest.param("torch"), pytest.param("torch-flax-keras",
+                                                                        marks=[pytest.mark.flax, pytest.mark.keras])])
+def test_fuzz_corpus(group, capsys):
+    formats = GROUPS[group]
+    for fw in fuzz_cases.frameworks(formats):
+        for package in _PACKAGES[fw]:
+            pytest.importorskip(package)
+    cases = fuzz_cases.corpus(PER_KIND, formats)
+    rows = fuzz_cases.run_cases(cases, formats=formats)
     counts = collections.defaultdict(collections.Counter)
     failures = []
     for row in rows:
@@ -35,9 +45,11 @@ def test_fuzz_corpus(capsys):
                                 f"{' -> ' + r['dst'] if r.get('dst') else ''}: {r['outcome']}: {r['detail']}")
     summary = {fmt: dict(c) for fmt, c in counts.items()}
     with capsys.disabled():
-        print(f"\nfuzz: {len(rows)} cases, {sum(sum(c.values()) for c in counts.values())} operations; "
+        print(f"\nfuzz ({group}): {len(rows)} cases, {sum(sum(c.values()) for c in counts.values())} operations; "
               f"outcomes per format: {json.dumps(summary)}")
     if os.environ.get("ZOO_FUZZ_REPORT"):
-        with open(os.environ["ZOO_FUZZ_REPORT"], "w") as f:
+        report = Path(os.environ["ZOO_FUZZ_REPORT"])
+        with open(report.with_name(f"{report.stem}-{group}{report.suffix}"), "w") as f:
             json.dump({"summary": summary, "rows": rows}, f, indent=1)
+    assert set(counts) == set(formats)  # every format's cases ran
     assert not failures, f"{len(failures)} operation(s) failed:\n" + "\n".join(failures[:60])

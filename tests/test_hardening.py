@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fuzz_cases import spec_location
 
 import conversion
 import zoo
@@ -80,6 +81,7 @@ def test_force_never_replaces_a_folder_of_other_files(tmp_path, monkeypatch):
 
 
 @needs_flax
+@pytest.mark.flax
 def test_force_replaces_a_previous_output_of_the_same_format(tmp_path):
     src = _write("safetensors", tmp_path / "a.safetensors")
     conversion.convert(src, tmp_path / "ckpt", verify=False)
@@ -87,11 +89,24 @@ def test_force_replaces_a_previous_output_of_the_same_format(tmp_path):
     assert conversion.read(tmp_path / "ckpt").spec == SPEC and _zoo_files(tmp_path) == []
 
 
+def _nodes(d, op: str):
+    """The dictionaries of every `op` node in a spec dictionary (to_dict's output), in layer order."""
+    if isinstance(d, dict):
+        if d.get("op") == op:
+            yield d
+        for v in d.values():
+            yield from _nodes(v, op)
+    elif isinstance(d, list):
+        for v in d:
+            yield from _nodes(v, op)
+
+
 def _nonpreset():
-    stages = list(SPEC.stages)
-    stages[0] = dataclasses.replace(stages[0], pool=dataclasses.replace(stages[0].pool, kind="avg"),
-                                    block=dataclasses.replace(stages[0].block, stride=3))
-    return dataclasses.replace(SPEC, stages=tuple(stages))
+    """SPEC with its first pool averaging and its first conv of stride 3: a spec no preset describes."""
+    d = SPEC.to_dict()
+    next(_nodes(d, "Pool"))["kind"] = "avg"
+    next(_nodes(d, "Conv"))["stride"] = 3
+    return zoo.ModelSpec.from_dict(d)
 
 
 @needs_torch
@@ -135,8 +150,15 @@ def test_tag_and_path_are_never_ambiguous(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"'fashion_mnist' is both a pretrained tag of nin and a file or folder in "
                                          r"the current directory; write './fashion_mnist'"):
         zoo.load("nin", "torch", weights="fashion_mnist")
-    for path in ("./fashion_mnist", Path("fashion_mnist")):  # unmistakably the folder
-        with pytest.raises(ValueError, match="not a readable Orbax checkpoint|fashion_mnist"):
+
+
+@needs_flax
+@pytest.mark.flax
+def test_a_path_is_never_a_tag(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fashion_mnist").mkdir()
+    for path in ("./fashion_mnist", Path("fashion_mnist")):  # unmistakably the folder: read as a Flax checkpoint
+        with pytest.raises(ValueError, match="fashion_mnist is not a readable Orbax checkpoint"):
             zoo.load("nin", "torch", weights=path)
 
 
@@ -172,6 +194,16 @@ def test_pt_byte_flip_in_tensor_data_is_caught(tmp_path):
         conversion.read(path)
 
 
+def _first_kernel(f) -> str:
+    """The name of the first 4-D dataset (a conv kernel) in a Keras .weights.h5, whatever its layers are called."""
+    import h5py
+
+    found = []
+    f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim == 4 else None)
+    assert found, "no conv kernel in the file"
+    return found[0]
+
+
 @needs_keras
 @pytest.mark.keras
 @pytest.mark.parametrize("dtype", ["int32", "uint8", "bool", "complex64", "float16", "float64"])
@@ -180,11 +212,11 @@ def test_weights_h5_of_another_dtype_is_refused_not_cast(dtype, tmp_path):
 
     path = _write("keras", tmp_path / "a.weights.h5")
     with h5py.File(path, "a") as f:
-        group = f["layers"]["padded_conv2d"]["vars"]
-        old = group["0"][()]
-        del group["0"]
-        group.create_dataset("0", data=old.astype(dtype))
-    with pytest.raises(ConversionError, match=rf"layers/padded_conv2d/vars/0 is {dtype}; Keras weights files hold "
+        name = _first_kernel(f)
+        old = f[name][()]
+        del f[name]
+        f.create_dataset(name, data=old.astype(dtype))
+    with pytest.raises(ConversionError, match=rf"{re.escape(name)} is {dtype}; Keras weights files hold "
                                               rf"float32, and the zoo casts nothing silently"):
         conversion.inspect(path)
 
@@ -221,51 +253,66 @@ def test_nan_weights_refused_by_set_weights_and_load_dict():
 
 # --------------------------------------------------------------------------- unbounded time and memory
 
-def test_min_input_size_closed_form_matches_the_search():
+def test_min_input_size_matches_a_search_of_every_size():
+    """ModelSpec.min_input_size (a bisection) against trying every size from 1 up, on random stacks of convs
+    and pools, each padded up to what PyTorch allows."""
+    from zoo.spec import AdaptivePool, Conv, Flatten, Pool, Seq
+
     rng = np.random.default_rng(0)
     for _ in range(200):
-        stages = []
-        for _ in range(int(rng.integers(1, 5))):
-            block = zoo.nin.BlockSpec((4, 4, 4), int(rng.integers(1, 12)), int(rng.integers(1, 5)),
-                                      int(rng.integers(0, 4)))
-            size = int(rng.integers(1, 6))
-            pool = zoo.nin.PoolSpec(str(rng.choice(["max", "avg"])), size, int(rng.integers(1, 4)),
-                                    int(rng.integers(0, size // 2 + 1))) if rng.random() < 0.6 else None
-            stages.append(zoo.nin.StageSpec(block, pool))
-        stages[-1] = dataclasses.replace(stages[-1], block=dataclasses.replace(stages[-1].block, widths=(4, 4, 3)))
-        spec = zoo.nin.NiNSpec("nin", 1, 3, tuple(stages), input_size=16384)
-        n = 1  # the search the closed form replaced: the smallest size at which no layer's output vanishes
-        while True:
-            try:
-                spec.layer_shapes((n, n))
-                break
-            except zoo.SpecError:
-                n += 1
-        assert spec.min_input_size == n
+        children, channels = [], 1
+        for i in range(int(rng.integers(1, 5))):
+            out = 3 if i == 3 else 4
+            children.append((f"conv{i}", Conv(channels, out, int(rng.integers(1, 12)), int(rng.integers(1, 5)),
+                                              int(rng.integers(0, 4)))))
+            channels = out
+            if rng.random() < 0.6:
+                size = int(rng.integers(1, 6))
+                children.append((f"pool{i}", Pool(str(rng.choice(["max", "avg"])), size, int(rng.integers(1, 4)),
+                                                  int(rng.integers(0, size // 2 + 1)),
+                                                  ceil_mode=bool(rng.random() < 0.3))))
+        children[-1:] = children[-1:] if channels == 3 else [*children[-1:], ("head", Conv(channels, 3, 1))]
+        children += [("gap", AdaptivePool(1)), ("flatten", Flatten())]
+        spec = zoo.ModelSpec("random", "test", 1, 3, Seq(*children), input_size=16384)
+        n = 1
+        while spec.fits((n, n)) is not None:
+            n += 1
+        assert spec.min_input_size == n, spec
 
 
-@pytest.mark.parametrize("keys, value, message", [
-    (("stages", 0, "block", "kernel_size"), 10**7, "kernel_size must be an int >= 1 (at most 512)"),
-    (("stages", 0, "pool", "stride"), 10**7, "pool stride must be an int >= 1 (at most 512)"),
-    (("stages", 0, "block", "widths"), [30000, 30000, 30000], "parameters, over the limit"),
-    (("input_size",), [30000, 30000], "each in [1, 16384]"),
-    (("name",), 5, "name must be a string"),
-])
-def test_spec_from_a_file_is_bounded_before_any_allocation(keys, value, message):
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: next(_nodes(d, "Conv")).update(kernel_size=10**7),
+     "kernel_size must be an int or (h, w), each in [1, 512], got 10000000"),
+    (lambda d: next(_nodes(d, "Pool")).update(stride=10**7),
+     "pool stride must be an int or (h, w), each in [1, 512], got 10000000"),
+    (lambda d: [c.update(in_channels=30000, out_channels=30000) for c in list(_nodes(d, "Conv"))[3:6]],
+     "parameters, over the limit"),
+    (lambda d: d.update(input_size=[30000, 30000]), "each in [1, 16384]"),
+    (lambda d: d.update(name=5), "name and family must be strings"),
+], ids=["kernel", "pool_stride", "widths", "input_size", "name"])
+def test_spec_from_a_file_is_bounded_before_any_allocation(edit, message):
     d = SPEC.to_dict()
-    target = d
-    for k in keys[:-1]:
-        target = target[k]
-    target[keys[-1]] = value
+    edit(d)
     # the limit's message, not a size search: before, a kernel of 1e7 never finished (min_input_size
     # searched sizes one by one)
     with pytest.raises(zoo.SpecError, match=re.escape(message)):
-        zoo.nin.NiNSpec.from_json(json.dumps(d))
+        zoo.ModelSpec.from_json(json.dumps(d))
+
+
+def test_spec_with_no_layers_is_a_spec_error():
+    """Found by the fuzz harness's spec edits: before, an IndexError escaped from a file's empty body."""
+    with pytest.raises(zoo.SpecError):
+        zoo.ModelSpec.from_json(json.dumps({**SPEC.to_dict(), "body": {"seq": []}}))
 
 
 def test_deeply_nested_spec_json_is_a_spec_error():
     with pytest.raises(zoo.SpecError, match="RecursionError"):  # before: RecursionError escaped
-        zoo.nin.NiNSpec.from_json("[" * 30_000 + "]" * 30_000)
+        zoo.ModelSpec.from_json("[" * 30_000 + "]" * 30_000)
+    nested = {"seq": [["a", {"seq": []}]]}
+    for _ in range(100):  # deep, but valid JSON: the tree's own limit
+        nested = {"seq": [["a", nested]]}
+    with pytest.raises(zoo.SpecError, match="too large"):
+        zoo.ModelSpec.from_dict({**SPEC.to_dict(), "body": nested})
 
 
 @needs_torch
@@ -288,8 +335,11 @@ def test_keras_archive_with_huge_widths_or_a_zip_bomb_refused(tmp_path):
     with zipfile.ZipFile(path) as z:
         members = {i.filename: z.read(i.filename) for i in z.infolist()}
     config = json.loads(members["config.json"])
-    for st in config["config"]["spec"]["stages"][:3]:
-        st["block"]["widths"] = [30000] * 3
+    container, key, as_text = spec_location(config)  # wherever the Keras model keeps its spec
+    spec = json.loads(container[key]) if as_text else container[key]
+    for conv in list(_nodes(spec, "Conv"))[3:6]:
+        conv.update(in_channels=30000, out_channels=30000)
+    container[key] = json.dumps(spec) if as_text else spec
     with zipfile.ZipFile(tmp_path / "wide.keras", "w") as z:
         for name, data in members.items():
             z.writestr(name, json.dumps(config) if name == "config.json" else data)
@@ -308,6 +358,13 @@ def test_verification_probe_is_bounded():
 
     assert probe_size(SPEC) == (96, 96)
     assert probe_size(big) == (67, 67)  # before: 14 GB for a 30,000 input
+    # a spec whose linear layer takes a fixed size: only its nominal (non-square) input fits
+    from op_specs import flatten_spec
+
+    assert probe_size(flatten_spec((11, 7))) == (11, 7)
+    with pytest.raises(ConversionError, match=r"verification would need activations of over 33,554,432 values even "
+                                              r"at this spec's smallest input that fits .*--no-verify"):
+        probe_size(flatten_spec((3000, 3000)))
 
 
 def test_fifo_is_refused_not_waited_on(tmp_path):
@@ -481,9 +538,7 @@ def test_final_move_without_hard_links_still_exclusive(tmp_path, monkeypatch):
 @needs_keras
 @pytest.mark.keras
 def test_plain_keras_weights_file_still_reads(tmp_path):
-    from zoo.frameworks import keras_nin
-
-    keras_nin.build(SPEC, zoo.init_weights(SPEC, 1)).save_weights(tmp_path / "plain.weights.h5")
+    zoo.load(SPEC, "keras", weights=zoo.init_weights(SPEC, 1)).save_weights(tmp_path / "plain.weights.h5")
     ckpt = conversion.read(tmp_path / "plain.weights.h5")
     assert "inferred" in ckpt.spec_origin and ckpt.spec.param_shapes() == SPEC.param_shapes()
 

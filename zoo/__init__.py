@@ -17,6 +17,7 @@ from zoo import families as _families  # noqa: F401  (registers every preset)
 from zoo._frameworks import FRAMEWORKS, FrameworkNotInstalled
 from zoo._registry import UnknownModelError, get_spec, list_models
 from zoo.api import WeightsError, check_weights, get_weights, load, predict, set_weights, spec_of, summary
+from zoo.diff import diff
 from zoo.pretrained import PretrainedError, list_pretrained
 from zoo.spec import ModelSpec, SpecError, init_weights
 
@@ -26,5 +27,5 @@ __all__ = [
     "FRAMEWORKS", "FrameworkNotInstalled", "UnknownModelError", "SpecError", "WeightsError",
     "ModelSpec",
     "list_models", "get_spec", "load", "get_weights", "set_weights", "check_weights", "spec_of",
-    "predict", "summary", "init_weights", "list_pretrained", "PretrainedError",
+    "predict", "summary", "diff", "init_weights", "list_pretrained", "PretrainedError",
 ]

@@ -1,11 +1,14 @@
 """The `zoo` command line.
 
-    zoo list
+    zoo list                                             # every model: family, params, GFLOPs, input
+    zoo list 'nin*'
     zoo summary nin --framework keras --input-size 224
     zoo summary nin_imagenet --set num_classes=100
     zoo convert nin model.pt model.weights.h5            # any format to any other, verified
     zoo convert --from torch --to keras IN OUT
     zoo inspect model.pt
+    zoo diff nin torch keras                             # layer by layer: where two runs part
+    zoo diff nin model.pt model.weights.h5               # each file in its own framework
     zoo bench                                            # inference speed, side by side with alternatives
 """
 
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import zoo
 from zoo import bench
+from zoo.diff import SideFailed
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -34,11 +38,38 @@ def _override(text: str) -> tuple[str, object]:
             f"{key}: {value!r} is not a Python literal (e.g. 100 or (8, 16, 16))") from None
 
 
+def _size(text: str) -> int | tuple[int, int]:
+    try:
+        parts = [int(n) for n in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected a side or HxW (e.g. 96 or 96x128), got {text!r}")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _list(pattern: str) -> None:
+    names = zoo.list_models(pattern)
+    if not names:
+        raise ValueError(f"no model matches {pattern!r}; `zoo list` shows them all")
+    rows = [("Model", "Family", "Params", "GFLOPs", "Input", "Classes")]
+    for name in names:
+        spec = zoo.get_spec(name)
+        h, w = spec.input_size
+        rows.append((name, spec.family, f"{spec.num_params:,}", f"{spec.flops() / 1e9:.3g}",
+                     f"{spec.in_channels}x{h}x{w}", str(spec.num_classes)))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    for r in rows:
+        print("  ".join(c.ljust(wd) if i < 2 else c.rjust(wd) for i, (c, wd) in enumerate(zip(r, widths))).rstrip())
+    print("GFLOPs of one image at its nominal input (C x H x W); params without BatchNorm statistics")
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The `zoo` parser and its subcommands' parsers, by name."""
     p = argparse.ArgumentParser(prog="zoo", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="registered models")
+    ls = sub.add_parser("list", help="registered models: family, parameters, GFLOPs and input")
+    ls.add_argument("pattern", nargs="?", default="*", help="shell wildcards, e.g. 'nin*' (default: all)")
     s = sub.add_parser("summary", help="every layer's output shape and parameter count")
     s.add_argument("model")
     s.add_argument("--framework", "-f", choices=list(zoo.FRAMEWORKS),
@@ -65,6 +96,25 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     i.add_argument("path")
     i.add_argument("--format", help="the file's format, when the suffix does not say")
     i.add_argument("--model", help="the model to fit it to (default: any registered one)")
+    d = sub.add_parser("diff", help="run a model two ways layer by layer; show where they part",
+                       description="Run MODEL two ways on the same seeded random NCHW input and compare every "
+                                   "layer's output: each side is a framework (torch, flax, keras, keras[BACKEND]), "
+                                   "'reference' (the float64 NumPy reference) or a weight file in any format (run "
+                                   "in its own framework, or --runner). Exit status 1 when a layer diverges.")
+    d.add_argument("model")
+    d.add_argument("a", metavar="A", help="framework, 'reference' or weight file")
+    d.add_argument("b", metavar="B", help="framework, 'reference' or weight file")
+    d.add_argument("--weights", help="for framework sides: pretrained tag or weight file (default: the file "
+                                     "side's weights, else the seeded initial weights)")
+    d.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
+                   help="spec override, repeatable (e.g. --set num_classes=10)")
+    d.add_argument("--input-size", type=_size, help="input side, or HxW (default: the spec's nominal size)")
+    d.add_argument("--batch", type=int, default=2)
+    d.add_argument("--seed", type=int, default=0, help="of the input (and of the initial weights)")
+    d.add_argument("--tol", type=float, default=1e-5,
+                   help="a layer diverges when max |a - b| > TOL x max(1, max|a|) (default 1e-5)")
+    d.add_argument("--runner", help="run weight files in this framework, or 'reference' (float64), instead "
+                                    "of their own")
     t = sub.add_parser("train", help="train a model on Fashion-MNIST (Flax NNX + optax)")
     t.add_argument("model")
     t.add_argument("--framework", default="flax", choices=["flax"], help="the trainer's framework")
@@ -113,11 +163,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _train(args) -> None:
-    from zoo.frameworks import flax_train
-
     for k in ("epochs", "input_size", "batch_size", "limit"):  # before: --batch-size 0 divided by zero
         if getattr(args, k) is not None and getattr(args, k) < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
+    from zoo.frameworks import flax_train  # after the argument checks: a mistyped option costs no import
     chosen = {k: getattr(args, k) for k in ("epochs", "input_size", "batch_size", "peak_lr", "seed")}
     recipe = flax_train.Recipe(**{k: v for k, v in chosen.items() if v is not None})
     spec = zoo.get_spec(args.model, input_size=recipe.input_size, **dict(args.set))
@@ -147,10 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.command == "list":
-            for name in zoo.list_models():
-                spec = zoo.get_spec(name)
-                print(f"{name:<14} {spec.in_channels} ch, {spec.num_classes} classes, "
-                      f"{spec.num_params:,} params, input {spec.input_size[0]}x{spec.input_size[1]}")
+            _list(args.pattern)
         elif args.command == "summary":
             zoo.summary(args.model, framework=args.framework, input_size=args.input_size,
                         batch_size=args.batch_size, **dict(args.set))
@@ -194,10 +240,16 @@ def main(argv: list[str] | None = None) -> int:
             import conversion
 
             print(conversion.inspect(args.path, args.format, args.model))
+        elif args.command == "diff":
+            rows = zoo.diff(args.model, args.a, args.b, weights=args.weights, input_size=args.input_size,
+                            batch=args.batch, seed=args.seed, tol=args.tol, runner=args.runner,
+                            overrides=dict(args.set))
+            print(rows)
+            return 1 if rows.diverged else 0
     except KeyboardInterrupt:
         print(_interrupted(args, argv), file=sys.stderr)
         return 130
-    except (ValueError, TypeError, KeyError, ImportError, OSError, bench.BenchError) as e:
+    except (ValueError, TypeError, KeyError, ImportError, OSError, SideFailed, bench.BenchError) as e:
         print(f"zoo: error: {e}", file=sys.stderr)
         return 2
     return 0

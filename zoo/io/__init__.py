@@ -26,7 +26,7 @@ FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 def read(path, format: str | None = None, *, model: str | None = None, spec: ModelSpec | None = None) -> Checkpoint:
     """Read a weight file into canonical names and layout (dtype as stored); foreign key maps applied.
 
-    >>> ckpt = conversion.read('model.pt')
+    >>> ckpt = zoo.io.read('model.pt')
     >>> ckpt.weights['blocks.0.conv0.weight'].shape
     (96, 1, 11, 11)
     """
@@ -34,9 +34,13 @@ def read(path, format: str | None = None, *, model: str | None = None, spec: Mod
     fmt = detect(path, format)
     _check_input_path(path, fmt)
     ckpt = function(fmt, "reader")(path, spec, model)
-    ckpt.weights, mapped = keymaps.to_canonical(ckpt.weights)
-    if mapped:
-        ckpt.notes.append(f"recognised foreign keys: {mapped}")
+    if ckpt.spec is None and spec is None:  # a file of the zoo's own names its tensors canonically
+        ckpt.weights, keymap, dropped = keymaps.to_canonical(ckpt.weights, model)
+        if keymap is not None:
+            ckpt.notes.append(f"recognised foreign keys: {keymap.name}")
+            if dropped:
+                ckpt.notes.append(f"left out {len(dropped)} tensor(s) on purpose, as that key map says: "
+                                  f"{', '.join(dropped[:4])}{' ...' if len(dropped) > 4 else ''}")
     return ckpt
 
 

@@ -44,6 +44,20 @@ class Checkpoint:
         return int(sum(a.size for a in self.weights.values()))
 
 
+# torch's BatchNorm counts the batches it has seen; the count matters only with momentum=None (a
+# cumulative average), and the zoo's momentum is always a number, so the counters are not canonical.
+COUNTER = "num_batches_tracked"
+
+
+def is_counter(name: str) -> bool:
+    return name == COUNTER or name.endswith("." + COUNTER)
+
+
+def counters_note(n: int) -> str:
+    return (f"dropped {n} {COUNTER} counter{'s' if n != 1 else ''}: the zoo's BatchNorm momentum is fixed, "
+            f"so they change no output")
+
+
 def check_finite(weights: dict[str, np.ndarray], allow_nonfinite: bool = False) -> None:
     if allow_nonfinite:
         return

@@ -1,59 +1,275 @@
-"""Which spec a set of canonical tensors fits: the file's own, an explicit one, or one inferred from shapes."""
+"""Which spec a set of canonical tensors fits: the file's own, an explicit one, or one inferred from shapes.
+
+Inference tries each registered preset (or the named model) whose canonical names are the file's.
+The shapes give the overrides a preset takes: `in_channels` from the first conv or linear layer,
+`num_classes` from the last weight, and every other integer override (a width, a width ratio,
+NiN's tuple of `widths`, the input size of a network whose linear layer takes a fixed size) from
+the tensor dimensions it sets. Which dimensions those are, the preset itself says: built with the
+override changed, some dimensions change; the value that gives the file's dimensions is then
+found by solving (a linear guess, else a bisection: a dimension grows or shrinks with its
+override). Strides, padding, pooling and dropout come from the preset. The candidate must then
+give the file's shapes exactly; a preset that fits at its defaults is preferred.
+
+    >>> infer_spec({'blocks.0.conv0.weight': (8, 1, 11, 11), ...}).name
+    'nin'
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import re
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Any
 
-from zoo import _registry as zoo  # get_spec, list_models: the registry alone, not zoo.api
+from zoo import _registry as registry  # get_spec, list_models: the registry alone, not zoo.api
 from zoo.io.checkpoint import Checkpoint, ConversionError
-from zoo.spec import ModelSpec, SpecError
+from zoo.spec import MAX_WIDTH, Conv, Linear, ModelSpec, SpecError, is_int
+
+_READ = ("in_channels", "num_classes")  # overrides read straight from the first and last layers' tensors
+_SCAN = 64  # values tried after the bisection, where several give the first dimension (ratios, input sizes)
+
+
+@dataclass(frozen=True)
+class Inferred:
+    spec: ModelSpec
+    overrides: dict[str, Any]  # those that differ from the preset's defaults
+
+    def describe(self) -> str:
+        """'nin with num_classes=7' or 'nin at its defaults'."""
+        if not self.overrides:
+            return f"{self.spec.name} at its defaults"
+        return f"{self.spec.name} with " + ", ".join(f"{k}={v!r}" for k, v in self.overrides.items())
+
+
+def _defaults(name: str) -> dict[str, Any]:
+    return {k: p.default for k, p in inspect.signature(registry._preset(name)).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+@functools.lru_cache(maxsize=256)
+def _default(name: str) -> ModelSpec:
+    """A preset at its defaults (specs are immutable: built once per process)."""
+    return registry.get_spec(name)
+
+
+def _leaves(value: Any, at: tuple = ()) -> list[tuple[tuple, int]] | None:
+    """(index path, value) of each int in an int or a nested tuple of ints; None if it is neither."""
+    if is_int(value):
+        return [(at, int(value))]
+    if isinstance(value, (tuple, list)) and value:
+        out = []
+        for i, v in enumerate(value):
+            sub = _leaves(v, (*at, i))
+            if sub is None:
+                return None
+            out += sub
+        return out
+    return None
+
+
+def _replaced(value: Any, at: tuple, new: int) -> Any:
+    if not at:
+        return new
+    items = list(value)
+    items[at[0]] = _replaced(items[at[0]], at[1:], new)
+    return type(value)(items) if isinstance(value, tuple) else items
+
+
+def _leaf(value: Any, at: tuple) -> int:
+    for i in at:
+        value = value[i]
+    return value
+
+
+class _Solver:
+    """Solves one preset's integer overrides for a file's shapes, one int at a time."""
+
+    def __init__(self, name: str, shapes: dict[str, tuple[int, ...]]):
+        self.name, self.shapes = name, shapes
+
+    def shapes_with(self, overrides: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
+        """The preset's shapes with these overrides; None when they make no valid spec or other names."""
+        try:
+            got = registry.get_spec(self.name, **overrides).param_shapes()
+        except (SpecError, TypeError, ValueError):
+            return None
+        return got if got.keys() == self.shapes.keys() else None
+
+    def moved(self, overrides: dict[str, Any], param: str, at: tuple) -> tuple[int, dict, dict, list] | None:
+        """(the value tried, shapes before, shapes after, the (tensor, axis) that changed) for leaf `at`
+        of `param`, or None where no dimension shows it (a rate, a depth that renames layers)."""
+        base = self.shapes_with(overrides)
+        v0 = _leaf(overrides[param], at)
+        if base is None:
+            return None
+        for step in (v0 + 1, 2 * v0):  # an input size may need more than one more pixel to show
+            after = self.shapes_with({**overrides, param: _replaced(overrides[param], at, step)})
+            if after is not None:
+                changed = [(k, axis) for k, s in base.items() for axis, n in enumerate(s) if after[k][axis] != n]
+                if changed:
+                    return step, base, after, changed
+        return None
+
+    def solve(self, overrides: dict[str, Any], param: str, at: tuple, dims: list) -> int | None:
+        """The value of leaf `at` of `param` that gives the file's sizes at `dims` (tensor, axis), others as in
+        `overrides`: a linear guess, else a bisection on the first of them (a size grows or shrinks with
+        its override), then the values that give that one size too (several may: ratios, input sizes)."""
+        def sizes(v: int) -> list[int] | None:
+            got = self.shapes_with({**overrides, param: _replaced(overrides[param], at, v)})
+            return None if got is None else [got[k][axis] for k, axis in dims]
+
+        v0 = _leaf(overrides[param], at)
+        found = self.moved(overrides, param, at)
+        if found is None:
+            return None
+        step, base, after = found[:3]
+        want = [self.shapes[k][axis] for k, axis in dims]
+        if sizes(v0) == want:
+            return v0
+        (k0, a0) = dims[0]
+        d0, d1 = base[k0][a0], after[k0][a0]
+        if d1 == d0:
+            return None
+        if (want[0] - d0) * (step - v0) % (d1 - d0) == 0:  # a width that grows linearly with its override
+            guess = v0 + (want[0] - d0) * (step - v0) // (d1 - d0)
+            if guess >= 1 and sizes(guess) == want:
+                return guess
+        grows = d1 > d0
+        lo, hi = 1, MAX_WIDTH  # the smallest v whose first size reaches want[0]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            got = sizes(mid)
+            # no valid spec: below v0 (which is valid), too small (an input that vanishes); above, too large
+            if got is None and mid < v0 or got is not None and not (got[0] >= want[0] if grows else
+                                                                    got[0] <= want[0]):
+                lo = mid + 1
+            else:
+                hi = mid
+        for v in range(lo, min(lo + _SCAN, MAX_WIDTH + 1)):
+            got = sizes(v)
+            if got == want:
+                return v
+            if got is None or got[0] != want[0]:
+                break
+        return None
+
+
+def _read_overrides(name: str, base: ModelSpec, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """The overrides of preset `name` that the file's shapes say, for a file with the preset's names.
+
+    Each integer (a leaf of an override) is solved on the dimensions that it alone sets, when it has
+    any (NiN's widths, DenseNet's growth rate, a width ratio), before those whose dimensions depend on
+    others too (DenseNet's bottleneck factor times the growth rate; the input size, which sets a fixed
+    linear layer's width together with the ratio); those are solved on all their dimensions, the others
+    known by then.
+    """
+    defaults = _defaults(name)
+    out = dict(defaults)
+    first = next((p for p, op in base.ops().items() if isinstance(op, (Conv, Linear))), None)
+    if "in_channels" in defaults and first is not None:
+        out["in_channels"] = shapes[f"{first}.weight"][1]
+    last = next((k for k in reversed(list(base.param_shapes())) if k.endswith(".weight")), None)
+    if "num_classes" in defaults and last is not None:
+        out["num_classes"] = shapes[last][0]
+    solver = _Solver(name, shapes)
+    if solver.shapes_with(out) == shapes:
+        return out
+    leaves = [(param, at) for param, value in defaults.items() if param not in _READ
+              for at, _ in (_leaves(value) or [])]
+    shown = {}
+    for param, at in leaves:
+        found = solver.moved(out, param, at)
+        if found is not None:
+            shown[(param, at)] = found[3]
+    own = {leaf: [d for d in dims if not any(d in other for o, other in shown.items() if o != leaf)]
+           for leaf, dims in shown.items()}
+    order = [leaf for leaf in shown if own[leaf]] + [leaf for leaf in shown if not own[leaf]]
+    for _ in range(2):  # a second pass, for an override solved before one that its dimensions depend on
+        for param, at in order:
+            value = solver.solve(out, param, at, own[(param, at)] or shown[(param, at)])
+            if value is not None:
+                out[param] = _replaced(out[param], at, value)
+        if solver.shapes_with(out) == shapes:
+            break
+    return out
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
+
+
+def _names_gap(expected, shapes) -> str:
+    missing = [k for k in expected if k not in shapes]
+    extra = [k for k in shapes if k not in expected]
+    parts = []
+    if missing:
+        parts.append(f"lacks {len(missing)} of its tensors ({_some(missing)})")
+    if extra:
+        parts.append(f"has {len(extra)} it does not ({_some(extra)})")
+    return " and ".join(parts)
+
+
+def infer(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> Inferred:
+    """The preset (or `model`) whose structure fits `shapes`, and the overrides read from them."""
+    shapes = {k: tuple(v) for k, v in shapes.items()}
+    names = set(shapes)
+    fits, near, far = [], [], []
+    for name in [model] if model else registry.list_models():
+        base = _default(name)
+        expected = base.param_shapes()
+        if set(expected) != names:
+            missing = set(expected) - names
+            if missing and missing <= base.buffer_names() and names < set(expected):
+                near.append(f"{name}: the file lacks its {len(missing)} BatchNorm running statistics (running_mean, "
+                            f"running_var), which inference needs: save the whole state_dict, buffers included")
+                continue
+            overlap = len(names & set(expected)) / len(names | set(expected))
+            far.append((overlap, f"{name}: the file {_names_gap(expected, shapes)}"))
+            continue
+        defaults = _defaults(name)
+        overrides = _read_overrides(name, base, shapes)
+        changed = {k: v for k, v in overrides.items() if v != defaults[k]}
+        hint = f" ({', '.join(f'{k}={v!r}' for k, v in changed.items())} read from the shapes)" if changed else ""
+        try:
+            spec = registry.get_spec(name, **overrides)
+        except (ValueError, TypeError) as e:  # SpecError, or a preset's own check
+            near.append(f"{name}{hint}: {e}")
+            continue
+        got = spec.param_shapes()
+        if got == shapes:
+            fits.append((len(changed), Inferred(spec, changed)))
+        else:
+            k = next(k for k in got if got[k] != shapes[k])
+            near.append(f"{name}{hint}: {k} should be {got[k]}, the file has {shapes[k]}")
+    if fits:
+        best = min(rank for rank, _ in fits)
+        found = [f for rank, f in fits if rank == best]
+        other = next((f for f in found[1:] if f.spec.layers() != found[0].spec.layers()), None)
+        if other is not None:  # e.g. two presets that differ in an activation: shapes cannot tell them apart
+            a, b = found[0].spec, other.spec
+            at = next((x, y) for x, y in zip(a.layers(), b.layers()) if x != y)
+            raise ConversionError(
+                f"the tensor shapes fit {a.name} and {b.name} alike, which differ where shapes do not show "
+                f"({at[0].path}: {at[0].node} in {a.name}, {at[1].node} in {b.name}): name the model "
+                f"(zoo convert {b.name} IN OUT, zoo.load({b.name!r}, ..., weights=...))")
+        return found[0]  # the first best, in registry order
+    held = f"{', '.join(list(shapes)[:6])}{' ...' if len(shapes) > 6 else ''}"
+    if not near:
+        closest = [reason for _, reason in sorted(far, key=lambda f: -f[0])[:2]]
+        raise ConversionError(
+            f"no registered model has these tensor names, so no spec can be inferred (closest: "
+            f"{'; '.join(closest)}); the file holds {len(shapes)} tensors: {held}. A zoo model's names are "
+            f"listed by `zoo summary MODEL`; another project's need a key map (zoo._registry.register_keymap)"[:900])
+    first = near[0].split(" ", 1)[0].rstrip(":")
+    raise ConversionError(
+        ("the tensors fit no registered model: " + "; ".join(r[:240] for r in near[:4])
+         + f". Name the model and the overrides that describe the file (e.g. zoo convert {first} --set "
+           f"num_classes=100 ...; `zoo summary {first} --set ...` shows the shapes they give)")[:1200])
 
 
 def infer_spec(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> ModelSpec:
-    """The first registered preset (or `model`) whose structure fits `shapes`.
-
-    Shapes give widths, kernel sizes, input channels and the class count; strides,
-    padding, pooling and dropout come from the preset. A preset whose default widths
-    fit exactly is preferred.
-    """
-    blocks = sorted({int(m.group(1)) for k in shapes if (m := re.match(r"blocks\.(\d+)\.", k))})
-    if not blocks:
-        raise ConversionError("no NiN tensors (blocks.N.convJ.*) in the file, so no spec can be inferred; "
-                              f"it holds: {', '.join(list(shapes)[:8])}{' ...' if len(shapes) > 8 else ''}")
-    reasons, fits = [], []
-    for name in [model] if model else zoo.list_models():
-        base = zoo.get_spec(name)
-        try:
-            stages = []
-            for b, stage in enumerate(base.stages):
-                kernels = [shapes[f"blocks.{b}.conv{j}.weight"] for j in range(3)]
-                if kernels[0][2:] != (stage.block.kernel_size,) * 2:
-                    raise SpecError(f"block {b} has a {kernels[0][2]}x{kernels[0][3]} kernel, "
-                                    f"{name} a {stage.block.kernel_size}x{stage.block.kernel_size}")
-                block = dataclasses.replace(stage.block, widths=tuple(k[0] for k in kernels))
-                stages.append(dataclasses.replace(stage, block=block))
-            spec = dataclasses.replace(base, stages=tuple(stages), in_channels=shapes["blocks.0.conv0.weight"][1],
-                                       num_classes=stages[-1].block.widths[-1])
-        except KeyError as e:
-            reasons.append(f"{name}: no tensor {e}")
-            continue
-        except SpecError as e:
-            reasons.append(f"{name}: {e}")
-            continue
-        expected = spec.param_shapes()
-        if expected == shapes:
-            matches = (spec.stages == base.stages, spec.in_channels == base.in_channels,
-                       spec.num_classes == base.num_classes)
-            fits.append((-sum(matches), spec))
-        else:
-            diff = next((k for k in expected if shapes.get(k) != expected[k]), None) or \
-                next(k for k in shapes if k not in expected)
-            reasons.append(f"{name}: {diff} should be {expected.get(diff)}, the file has {shapes.get(diff)}")
-    if not fits:
-        raise ConversionError("the tensors fit no registered model: " + "; ".join(reasons)  # one line
-                              + ". Name the model and its overrides (e.g. zoo convert nin --set num_classes=100 ...)")
-    return min(fits, key=lambda f: f[0])[1]  # the first best, in registry order
+    """`infer(shapes, model).spec`: the spec a set of canonical tensor shapes fits."""
+    return infer(shapes, model).spec
 
 
 def resolve_spec(ckpt: Checkpoint, model: str | None = None, overrides: dict | None = None,
@@ -64,10 +280,11 @@ def resolve_spec(ckpt: Checkpoint, model: str | None = None, overrides: dict | N
     if overrides:
         if not model:
             raise ConversionError("overrides need the model they apply to (e.g. zoo convert nin --set ...)")
-        return zoo.get_spec(model, **overrides), f"{model} with {overrides}"
+        return registry.get_spec(model, **overrides), f"{model} with {overrides}"
     if ckpt.spec is not None:
         if model and ckpt.spec.name != model:
             raise ConversionError(f"the file holds a {ckpt.spec.name} model, not a {model}")
         return ckpt.spec, ckpt.spec_origin
     shapes = {k: tuple(a.shape) for k, a in ckpt.weights.items()}
-    return infer_spec(shapes, model), "inferred from the tensor shapes"
+    found = infer(shapes, model)
+    return found.spec, f"inferred from the tensor shapes: {found.describe()}"

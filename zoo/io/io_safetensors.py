@@ -2,7 +2,8 @@
 
 A PyTorch user can load it straight into the zoo's torch model
 (`model.load_state_dict(safetensors.torch.load_file(path))`); no framework is
-needed to read or write it.
+needed to read or write it. Safetensors from elsewhere (a timm checkpoint, say) read too; their
+BatchNorm `num_batches_tracked` counters are dropped, with a note (see zoo/io/io_torch.py).
 """
 
 from __future__ import annotations
@@ -19,31 +20,43 @@ from zoo.io.checkpoint import (
     Checkpoint,
     ConversionError,
     check_digest,
+    counters_note,
     digest,
+    is_counter,
     one_line,
 )
 from zoo.spec import ModelSpec, SpecError
 
 FORMAT_TAG = "multizoo.canonical"
 _DTYPES = ("F32", "F16", "BF16", "F64")
+_COUNTER_DTYPES = ("I64", "I32")
 
 
 def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) -> Checkpoint:
     try:
         with safe_open(str(path), "np") as f:
             meta = f.metadata() or {}
+            counters = []
             for k in f.keys():  # before reading any values
                 dtype = f.get_slice(k).get_dtype()
-                if dtype not in _DTYPES:
+                if is_counter(k):
+                    shape = f.get_slice(k).get_shape()
+                    if dtype not in _COUNTER_DTYPES or shape not in ([], [1]):
+                        raise ConversionError(f"{path}: tensor {k} is {dtype} of shape {shape}; a BatchNorm "
+                                              f"counter is one integer")
+                    counters.append(k)
+                elif dtype not in _DTYPES:
                     raise ConversionError(f"{path}: tensor {k} is {dtype}; weights must be float32, float16, "
                                           f"bfloat16 or float64 ({', '.join(_DTYPES)})")
-            weights = {k: f.get_tensor(k) for k in f.keys()}
+            weights = {k: f.get_tensor(k) for k in f.keys() if k not in counters}
     except ConversionError:
         raise
     except Exception as e:  # SafetensorError, OSError, ValueError, TypeError for a dtype numpy lacks, ...
         raise ConversionError(f"{path} is not a readable safetensors file (truncated or corrupt?): "
                               f"{one_line(e)}") from None
     ckpt = Checkpoint(weights, "safetensors")
+    if counters:
+        ckpt.notes.append(counters_note(len(counters)))
     if meta.get("format") == FORMAT_TAG:
         if meta.get("format_version") != FORMAT_VERSION:
             raise ConversionError(f"{path} has zoo format version {meta.get('format_version')!r}; "

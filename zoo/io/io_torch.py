@@ -4,6 +4,11 @@ The zoo writes `{'state_dict': state_dict, 'zoo_spec': spec JSON}` (plain data, 
 weights_only=True), so that a spec no preset describes survives the round trip; a PyTorch user
 loads it with `model.load_state_dict(torch.load(path, weights_only=True)['state_dict'])`.
 Plain state_dicts, and the usual training-loop wrappers, from other projects read as before.
+
+BatchNorm's `num_batches_tracked` counters are dropped on reading, with a note (they are not
+canonical: the zoo's momentum is fixed, so they change no output), and never written: torch's
+`load_state_dict(strict=True)` accepts a plain dict without them (it asks for them only when the
+dict carries the `_metadata` of a module that had them, which a saved plain dict does not).
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoo.io.checkpoint import Checkpoint, ConversionError, one_line
+from zoo.io.checkpoint import Checkpoint, ConversionError, counters_note, is_counter, one_line
 from zoo.io.formats import sniff
 from zoo.spec import ModelSpec, SpecError
 
 _WRAPPERS = ("state_dict", "model_state_dict", "model")  # common training-loop containers
 SPEC_KEY = "zoo_spec"
 _DTYPES = {torch.float32, torch.float16, torch.bfloat16, torch.float64}
+_COUNTER_DTYPES = {torch.int64, torch.int32}
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -102,6 +108,10 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
                                             for k, v in obj.items()):
         raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state_dict of named tensors; "
                               f"save one with torch.save(model.state_dict(), path)")
+    counters = [k for k in obj if is_counter(k)]
+    for k in counters:
+        _check_counter(path, k, obj[k])
+    obj = {k: v for k, v in obj.items() if not is_counter(k)}
     expected = (spec or file_spec).param_shapes() if (spec or file_spec) else None
     for k, v in obj.items():  # before any copy: a stride-0 view of one value may claim gigabytes
         _check_tensor(path, k, v, expected)
@@ -109,7 +119,17 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
     if file_spec is not None:
         ckpt.spec = file_spec
         ckpt.notes.append("zoo .pt file with its spec")
+    if counters:
+        ckpt.notes.append(counters_note(len(counters)))
     return ckpt
+
+
+def _check_counter(path: Path, name: str, t: torch.Tensor) -> None:
+    """A BatchNorm counter is one integer; anything else under that name is not what it claims to be."""
+    if t.is_nested or t.layout != torch.strided or t.dtype not in _COUNTER_DTYPES or t.numel() != 1:
+        what = "a nested tensor" if t.is_nested else \
+            f"a {str(t.dtype).removeprefix('torch.')} tensor of shape {tuple(t.shape)}"
+        raise ConversionError(f"{path}: tensor {name} is {what}; a BatchNorm counter is one integer")
 
 
 def _check_tensor(path: Path, name: str, t: torch.Tensor, expected: dict | None) -> None:

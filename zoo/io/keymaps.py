@@ -1,45 +1,105 @@
-"""Foreign checkpoints: other projects' NiN parameter names, mapped to canonical ones. Data, not code.
+"""Foreign checkpoints: other projects' parameter names, renamed to canonical ones by the registered
+key maps (`zoo._registry.KEYMAPS`, data that the family files declare). Layouts are PyTorch's in all
+of them, so only names change.
 
-Each entry names where a foreign model keeps its NiN blocks and, inside a block,
-its three convs; the layout is PyTorch's in all of them, so only names change.
+A map applies to a file when each of its keys matches one of its `drop` patterns (left out on
+purpose) or is renamed by a rule (the first whose pattern matches the whole key), and no two keys
+get the same name. When
+several maps apply, the one whose renamed keys are exactly the canonical names of one of its models
+wins; the spec check that follows the renaming reports anything else.
+
+    >>> weights, keymap, dropped = to_canonical({'net.0.0.weight': w, ...})
+    >>> keymap.name
+    'd2l NiN class (seed post, keys net.N.M.*)'
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
 
-FOREIGN_NIN: dict[str, dict[str, tuple[str, ...]]] = {
-    # The seed blog post's class: self.net = nn.Sequential(nin_block, MaxPool2d, nin_block, MaxPool2d,
-    # nin_block, MaxPool2d, Dropout, nin_block, AdaptiveAvgPool2d, Flatten); nin_block is
-    # nn.Sequential(Conv2d, ReLU, Conv2d, ReLU, Conv2d, ReLU).
-    "d2l NiN class (seed post, keys net.N.M.*)": {"blocks": ("net.0", "net.2", "net.4", "net.7"),
-                                                   "convs": ("0", "2", "4")},
-    # The d2l book's plain nn.Sequential of the same layers.
-    "d2l NiN nn.Sequential (keys N.M.*)": {"blocks": ("0", "2", "4", "7"), "convs": ("0", "2", "4")},
-}
+from zoo import _registry
+from zoo._registry import KeyMap, register_keymap
 
-_CANONICAL = re.compile(r"blocks\.\d+\.conv[012]\.(weight|bias)")
-
-
-def key_map(entry: dict[str, tuple[str, ...]]) -> dict[str, str]:
-    """Foreign name -> canonical name for one FOREIGN_NIN entry."""
-    return {f"{block}.{conv}.{leaf}": f"blocks.{b}.conv{j}.{leaf}"
-            for b, block in enumerate(entry["blocks"]) for j, conv in enumerate(entry["convs"])
-            for leaf in ("weight", "bias")}
+# ----------------------------------------------------------------------------- NiN's foreign names
+# These two belong in zoo/families/nin.py, beside the presets they fit; they live here until the
+# family file declares them, and say so in no other way.
+#
+# The d2l NiN: nn.Sequential(nin_block, MaxPool2d, nin_block, MaxPool2d, nin_block, MaxPool2d,
+# Dropout, nin_block, AdaptiveAvgPool2d, Flatten), each nin_block an nn.Sequential(Conv2d, ReLU,
+# Conv2d, ReLU, Conv2d, ReLU): blocks sit at indices 0, 2, 4, 7 and convs at 0, 2, 4 within them.
+_NIN_BLOCKS = ("0", "2", "4", "7")
+_NIN_CONVS = ("0", "2", "4")
 
 
-def to_canonical(weights: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str | None]:
-    """Rename a foreign state_dict to canonical names; returns (weights, the map's name or None).
+def _nin_rules(prefix: str) -> tuple[tuple[str, str], ...]:
+    return tuple((rf"{re.escape(prefix)}{block}\.{conv}\.(weight|bias)", rf"blocks.{b}.conv{j}.\1")
+                 for b, block in enumerate(_NIN_BLOCKS) for j, conv in enumerate(_NIN_CONVS))
 
-    Canonical names pass unchanged; names that fit no map also pass unchanged, and the
-    spec check that follows lists them.
+
+def _register_once(keymap: KeyMap) -> None:
+    if not any(k.name == keymap.name for k in _registry.KEYMAPS):  # the family file may have moved them there
+        register_keymap(keymap)
+
+
+_register_once(KeyMap("d2l NiN class (seed post, keys net.N.M.*)", ("nin",), _nin_rules("net.")))
+_register_once(KeyMap("d2l NiN nn.Sequential (keys N.M.*)", ("nin",), _nin_rules("")))
+
+
+# ----------------------------------------------------------------------------- applying the maps
+
+def rename(keymap: KeyMap, names) -> tuple[dict[str, str], list[str]] | None:
+    """(foreign name -> canonical name, names dropped) when `keymap` applies to all of `names`, else None."""
+    rules = [(re.compile(p), r) for p, r in keymap.rules]
+    drops = [re.compile(p) for p in keymap.drop]
+    mapping, dropped = {}, []
+    for name in names:
+        if any(d.fullmatch(name) for d in drops):
+            dropped.append(name)
+            continue
+        for pattern, replacement in rules:
+            m = pattern.fullmatch(name)
+            if m:
+                mapping[name] = m.expand(replacement)
+                break
+        else:
+            return None
+    if len(set(mapping.values())) != len(mapping):  # two keys renamed alike: not this map's file
+        return None
+    return mapping, dropped
+
+
+@functools.lru_cache(maxsize=256)
+def _canonical_names(model: str) -> frozenset[str] | None:
+    """The canonical tensor names of a preset at its defaults (None for an unknown model)."""
+    try:
+        return frozenset(_registry.get_spec(model).param_shapes())
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _fits_by_name(names, models) -> bool:
+    names = frozenset(names)
+    return any(_canonical_names(m) == names for m in models)
+
+
+def to_canonical(weights: dict[str, np.ndarray], model: str | None = None
+                 ) -> tuple[dict[str, np.ndarray], KeyMap | None, list[str]]:
+    """Rename a foreign state_dict to canonical names: (weights, the map applied or None, keys dropped).
+
+    Weights whose names already are a preset's canonical names pass unchanged, as do names that
+    no map fits (the spec check that follows lists them). With `model`, only maps for it apply.
     """
-    if all(_CANONICAL.fullmatch(k) for k in weights):
-        return weights, None
-    for name, entry in FOREIGN_NIN.items():
-        mapping = key_map(entry)
-        if set(weights) == set(mapping):
-            return {mapping[k]: weights[k] for k in weights}, name
-    return weights, None
+    names = list(weights)
+    candidates = [k for k in _registry.KEYMAPS if model is None or model in k.models]
+    if not candidates or _fits_by_name(names, [model] if model else _registry.list_models()):
+        return weights, None, []
+    applied = [(k, r) for k in candidates if (r := rename(k, names)) is not None]
+    if not applied:
+        return weights, None, []
+    # the first map whose result is a preset's names exactly; else the first that applies
+    keymap, (mapping, dropped) = next(((k, r) for k, r in applied if _fits_by_name(r[0].values(), k.models)),
+                                      applied[0])
+    return {mapping[k]: weights[k] for k in names if k in mapping}, keymap, dropped
