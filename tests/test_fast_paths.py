@@ -69,7 +69,7 @@ def test_torch_get_weights_are_contiguous_copies():
 
 @pytest.mark.flax
 def test_flax_predict_sees_weight_updates_and_lets_models_go():
-    from zoo.frameworks import flax_nin
+    from zoo.frameworks import flax_model
 
     spec = zoo.get_spec("nin_cifar10")
     x = np.random.default_rng(0).standard_normal((2, 32, 32, 3), dtype=np.float32)
@@ -87,7 +87,7 @@ def test_flax_predict_sees_weight_updates_and_lets_models_go():
     assert zoo.predict(model, x[:1, :21, :21]).shape == (1, 10)
     del model
     gc.collect()
-    assert len(flax_nin._split) == 0
+    assert len(flax_model._split) == 0
 
 
 @pytest.mark.keras

@@ -45,6 +45,11 @@ def _preset(name: str) -> Callable[..., Any]:
     return _PRESETS[name]
 
 
+def preset_overrides(name: str) -> list[str]:
+    """The keyword overrides a registered preset accepts."""
+    return list(inspect.signature(_preset(name)).parameters)
+
+
 def get_spec(name, **overrides):
     """The spec of a registered model, with validated overrides.
 
@@ -56,7 +61,7 @@ def get_spec(name, **overrides):
             raise TypeError("overrides apply to a model name, not to a spec; use dataclasses.replace")
         return name
     preset = _preset(name)
-    accepted = list(inspect.signature(preset).parameters)
+    accepted = preset_overrides(name)
     unknown = sorted(set(overrides) - set(accepted))
     if unknown:
         raise TypeError(f"{name} takes no override {', '.join(map(repr, unknown))}; "

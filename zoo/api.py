@@ -9,7 +9,7 @@ import numpy as np
 
 from zoo._checks import WeightsError, check_finite, check_weights, nonfinite_tensors  # noqa: F401
 from zoo._frameworks import FRAMEWORKS, adapter, adapter_for
-from zoo._registry import get_spec
+from zoo._registry import get_spec, preset_overrides
 from zoo.spec import (
     Act,
     AdaptivePool,
@@ -178,13 +178,19 @@ def summary(name, framework: str | None = None, *, input_size: int | tuple[int, 
     With a framework, the shapes are those its model really produces, layer by layer;
     without one, those the spec predicts (NCHW). `print_fn=None` prints nothing.
 
+    A network whose linear layer takes a fixed size (LeNet, d2l's AlexNet and VGG) is built
+    for `input_size`, as the preset's own `input_size` override would build it.
+
     >>> zoo.summary('nin', framework='keras', input_size=(224, 224))
     """
-    spec = get_spec(name, **overrides)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
+    spec = get_spec(name, **overrides)
+    if input_size and isinstance(name, str) and spec.fits(tuple(input_size)) is not None \
+            and "input_size" in preset_overrides(name) and "input_size" not in overrides:
+        spec = get_spec(name, **overrides, input_size=tuple(input_size))
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     h, w = input_size or spec.input_size
     mod = adapter(framework) if framework else None  # also refuses an unknown framework
     layout = FRAMEWORKS[framework].layout if framework else "NCHW"

@@ -438,6 +438,8 @@ class ModelSpec:
         dupes = sorted({p for p in paths if paths.count(p) > 1})
         require(not dupes, f"layer paths must be unique; repeated: {', '.join(dupes[:5])}")
         require(all(p for p in paths), "every layer needs a non-empty path")
+        nested = sorted(p for p in paths if any(q.startswith(p + ".") for q in paths))
+        require(not nested, f"a layer path may not also prefix other layers' paths: {', '.join(nested[:5])}")
         require(self.num_params <= MAX_PARAMS,
                 f"the spec has {self.num_params:,} parameters, over the limit of {MAX_PARAMS:,}")
         out = self.output_shape(self.input_size)  # raises if the nominal input does not fit
@@ -560,12 +562,38 @@ class ModelSpec:
         return total
 
     def fits(self, size: tuple[int, int]) -> str | None:
-        """None when an input of `size` runs through every layer, else why not."""
+        """None when an input of `size` runs through every layer, else why not.
+
+        Before a linear layer, the flattened map must have the nominal input's (C, H, W), not
+        just as many features: channels-last frameworks keep that layer's weights permuted for
+        the nominal map, so a transposed map of the same size would run but disagree.
+        """
         try:
-            self._shapes(tuple(size))
-            return None
+            shapes = self._shapes(tuple(size))
         except SpecError as e:
             return str(e)
+        prev = (self.in_channels, *size)
+        for layer, shape in shapes:
+            want = self._flatten_in.get(layer.path) if isinstance(layer.node, Flatten) else None
+            if want is not None and layer.path in self._flattens_to_linear and prev != want:
+                return (f"layer {layer.path} (Flatten) gets a {prev} map; the linear layer after it takes the "
+                        f"nominal input's {want}")
+            prev = shape
+        return None
+
+    @functools.cached_property
+    def _flattens_to_linear(self) -> set[str]:
+        """The Flatten layers that feed a Linear (through Dropouts at most)."""
+        out, pending = set(), None
+        for layer in self.layers():
+            if isinstance(layer.node, Flatten):
+                pending = layer.path
+            elif isinstance(layer.node, Linear) and pending:
+                out.add(pending)
+                pending = None
+            elif not isinstance(layer.node, Dropout):
+                pending = None
+        return out
 
     @functools.cached_property
     def min_input_size(self) -> int:

@@ -14,9 +14,10 @@ average pooling gives the logits.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from zoo._registry import register_model
+from zoo._registry import KeyMap, register_keymap, register_model
 from zoo.families._common import check_counts
 from zoo.families._common import widths as _widths
 from zoo.spec import Act, AdaptivePool, Conv, Dropout, Flatten, ModelSpec, Pool, Seq, SpecError, require
@@ -115,3 +116,20 @@ def from_v1_dict(d: dict) -> ModelSpec:
                        size if isinstance(size, int) else tuple(size))
     except (KeyError, TypeError) as e:
         raise SpecError(f"not a NiN spec dictionary ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+# --------------------------------------------------------------------------- foreign names (data)
+# The d2l NiN: nn.Sequential(nin_block, MaxPool2d, nin_block, MaxPool2d, nin_block, MaxPool2d,
+# Dropout, nin_block, AdaptiveAvgPool2d, Flatten), each nin_block an nn.Sequential(Conv2d, ReLU,
+# Conv2d, ReLU, Conv2d, ReLU): blocks sit at indices 0, 2, 4, 7 and convs at 0, 2, 4 within them.
+# The seed post's class keeps that Sequential as `self.net`.
+_D2L_BLOCKS, _D2L_CONVS = ("0", "2", "4", "7"), ("0", "2", "4")
+
+
+def _d2l_rules(prefix: str) -> tuple[tuple[str, str], ...]:
+    return tuple((rf"{re.escape(prefix)}{block}\.{conv}\.(weight|bias)", rf"blocks.{b}.conv{j}.\1")
+                 for b, block in enumerate(_D2L_BLOCKS) for j, conv in enumerate(_D2L_CONVS))
+
+
+register_keymap(KeyMap("d2l NiN class (seed post, keys net.N.M.*)", ("nin",), _d2l_rules("net.")))
+register_keymap(KeyMap("d2l NiN nn.Sequential (keys N.M.*)", ("nin",), _d2l_rules("")))

@@ -21,32 +21,7 @@ import re
 import numpy as np
 
 from zoo import _registry
-from zoo._registry import KeyMap, register_keymap
-
-# ----------------------------------------------------------------------------- NiN's foreign names
-# These two belong in zoo/families/nin.py, beside the presets they fit; they live here until the
-# family file declares them, and say so in no other way.
-#
-# The d2l NiN: nn.Sequential(nin_block, MaxPool2d, nin_block, MaxPool2d, nin_block, MaxPool2d,
-# Dropout, nin_block, AdaptiveAvgPool2d, Flatten), each nin_block an nn.Sequential(Conv2d, ReLU,
-# Conv2d, ReLU, Conv2d, ReLU): blocks sit at indices 0, 2, 4, 7 and convs at 0, 2, 4 within them.
-_NIN_BLOCKS = ("0", "2", "4", "7")
-_NIN_CONVS = ("0", "2", "4")
-
-
-def _nin_rules(prefix: str) -> tuple[tuple[str, str], ...]:
-    return tuple((rf"{re.escape(prefix)}{block}\.{conv}\.(weight|bias)", rf"blocks.{b}.conv{j}.\1")
-                 for b, block in enumerate(_NIN_BLOCKS) for j, conv in enumerate(_NIN_CONVS))
-
-
-def _register_once(keymap: KeyMap) -> None:
-    if not any(k.name == keymap.name for k in _registry.KEYMAPS):  # the family file may have moved them there
-        register_keymap(keymap)
-
-
-_register_once(KeyMap("d2l NiN class (seed post, keys net.N.M.*)", ("nin",), _nin_rules("net.")))
-_register_once(KeyMap("d2l NiN nn.Sequential (keys N.M.*)", ("nin",), _nin_rules("")))
-
+from zoo._registry import KeyMap
 
 # ----------------------------------------------------------------------------- applying the maps
 
