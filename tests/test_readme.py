@@ -58,7 +58,7 @@ PYTHON = readme_python()
 
 def test_readme_has_commands():
     """The extraction itself: every documented subcommand appears, so an edit cannot empty the list."""
-    assert {c.split()[1] for c in COMMANDS} >= {"summary", "evaluate", "predict", "train", "convert", "inspect",
+    assert {c.split()[1] for c in COMMANDS} >= {"summary", "evaluate", "predict", "train", "convert", "inspect", "list", "diff",
                                                 "bench"}, COMMANDS
     assert len(PYTHON) >= 3 and any("zoo.load(" in b for b in PYTHON)
 
@@ -123,7 +123,14 @@ def test_readme_command(line: str, workdir: Path):
                                  f"{proc.stderr[-3000:]}"
     out = proc.stdout
     if argv[0] == "summary":
-        assert "Total params: 1,992,166" in out and "(1, 10)" in out  # nin's shapes, down to the logits
+        spec = zoo.get_spec(argv[1])
+        assert f"Total params: {spec.num_params:,}" in out and f"(1, {spec.num_classes})" in out  # down to the logits
+    elif argv[0] == "list":
+        pattern = argv[1] if len(argv) > 1 else "*"
+        assert all(re.search(rf"^{m}\b", out, re.M) for m in zoo.list_models(pattern)), out
+        assert "11,689,512" in out  # resnet18's parameters, as torchvision counts them
+    elif argv[0] == "diff":
+        assert "first divergence" not in out and "no divergence: all" in out, out
     elif argv[0] == "evaluate":
         acc = float(re.search(r"test accuracy (0\.\d+)", out).group(1))
         assert acc > 0.85, out  # the shipped weights: 0.9279 on all 10,000
