@@ -58,8 +58,8 @@ PYTHON = readme_python()
 
 def test_readme_has_commands():
     """The extraction itself: every documented subcommand appears, so an edit cannot empty the list."""
-    assert {c.split()[1] for c in COMMANDS} >= {"summary", "evaluate", "predict", "train", "convert", "inspect", "list", "diff",
-                                                "bench"}, COMMANDS
+    assert {c.split()[1] for c in COMMANDS} >= {"summary", "evaluate", "predict", "train", "convert", "inspect",
+                                                "list", "diff", "bench"}, COMMANDS
     assert len(PYTHON) >= 3 and any("zoo.load(" in b for b in PYTHON)
 
 
