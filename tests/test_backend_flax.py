@@ -13,7 +13,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from op_specs import every_op, flatten_spec  # noqa: E402
-from op_specs import testing_weights as weights_for  # noqa: E402  (a test_ name would be collected)
+from op_specs import revealing_weights as weights_for  # noqa: E402
 
 import zoo  # noqa: E402
 from zoo import reference  # noqa: E402
