@@ -24,7 +24,7 @@ import zoo
 from tests.op_specs import every_op, flatten_spec
 from tests.op_specs import testing_weights as weights_for  # a name pytest does not collect
 from zoo import reference
-from zoo.spec import AdaptivePool, BatchNorm, Flatten, ModelSpec, Parallel, Seq
+from zoo.spec import AdaptivePool, BatchNorm, Flatten, Linear, ModelSpec, Parallel, Pool, Seq
 
 keras = pytest.importorskip("keras")
 km = pytest.importorskip("zoo.frameworks.keras_model")
@@ -33,8 +33,19 @@ io_keras = pytest.importorskip("zoo.io.io_keras")
 pytestmark = pytest.mark.keras
 BACKEND = keras.backend.backend()
 
+def pools_spec() -> ModelSpec:
+    """Pools straight on the (signed) input: max pooling's -inf padding shows only where values are
+    negative, which every_op's ReLU before its max pool hides."""
+    body = Seq(("max", Pool("max", 3, 2, 1, ceil_mode=True)),
+               ("avg", Pool("avg", 3, 2, 1, ceil_mode=True, count_include_pad=False)),
+               ("avg2", Pool("avg", 2, 2, 1, ceil_mode=True)),
+               ("adaptive", AdaptivePool((2, 3))), ("flatten", Flatten()), ("fc", Linear(2 * 2 * 3, 4)))
+    return ModelSpec(name="pools", family="test", in_channels=2, num_classes=4, body=body, input_size=(13, 10))
+
+
 SPECS = {
     "every_op": (every_op, (23, 17)),
+    "pools": (pools_spec, (13, 10)),
     "flatten": (flatten_spec, (11, 7)),
     "nin_tiny": (lambda: zoo.get_spec("nin", widths=(8, 16, 16)), (96, 96)),
 }
