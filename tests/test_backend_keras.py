@@ -37,12 +37,12 @@ BACKEND = keras.backend.backend()
 def pools_spec() -> ModelSpec:
     """Pools straight on the (signed) input: max pooling's -inf padding shows only where values are
     negative, which every_op's ReLU before its max pool hides. Its Flatten feeds an activation, not a
-    Linear, so it must flatten in (C, H, W) order itself."""
+    Linear, so it must flatten in (C, H, W) order itself; the last Flatten takes a vector."""
     body = Seq(("max", Pool("max", 3, 2, 1, ceil_mode=True)),
                ("avg", Pool("avg", 3, 2, 1, ceil_mode=True, count_include_pad=False)),
                ("avg2", Pool("avg", 2, 2, 1, ceil_mode=True)),
                ("adaptive", AdaptivePool((2, 3))), ("flatten", Flatten()), ("act", Act("sigmoid")),
-               ("fc", Linear(2 * 2 * 3, 4)))
+               ("fc", Linear(2 * 2 * 3, 4)), ("flatten_again", Flatten()))
     return ModelSpec(name="pools", family="test", in_channels=2, num_classes=4, body=body, input_size=(13, 10))
 
 
@@ -163,6 +163,18 @@ def test_train_forward_on_an_offset_input():
     errors = [("logits", *_err(km.train_forward(model, _nhwc(x)), ref))]
     after = km.get_weights(model)
     _report("every_op train, input offset 30", errors + [(k, *_err(after[k], v)) for k, v in updates.items()])
+
+
+def test_keras_fit_updates_statistics_as_torch_would():
+    """Keras' own training step (compiled; stateless on JAX) updates TorchBatchNorm's statistics by torch's rule."""
+    spec, w, x = _case("every_op")
+    model = km.build(spec, w)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="mse")
+    model.fit(_nhwc(x), np.zeros((3, 5), np.float32), batch_size=3, verbose=0, shuffle=False)
+    updates = {}
+    reference.forward(spec, w, x, train=True, updates=updates)
+    after = km.get_weights(model)
+    _report("every_op model.fit statistics", [(k, *_err(after[k], v)) for k, v in updates.items()])
 
 
 # --------------------------------------------------------------------------- (c) weights

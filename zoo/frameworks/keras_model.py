@@ -244,10 +244,12 @@ class AdaptivePool2D(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="zoo")
 class FlattenNCHW(keras.layers.Layer):
-    """Flatten an image in PyTorch's (C, H, W) order, for a Flatten whose output no permuted Linear takes."""
+    """Flatten in PyTorch's order, (C, H, W) for an image, for a Flatten whose output no permuted Linear takes."""
 
     def call(self, x):
-        return ops.reshape(ops.transpose(x, (0, 3, 1, 2)), (ops.shape(x)[0], -1))
+        if len(x.shape) == 4:
+            x = ops.transpose(x, (0, 3, 1, 2))
+        return ops.reshape(x, (ops.shape(x)[0], -1))
 
     def compute_output_shape(self, shape):
         return (shape[0], None if None in shape[1:] else int(np.prod(shape[1:])))
