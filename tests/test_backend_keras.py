@@ -227,6 +227,14 @@ def test_weights_h5_and_archive_round_trip(name, tmp_path):
         assert io_keras._guess_shapes(io_keras._h5_layers(f, "plain"), "plain") == spec.param_shapes()
 
 
+def _swap_same_width_batchnorms(f: h5py.File) -> None:
+    assert f["layers/torch_batch_norm_2/vars"].attrs["name"] == "res__bn1"
+    assert f["layers/torch_batch_norm_3/vars"].attrs["name"] == "res__downsample__1"
+    f["layers"].move("torch_batch_norm_2", "tmp")
+    f["layers"].move("torch_batch_norm_3", "torch_batch_norm_2")
+    f["layers"].move("tmp", "torch_batch_norm_3")
+
+
 def test_weights_h5_is_read_by_layer_name_not_order(tmp_path):
     """Keras numbers a class's layers in creation order (torch_batch_norm, torch_batch_norm_1, ...) and reads
     them back by that number; the zoo's reader follows each group's layer name instead. Two BatchNorms of
@@ -235,16 +243,28 @@ def test_weights_h5_is_read_by_layer_name_not_order(tmp_path):
     path = tmp_path / "a.weights.h5"
     io_keras.write_weights(w, spec, path)
     with h5py.File(path, "a") as f:
-        assert f["layers/torch_batch_norm_2/vars"].attrs["name"] == "res__bn1"
-        assert f["layers/torch_batch_norm_3/vars"].attrs["name"] == "res__downsample__1"
-        f["layers"].move("torch_batch_norm_2", "tmp")
-        f["layers"].move("torch_batch_norm_3", "torch_batch_norm_2")
-        f["layers"].move("tmp", "torch_batch_norm_3")
+        _swap_same_width_batchnorms(f)
     assert _equal(io_keras.read_weights(path).weights, w)
     model = km.build(spec, spec.init_weights())
     model.load_weights(path)
     crossed = km.get_weights(model)
     assert np.array_equal(crossed["res.bn1.running_var"], w["res.downsample.1.running_var"])
+
+
+def test_archive_whose_layers_keras_would_cross_is_refused(tmp_path):
+    spec, w, _ = _case("every_op")
+    km.build(spec, w).save(tmp_path / "a.keras")
+    with zipfile.ZipFile(tmp_path / "a.keras") as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    buffer = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buffer, "a") as f:
+        _swap_same_width_batchnorms(f)
+    members["model.weights.h5"] = buffer.getvalue()
+    with zipfile.ZipFile(tmp_path / "b.keras", "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    with pytest.raises(io_keras.ConversionError, match=r"Keras loads res.bn1.weight, .* from other layers than"):
+        io_keras.read_archive(tmp_path / "b.keras")
 
 
 def test_weights_h5_with_a_missing_or_foreign_layer_is_refused(tmp_path):
@@ -257,7 +277,7 @@ def test_weights_h5_with_a_missing_or_foreign_layer_is_refused(tmp_path):
         io_keras.read_weights(path)
 
 
-def test_archive_of_multizoo_0_1_still_reads(tmp_path):
+def test_files_of_multizoo_0_1_still_read(tmp_path):
     """multizoo 0.1 saved class NiN of module zoo.frameworks.keras_nin, its spec as 'stages', and named its
     layers with single underscores (blocks_0_conv0); the same NiN is built here and saved so."""
     spec, w, _ = _case("nin_tiny")
@@ -284,6 +304,11 @@ def test_archive_of_multizoo_0_1_still_reads(tmp_path):
     ckpt = io_keras.read_archive(tmp_path / "old.keras")
     assert ckpt.spec.param_shapes() == spec.param_shapes() and _equal(ckpt.weights, w), ckpt.notes
     assert "multizoo 0.1" in ckpt.notes[0]
+    (tmp_path / "old.weights.h5").write_bytes(buffer.getvalue())  # its .weights.h5: the spec as an attribute
+    with h5py.File(tmp_path / "old.weights.h5", "a") as f:
+        f.attrs[io_keras.SPEC_ATTR] = json.dumps(config["config"]["spec"])
+    ckpt = io_keras.read_weights(tmp_path / "old.weights.h5")
+    assert ckpt.spec.param_shapes() == spec.param_shapes() and _equal(ckpt.weights, w)
 
 
 def test_archive_of_another_class_is_refused(tmp_path):

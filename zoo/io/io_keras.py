@@ -52,8 +52,8 @@ def _h5_layers(f: h5py.File, path: Path) -> dict[str, tuple[str, h5py.Group]]:
         name = variables.attrs.get("name")
         name = name.decode() if isinstance(name, bytes) else name
         if not isinstance(name, str):
-            raise ConversionError(f"{path}: {where} holds variables but no layer name (written by a Keras older than "
-                                  f"3.x?); load it into the model with Keras and save it again")
+            raise ConversionError(f"{path}: {where} holds variables but no layer name (written by an older "
+                                  f"Keras?); load it into the model with Keras and save it again")
         if name in out:
             raise ConversionError(f"{path}: layers {out[name][0]} and {where} are both named {name!r}")
         for v, ds in variables.items():
@@ -210,14 +210,17 @@ def _archive_check(path: Path) -> tuple[ModelSpec, str, bytes]:
 
 
 def read_archive(path: Path, spec: ModelSpec | None = None, model: str | None = None) -> Checkpoint:
+    """The weights of a zoo .keras archive, read by layer name, checked before Keras opens it; Keras then
+    loads the archive (in its own layer order) and must find the same values."""
     try:
         spec, cls, member = _archive_check(path)
         with h5py.File(io.BytesIO(member), "r") as f:
-            datasets = _h5_datasets(_h5_layers(f, path), spec, path)  # checked before Keras reads any
-            if cls == LEGACY_CLASS:  # its class is gone: read by layer name, as a .weights.h5
-                ckpt = Checkpoint(_read(datasets, spec), "keras_archive", spec=spec)
-                ckpt.notes.append("an archive of multizoo 0.1 (class NiN), read by layer name")
-                return ckpt
+            weights = _read(_h5_datasets(_h5_layers(f, path), spec, path), spec)
+        del member
+        ckpt = Checkpoint(weights, "keras_archive", spec=spec)
+        if cls == LEGACY_CLASS:  # its class is gone: its weights, by layer name, are all there is
+            ckpt.notes.append("an archive of multizoo 0.1 (class NiN), read by layer name")
+            return ckpt
         loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
     except ConversionError:
         raise
@@ -226,7 +229,12 @@ def read_archive(path: Path, spec: ModelSpec | None = None, model: str | None = 
                               f"{one_line(e)}") from None
     if not keras_model.owns(loaded):
         raise ConversionError(f"{path} holds a Keras model of class {type(loaded).__name__}, not a zoo model")
-    return Checkpoint(keras_model.get_weights(loaded), "keras_archive", spec=loaded.spec)
+    by_keras = keras_model.get_weights(loaded)
+    crossed = [k for k in weights if not np.array_equal(by_keras[k], weights[k])]
+    if crossed:
+        raise ConversionError(f"{path}: Keras loads {', '.join(crossed[:4])} from other layers than their names say "
+                              f"(its layers renumbered?); refused")
+    return ckpt
 
 
 def write_weights(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
