@@ -1,127 +1,326 @@
-"""NiN in Keras 3 (any backend), built from a NiNSpec. Input [B, H, W, C].
+"""Any zoo spec in Keras 3 (TensorFlow, JAX or PyTorch backend). Input [B, H, W, C].
 
-A functional model with one Keras layer per entry of `spec.layers()`, each named
-after it with dots as underscores (`blocks_0_conv0`, `pools_0`, ...: Keras on
-PyTorch refuses dots in names); kernels are HWIO here, OIHW in
-canonical form. Keras offers only 'valid' and 'same' padding, so convs and pools
-pad explicitly, as the spec says.
+A functional model with one Keras layer per leaf op and one per Parallel join, each named
+after its canonical path with every dot doubled into `__` (`res.downsample.0` ->
+`res__downsample__0`): Keras on PyTorch refuses dots in names, and `__` is one-to-one on
+paths whose names neither start nor end with `_` nor hold `__` (a single `_` is not:
+`stem_bn` vs `stem.bn`); the names of each model are checked to be distinct anyway.
+
+The op table (`_layer`) and its layout rules, where Keras and the canonical weights differ:
+  * conv kernels are HWIO here (OIHW canonical), dense kernels [in, out] ([out, in]);
+  * convs and pools pad explicitly, as the spec says: Keras has only 'valid' and 'same',
+    and 'same' pads unevenly under strides; max pooling pads with -inf;
+  * BatchNorm is `TorchBatchNorm`: torch's eps and momentum conventions, never Keras' own;
+  * a Flatten feeding a Linear (`spec.flatten_inputs()`) flattens natively, (H, W, C), and that
+    Linear's kernel rows are permuted on the way in and out; any other Flatten of an image
+    transposes to (C, H, W) first, so that its output is in the canonical order.
 """
 
 from __future__ import annotations
+
+import functools
 
 import keras
 import numpy as np
 from keras import ops
 
-from zoo.nin import Activation, ConvSpec, Dropout, Flatten, GlobalAvgPool, LayerSpec, NiNSpec, PoolSpec
+from zoo.spec import (
+    Act,
+    AdaptivePool,
+    BatchNorm,
+    Conv,
+    Dropout,
+    Flatten,
+    Linear,
+    ModelSpec,
+    Parallel,
+    Pool,
+    adaptive_bins,
+    nchw_to_nhwc_columns,
+    nhwc_to_nchw_columns,
+    run,
+)
 
 LAYOUT = "NHWC"
+INPUT_NAME = "images"
 
 
-def _pad(x, p: int, value: float = 0.0):
-    return ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=value) if p else x
+# --------------------------------------------------------------------------- names
+
+def keras_name(path: str) -> str:
+    """A layer path's Keras name: dots doubled into underscores ('blocks.0.conv0' -> 'blocks__0__conv0')."""
+    return path.replace(".", "__")
+
+
+@functools.lru_cache(maxsize=64)
+def layer_names(spec: ModelSpec) -> dict[str, str]:
+    """Layer path -> Keras layer name, for every leaf and join of `spec`; refuses names Keras can't take."""
+    names = {layer.path: keras_name(layer.path) for layer in spec.layers()}
+    seen = {INPUT_NAME: "the input"}
+    for path, name in names.items():
+        if "/" in name:
+            raise ValueError(f"layer {path!r}: Keras layer names cannot hold '/'; rename it in the spec")
+        if name in seen:
+            raise ValueError(f"layers {seen[name]!r} and {path!r} both get the Keras name {name!r}; rename one "
+                             f"(names that start or end with '_' or hold '__' can meet another's dots)")
+        seen[name] = path
+    return names
+
+
+def _join_paths(spec: ModelSpec) -> list[str]:
+    """The Parallels' paths in the order `run` joins them (walk_layers' order: a join after its branches)."""
+    return [layer.path for layer in spec.layers() if isinstance(layer.node, Parallel)]
+
+
+@functools.lru_cache(maxsize=64)
+def _native_flattens(spec: ModelSpec) -> frozenset[str]:
+    """The Flattens whose output reaches a permuted Linear (through dropouts only): they flatten (H, W, C)."""
+    feeds = spec.flatten_inputs()
+    out, pending = set(), None
+    for layer in spec.layers():
+        if isinstance(layer.node, Flatten):
+            pending = layer.path
+        elif isinstance(layer.node, Linear):
+            if pending is not None and layer.path in feeds:
+                out.add(pending)
+            pending = None
+        elif not isinstance(layer.node, Dropout):
+            pending = None
+    return frozenset(out)
+
+
+# --------------------------------------------------------------------------- layers
+
+def _size(x, axis: int):
+    """A dimension of x: an int, or (TensorFlow graph, size unknown at tracing) a scalar tensor."""
+    n = x.shape[axis]
+    return n if n is not None else ops.shape(x)[axis]
+
+
+def _pad(x, pads, value: float = 0.0):
+    """Pad H and W by ((top, bottom), (left, right))."""
+    if not any(a or b for a, b in pads):
+        return x
+    return ops.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]], constant_values=value)
 
 
 @keras.saving.register_keras_serializable(package="zoo")
 class PaddedConv2D(keras.layers.Conv2D):
-    """Conv2D with explicit symmetric zero padding of `pad` pixels."""
+    """Conv2D with explicit symmetric zero padding of `pad` = (ph, pw) pixels."""
 
-    def __init__(self, filters, kernel_size, strides=1, *, pad: int = 0, **kwargs):
+    def __init__(self, filters, kernel_size, strides=1, *, pad=(0, 0), **kwargs):
         kwargs.pop("padding", None)  # always 'valid' after the explicit pad
         super().__init__(filters, kernel_size, strides, padding="valid", **kwargs)
-        self.pad = pad
+        self.pad = (pad, pad) if isinstance(pad, int) else tuple(pad)
 
     def build(self, input_shape):
         super().build(self._padded(input_shape))
 
     def call(self, x):
-        return super().call(_pad(x, self.pad))
+        return super().call(_pad(x, [(self.pad[0],) * 2, (self.pad[1],) * 2]))
 
     def compute_output_shape(self, input_shape):
         return super().compute_output_shape(self._padded(input_shape))
 
     def _padded(self, shape):
-        return (shape[0], *(None if n is None else n + 2 * self.pad for n in shape[1:3]), shape[3])
+        return (shape[0], *(None if n is None else n + 2 * p for n, p in zip(shape[1:3], self.pad)), shape[3])
 
     def get_config(self):
-        return {**super().get_config(), "pad": self.pad}
+        return {**super().get_config(), "pad": list(self.pad)}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class TorchBatchNorm(keras.layers.Layer):
+    """BatchNorm over the last axis with PyTorch's semantics, eps and momentum as the spec gives them.
+
+    Inference normalises with the moving statistics. training=True normalises with the batch's
+    biased variance and updates moving = (1 - momentum) * moving + momentum * batch, with the
+    unbiased variance (keras.layers.BatchNormalization weighs the other way and keeps its own eps).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.op = BatchNorm(int(num_features), float(eps), float(momentum))
+
+    def build(self, input_shape):
+        c = (self.op.num_features,)
+        # the order of the canonical tensors (weight, bias, running_mean, running_var) is Keras' order too:
+        # trainable variables first, then the others, as Keras numbers them in a .weights.h5
+        self.gamma = self.add_weight(shape=c, initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=c, initializer="zeros", name="beta")
+        self.moving_mean = self.add_weight(shape=c, initializer="zeros", trainable=False, name="moving_mean")
+        self.moving_var = self.add_weight(shape=c, initializer="ones", trainable=False, name="moving_var")
+
+    def call(self, x, training=None):
+        if training:
+            mean = ops.mean(x, axis=(0, 1, 2))
+            var = ops.mean(ops.square(x - mean), axis=(0, 1, 2))  # biased, two passes: what normalises
+            shape = ops.shape(x)
+            n = ops.cast(shape[0] * shape[1] * shape[2], x.dtype)
+            m = self.op.momentum
+            self.moving_mean.assign((1 - m) * self.moving_mean + m * mean)
+            self.moving_var.assign((1 - m) * self.moving_var + m * var * n / ops.maximum(n - 1, 1))
+        else:
+            mean, var = self.moving_mean, self.moving_var
+        return (x - mean) * (self.gamma * ops.rsqrt(var + self.op.eps)) + self.beta
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "num_features": self.op.num_features, "eps": self.op.eps,
+                "momentum": self.op.momentum}
 
 
 @keras.saving.register_keras_serializable(package="zoo")
 class Pool2D(keras.layers.Layer):
-    """Max or average pooling with explicit padding and floor sizes, as a PoolSpec says."""
+    """Max or average pooling with PyTorch's semantics, as a spec `Pool` says (see `reference.pool2d`)."""
 
-    def __init__(self, kind: str, size: int, stride: int, padding: int = 0, count_include_pad: bool = True, **kwargs):
+    def __init__(self, kind: str, size, stride, padding=0, ceil_mode: bool = False, count_include_pad: bool = True,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.spec = PoolSpec(kind, size, stride, padding, count_include_pad)
+        self.op = Pool(kind, _tuple(size), _tuple(stride), _tuple(padding), ceil_mode, count_include_pad)
 
     def call(self, x):
-        p = self.spec
-        if p.kind == "max":
-            return ops.max_pool(_pad(x, p.padding, -np.inf), p.size, p.stride, "valid")
-        y = ops.average_pool(_pad(x, p.padding), p.size, p.stride, "valid")
-        if p.padding and not p.count_include_pad:
-            # divide by the share of each window that lies inside the input
-            inside = ops.average_pool(_pad(ops.ones_like(x[:1, :, :, :1]), p.padding), p.size, p.stride, "valid")
-            y = y / inside
+        op = self.op
+        (ph, pw), (sh, sw) = op.padding, op.stride
+        # ceil_mode's last window may reach past the padding: pad stride - 1 more (its most), crop after
+        extra = (sh - 1, sw - 1) if op.ceil_mode else (0, 0)
+        pads = [(ph, ph + extra[0]), (pw, pw + extra[1])]
+        if op.kind == "max":
+            y = ops.max_pool(_pad(x, pads, -np.inf), op.size, op.stride, "valid")
+        else:
+            y = ops.average_pool(_pad(x, pads), op.size, op.stride, "valid")  # window sums / (kh * kw)
+            if op.ceil_mode or (any(op.padding) and not op.count_include_pad):
+                # the divisor's share of each window: input cells, the symmetric padding when
+                # count_include_pad, never ceil_mode's extra cells
+                ones = ops.ones_like(x[:1, :, :, :1])
+                mask = _pad(ones, [(ph, ph), (pw, pw)], 1.0 if op.count_include_pad else 0.0)
+                mask = _pad(mask, [(0, extra[0]), (0, extra[1])])
+                y = y / ops.average_pool(mask, op.size, op.stride, "valid")
+        if op.ceil_mode:
+            y = y[:, :_out_len(op, _size(x, 1), 0), :_out_len(op, _size(x, 2), 1)]
         return y
 
     def compute_output_shape(self, shape):
-        return (shape[0], *(None if n is None else self.spec.out_size(n) for n in shape[1:3]), shape[3])
+        return (shape[0], *(None if n is None else self.op.out_len(n, a) for a, n in enumerate(shape[1:3])), shape[3])
 
     def get_config(self):
-        return {**super().get_config(), "kind": self.spec.kind, "size": self.spec.size, "stride": self.spec.stride,
-                "padding": self.spec.padding, "count_include_pad": self.spec.count_include_pad}
+        op = self.op
+        return {**super().get_config(), "kind": op.kind, "size": list(op.size), "stride": list(op.stride),
+                "padding": list(op.padding), "ceil_mode": op.ceil_mode, "count_include_pad": op.count_include_pad}
 
 
-def _name(layer_name: str) -> str:
-    return layer_name.replace(".", "_")
-
-
-def _keras_layer(layer: LayerSpec, initializer: str) -> keras.layers.Layer:
-    op, name = layer.op, _name(layer.name)
-    if isinstance(op, ConvSpec):
-        return PaddedConv2D(op.out_channels, op.kernel_size, op.stride, pad=op.padding, name=name,
-                            kernel_initializer=initializer)
-    if isinstance(op, Activation):
-        return keras.layers.ReLU(name=name)
-    if isinstance(op, PoolSpec):
-        return Pool2D(op.kind, op.size, op.stride, op.padding, op.count_include_pad, name=name)
-    if isinstance(op, Dropout):
-        return keras.layers.Dropout(op.rate, name=name)
-    if isinstance(op, GlobalAvgPool):
-        return keras.layers.GlobalAveragePooling2D(keepdims=True, name=name)
-    if isinstance(op, Flatten):
-        return keras.layers.Flatten(name=name)
-    raise TypeError(f"no Keras layer for {name}: {op!r}")
+def _out_len(op: Pool, n, axis: int):
+    """Pool.out_len for ceil_mode, also for a size that is a tensor (TensorFlow graph, size unknown at tracing)."""
+    if isinstance(n, (int, np.integer)):
+        return op.out_len(int(n), axis)
+    k, s, p = op.size[axis], op.stride[axis], op.padding[axis]
+    out = (n + 2 * p - k + s - 1) // s + 1
+    return ops.where((out - 1) * s >= n + p, out - 1, out)  # the last window would start in the right padding
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class NiN(keras.Model):
-    """A functional Keras model of a NiNSpec; saves and loads as a `.keras` archive."""
+class AdaptivePool2D(keras.layers.Layer):
+    """PyTorch's AdaptiveAvgPool2d: bins [floor(i*n/o), ceil((i+1)*n/o)), rows then columns (a rectangle's
+    mean is the mean of its rows' means)."""
 
-    def __init__(self, spec: NiNSpec | dict, *, initializer: str = "glorot_uniform", **kwargs):
-        spec = NiNSpec.from_dict(spec) if isinstance(spec, dict) else spec
-        inputs = keras.Input((None, None, spec.in_channels), name="images")
-        x = inputs
-        for layer in spec.layers():
-            x = _keras_layer(layer, initializer)(x)
-        super().__init__(inputs, x, name=kwargs.pop("name", spec.name), **kwargs)
+    def __init__(self, output_size, **kwargs):
+        super().__init__(**kwargs)
+        self.op = AdaptivePool(_tuple(output_size))
+
+    def call(self, x):
+        for axis, out in ((1, self.op.output_size[0]), (2, self.op.output_size[1])):
+            cells = [(slice(None),) * axis + (slice(start, end),) for start, end in adaptive_bins(_size(x, axis), out)]
+            x = ops.concatenate([ops.mean(x[c], axis=axis, keepdims=True) for c in cells], axis=axis)
+        return x
+
+    def compute_output_shape(self, shape):
+        return (shape[0], *self.op.output_size, shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "output_size": list(self.op.output_size)}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class FlattenNCHW(keras.layers.Layer):
+    """Flatten in PyTorch's order, (C, H, W) for an image, for a Flatten whose output no permuted Linear takes."""
+
+    def call(self, x):
+        if len(x.shape) == 4:
+            x = ops.transpose(x, (0, 3, 1, 2))
+        return ops.reshape(x, (ops.shape(x)[0], -1))
+
+    def compute_output_shape(self, shape):
+        return (shape[0], None if None in shape[1:] else int(np.prod(shape[1:])))
+
+
+def _tuple(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else v
+
+
+def _layer(path: str, op, name: str, initializer: str, spec: ModelSpec) -> keras.layers.Layer:
+    """The op table: one Keras layer per spec op."""
+    if isinstance(op, Conv):
+        return PaddedConv2D(op.out_channels, op.kernel_size, op.stride, pad=op.padding, use_bias=op.bias, name=name,
+                            kernel_initializer=initializer)
+    if isinstance(op, BatchNorm):
+        return TorchBatchNorm(op.num_features, op.eps, op.momentum, name=name)
+    if isinstance(op, Act):
+        return keras.layers.ReLU(name=name) if op.kind == "relu" else keras.layers.Activation("sigmoid", name=name)
+    if isinstance(op, Pool):
+        return Pool2D(op.kind, op.size, op.stride, op.padding, op.ceil_mode, op.count_include_pad, name=name)
+    if isinstance(op, AdaptivePool):
+        if op.output_size == (1, 1):
+            return keras.layers.GlobalAveragePooling2D(keepdims=True, name=name)
+        return AdaptivePool2D(op.output_size, name=name)
+    if isinstance(op, Linear):
+        dense = keras.layers.Dense(op.out_features, use_bias=op.bias, kernel_initializer=initializer, name=name)
+        # built now: a Flatten of an image of unknown size has no known width in the functional graph
+        dense.build((None, op.in_features))
+        return dense
+    if isinstance(op, Dropout):
+        return keras.layers.Dropout(op.rate, name=name)
+    if isinstance(op, Flatten):
+        return keras.layers.Flatten(name=name) if path in _native_flattens(spec) else FlattenNCHW(name=name)
+    raise TypeError(f"no Keras layer for {path}: {op!r}")
+
+
+def _join_layer(par: Parallel, name: str) -> keras.layers.Layer:
+    # NHWC's channel axis is last; the channels concatenate in the same order as NCHW's axis 1
+    return keras.layers.Concatenate(axis=-1, name=name) if par.join == "concat" else keras.layers.Add(name=name)
+
+
+def _nan_policy(inputs, logits):
+    """Non-finite input, the zoo's policy in every framework: an image holding NaN or Inf gets NaN
+    logits, never ordinary-looking ones. TensorFlow needs this: measured, its max pool skips NaN
+    (a window of NaN, 1, 2 gives 2) and, in a compiled predict step, its fused conv + bias + ReLU
+    turns NaN into 0, so a NaN image gave finite logits. Checking the input costs one pass over it;
+    unfusing the ReLUs instead cost 1.4x (NiN, 16x224x224)."""
+    finite = ops.all(ops.isfinite(inputs), axis=(1, 2, 3))
+    return ops.where(ops.expand_dims(finite, 1), logits, ops.full_like(logits, np.nan))
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class ZooModel(keras.Model):
+    """A functional Keras model of any ModelSpec; saves and loads as a `.keras` archive (the config holds the spec)."""
+
+    def __init__(self, spec: ModelSpec | dict, *, initializer: str = "glorot_uniform", **kwargs):
+        spec = ModelSpec.from_dict(spec) if isinstance(spec, dict) else spec
+        names, joins = layer_names(spec), iter(_join_paths(spec))
+        inputs = keras.Input((None, None, spec.in_channels), name=INPUT_NAME)
+        outputs = run(spec.body, inputs,
+                      lambda path, op, x: _layer(path, op, names[path], initializer, spec)(x),
+                      lambda par, outs: _join_layer(par, names[next(joins)])(outs))
+        super().__init__(inputs, outputs, name=kwargs.pop("name", spec.name), **kwargs)
         self.spec = spec
 
     def __call__(self, x, *args, **kwargs):  # [B, H, W, C] -> [B, num_classes]
-        self.spec.check_input(tuple(x.shape), LAYOUT)  # before Keras' own, terser, shape check
+        check_input(self.spec, tuple(x.shape))  # before Keras' own, terser, shape check
         return super().__call__(x, *args, **kwargs)
 
     def call(self, inputs, training=None, mask=None):
-        # Non-finite input, the zoo's policy in every framework: an image holding NaN or Inf gets
-        # non-finite logits, never ordinary-looking ones. TensorFlow needs this line: measured, its
-        # max pool skips NaN (a window of NaN, 1, 2 gives 2) and, in a compiled predict step, its
-        # fused conv + bias + ReLU turns NaN into 0, so a NaN image gave finite logits. Checking
-        # the input costs one pass over it; unfusing the ReLUs instead cost 1.4x (16x224x224).
-        logits = super().call(inputs, training=training, mask=mask)
-        finite = ops.all(ops.isfinite(inputs), axis=(1, 2, 3))
-        return ops.where(ops.expand_dims(finite, 1), logits, ops.full_like(logits, np.nan))
+        return _nan_policy(inputs, super().call(inputs, training=training, mask=mask))
 
     def get_config(self):
         return {"spec": self.spec.to_dict(), "name": self.name}
@@ -131,55 +330,182 @@ class NiN(keras.Model):
         return cls(**config)
 
 
+def check_input(spec: ModelSpec, shape: tuple) -> None:
+    """`spec.check_input` for NHWC, and one refusal of its own: a size that flattens an image of another
+    (H, W) than the nominal input's into a permuted Linear (same width, but its rows would be out of order)."""
+    spec.check_input(shape, LAYOUT)
+    h, w = shape[1], shape[2]
+    if spec.flatten_inputs() and h is not None and w is not None and (int(h), int(w)) != spec.input_size:
+        why = _flatten_mismatch(spec, int(h), int(w))
+        if why:
+            raise ValueError(why)
+
+
+@functools.lru_cache(maxsize=64)
+def _flatten_mismatch(spec: ModelSpec, h: int, w: int) -> str | None:
+    at, nominal = _flatten_images(spec, (h, w)), _flatten_images(spec, spec.input_size)
+    for path in _native_flattens(spec):
+        if at[path] != nominal[path]:
+            H, W = spec.input_size
+            return (f"input {h}x{w} does not fit {spec.name} in Keras: layer {path} flattens a {at[path]} map where "
+                    f"the nominal input {H}x{W} gives {nominal[path]}, and the next linear layer's weights, stored "
+                    f"for channels-last flattening, fit only that; resize the images to {H}x{W}")
+    return None
+
+
+def _flatten_images(spec: ModelSpec, size: tuple[int, int]) -> dict[str, tuple]:
+    """Each Flatten's input shape (C, H, W) at an input size that fits."""
+    found = {}
+
+    def leaf(path, op, shape):
+        if isinstance(op, Flatten):
+            found[path] = shape
+        return op.out_shape(shape)
+
+    def join(par, shapes):
+        return shapes[0] if par.join == "add" else (sum(s[0] for s in shapes), *shapes[0][1:])
+
+    run(spec.body, (spec.in_channels, *size), leaf, join)
+    return found
+
+
+# --------------------------------------------------------------------------- canonical layout
+# One rule per tensor rank, as Keras stores it: conv kernels HWIO <-> OIHW, dense kernels [in, out] <->
+# [out, in] (rows in (H, W, C) order when a Flatten feeds it); vectors as they are.
+
+_TO_CANONICAL = {4: (3, 2, 0, 1), 2: (1, 0)}
+_TO_KERAS = {4: (2, 3, 1, 0), 2: (1, 0)}
+
+# canonical tensor name -> Keras variable attribute, per op that holds tensors
+_VARIABLES = {
+    Conv: {"weight": "kernel", "bias": "bias"},
+    Linear: {"weight": "kernel", "bias": "bias"},
+    BatchNorm: {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_var"},
+}
+
+
+def canonical_shape(keras_shape: tuple[int, ...]) -> tuple[int, ...]:
+    perm = _TO_CANONICAL.get(len(keras_shape))
+    return tuple(keras_shape) if perm is None else tuple(keras_shape[i] for i in perm)
+
+
+def to_canonical(array: np.ndarray, chw: tuple[int, int, int] | None = None) -> np.ndarray:
+    """A Keras variable's value in canonical layout, float32, C-contiguous (a copy); `chw` for a flatten-fed Linear."""
+    perm = _TO_CANONICAL.get(array.ndim)
+    out = array if perm is None else array.transpose(perm)
+    if chw is not None:
+        out = nhwc_to_nchw_columns(out, chw)
+    return np.array(out, dtype=np.float32, order="C")
+
+
+def to_keras(array: np.ndarray, chw: tuple[int, int, int] | None = None) -> np.ndarray:
+    """The inverse of `to_canonical`."""
+    if chw is not None:
+        array = nchw_to_nhwc_columns(array, chw)
+    perm = _TO_KERAS.get(array.ndim)
+    return np.ascontiguousarray(array if perm is None else array.transpose(perm))
+
+
+def tensor_names(op) -> list[str]:
+    """The op's canonical tensor names (without the path), in Keras' variable order (as a .weights.h5 numbers them)."""
+    return [*op.params(), *op.buffers()]
+
+
 # --------------------------------------------------------------------------- adapter
 
-def build(spec: NiNSpec, weights: dict[str, np.ndarray]) -> NiN:
+def build(spec: ModelSpec, weights: dict[str, np.ndarray]) -> ZooModel:
     # Zeros, as every value is set at once: on the JAX backend, drawing random initial values
     # compiled a kernel per shape and made the first zoo.load take 3.3 s instead of 0.5 s.
-    model = NiN(spec, initializer="zeros")
+    model = ZooModel(spec, initializer="zeros")
     set_weights(model, weights)
     return model
 
 
 def owns(model) -> bool:
-    return isinstance(model, NiN)
+    return isinstance(model, ZooModel)
 
 
-def spec_of(model: NiN) -> NiNSpec:
+def spec_of(model: ZooModel) -> ModelSpec:
     return model.spec
 
 
-def get_weights(model: NiN) -> dict[str, np.ndarray]:
-    out = {}
-    for name in model.spec.convs():
-        layer = model.get_layer(_name(name))
-        out[f"{name}.weight"] = np.array(ops.convert_to_numpy(layer.kernel)).transpose(3, 2, 0, 1)  # HWIO -> OIHW
-        out[f"{name}.bias"] = np.array(ops.convert_to_numpy(layer.bias))
-    return out
+def _variables(model: ZooModel):
+    """(canonical name, Keras variable, chw of a flatten-fed Linear or None) for every canonical tensor, in order."""
+    spec, names = model.spec, layer_names(model.spec)
+    flat = spec.flatten_inputs()
+    for path, op in spec.ops().items():
+        layer = model.get_layer(names[path])
+        for key in tensor_names(op):
+            chw = flat.get(path) if key == "weight" else None
+            yield f"{path}.{key}", getattr(layer, _VARIABLES[type(op)][key]), chw
 
 
-def set_weights(model: NiN, weights: dict[str, np.ndarray]) -> None:
-    for name in model.spec.convs():
-        layer = model.get_layer(_name(name))
-        layer.kernel.assign(weights[f"{name}.weight"].transpose(2, 3, 1, 0))  # OIHW -> HWIO
-        layer.bias.assign(weights[f"{name}.bias"])
+def get_weights(model: ZooModel) -> dict[str, np.ndarray]:
+    """Canonical weights (BatchNorm statistics included), in `spec.param_shapes()` order, float32 copies."""
+    return {name: to_canonical(ops.convert_to_numpy(v), chw) for name, v, chw in _variables(model)}
 
 
-def predict(model: NiN, x: np.ndarray) -> np.ndarray:
+def set_weights(model: ZooModel, weights: dict[str, np.ndarray]) -> None:
+    for name, v, chw in _variables(model):
+        v.assign(to_keras(np.asarray(weights[name], np.float32), chw))
+
+
+def predict(model: ZooModel, x: np.ndarray) -> np.ndarray:
     # Keras' compiled predict step (tf.function on TensorFlow, with XLA where Keras judges it
     # pays, i.e. on a GPU; jax.jit on JAX): 1.3-10x a direct call, which runs op by op, and
     # without the data pipeline that model.predict builds on every call (`zoo bench`).
-    model.spec.check_input(x.shape, LAYOUT)  # the JAX backend's predict step bypasses NiN.__call__
+    check_input(model.spec, x.shape)  # the JAX backend's predict step bypasses ZooModel.__call__
     if x.shape[0] == 0:  # TensorFlow's predict step fails on an empty batch; torch and Flax return (0, classes)
         return np.zeros((0, model.spec.num_classes), np.float32)
     return np.asarray(model.predict_on_batch(x))
 
 
-def trace(model: NiN, x: np.ndarray) -> list[tuple[str, tuple[int, ...]]]:
-    model.spec.check_input(x.shape, LAYOUT)
-    out, t = [], ops.convert_to_tensor(x)
-    for layer in model.spec.layers():
-        keras_layer = model.get_layer(_name(layer.name))
-        t = keras_layer(t, training=False) if isinstance(layer.op, Dropout) else keras_layer(t)
-        out.append((layer.name, tuple(t.shape)))
+def _run_layers(model: ZooModel, x: np.ndarray, train_bn: bool, after=None, flatten_in: dict | None = None):
+    """The spec's tree over the model's own layers, one call each, dropout off; `flatten_in` collects
+    each Flatten's input shape."""
+    check_input(model.spec, x.shape)
+    names, joins = layer_names(model.spec), iter(_join_paths(model.spec))
+
+    def leaf(path, op, t):
+        if flatten_in is not None and isinstance(op, Flatten):
+            flatten_in[path] = tuple(t.shape[1:])
+        layer = model.get_layer(names[path])
+        return layer(t, training=train_bn) if isinstance(op, BatchNorm) else layer(t, training=False)
+
+    def join(par, outs):
+        return model.get_layer(names[next(joins)])(outs)
+
+    inputs = ops.convert_to_tensor(np.asarray(x, np.float32))
+    return _nan_policy(inputs, run(model.spec.body, inputs, leaf, join, after=after))
+
+
+def train_forward(model: ZooModel, x: np.ndarray) -> np.ndarray:
+    """One forward in training mode with dropout off: BatchNorm normalises with the batch's statistics
+    and updates its moving ones in the model. Inference afterwards is as before (training=False)."""
+    return ops.convert_to_numpy(_run_layers(model, x, train_bn=True))
+
+
+def trace(model: ZooModel, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(layer path, output as numpy, images NCHW) for each of the spec's layers, run one by one.
+
+    A natively flattened (H, W, C) vector, and the dropouts after it, are shown in the canonical
+    (C, H, W) order, as PyTorch's trace has them.
+    """
+    out, native, flatten_in, order = [], _native_flattens(model.spec), {}, None
+
+    def after(path, node, t):
+        nonlocal order
+        y = ops.convert_to_numpy(t)
+        if y.ndim == 4:
+            y = y.transpose(0, 3, 1, 2)
+        if path in native:
+            order = flatten_in[path]
+        elif not isinstance(node, Dropout):
+            order = None
+        if order is not None:
+            h, w, c = order
+            y = y.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(y.shape[0], -1)
+        out.append((path, y))
+
+    _run_layers(model, x, train_bn=False, after=after, flatten_in=flatten_in)
     return out

@@ -1,7 +1,14 @@
-"""Keras files: weights (.weights.h5, model.save_weights) and the whole-model archive (.keras, model.save)."""
+"""Keras files: weights (.weights.h5, model.save_weights) and the whole-model archive (.keras, model.save).
+
+Keras 3 keeps each layer's variables in a .weights.h5 under `layers/<class name, numbered in
+layer order>/vars/<0, 1, ...>`, the layer's name as that group's `name` attribute. The readers
+find every layer by that name (`keras_model.layer_names`: the canonical path, dots doubled),
+never by the numbering, and check every dataset (float32, its values in the file) before reading it.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import zipfile
@@ -11,54 +18,123 @@ import h5py
 import keras
 import numpy as np
 
-from zoo.frameworks import keras_model as keras_nin
+from zoo.frameworks import keras_model
 from zoo.io.checkpoint import DIGEST_KEY, Checkpoint, ConversionError, check_digest, digest, one_line
 from zoo.io.formats import sniff
 from zoo.io.infer import infer_spec
 from zoo.spec import ModelSpec, SpecError
 
-MAX_CONFIG_BYTES = 1_000_000  # a .keras archive's config.json; the zoo's is about 1 KB
+MAX_CONFIG_BYTES = 1_000_000  # a .keras archive's config.json; the zoo's is a few KB
 MAX_RATIO = 20  # a .keras member's declared size over its compressed size (Keras stores them uncompressed)
 SPEC_ATTR = "zoo_spec"  # a .weights.h5's root attribute holding the spec, as JSON
 
+# The classes a zoo .keras archive may hold: (class_name, module) -> registered name.
+ARCHIVE_CLASSES = {
+    ("ZooModel", "zoo.frameworks.keras_model"): "zoo>ZooModel",
+    ("NiN", "zoo.frameworks.keras_nin"): "zoo>NiN",  # multizoo 0.1: read by layer name, without Keras
+}
+LEGACY_CLASS = "NiN"
+LEGACY_NAME = re.compile(r"blocks_(\d+)_conv(\d)")  # multizoo 0.1's Keras NiN layers, the only ones with variables
 
-def _h5_layers(f: h5py.File, path: Path) -> list[str]:
+
+def _h5_layers(f: h5py.File, path: Path) -> dict[str, tuple[str, h5py.Group]]:
+    """Keras layer name -> (its place in the file, its variables' group), for every layer holding variables;
+    each dataset checked to be float32 and to hold its values in the file, before anything reads it."""
     layers = f.get("layers")
-    names = [n for n in (layers or {}) if re.fullmatch(r"padded_conv2d(_\d+)?", n)]
-    names.sort(key=lambda n: int(n.rpartition("_")[2]) if n[-1].isdigit() else 0)
-    if not names:
-        raise ConversionError(f"{path} holds no zoo NiN conv layers (padded_conv2d*); "
-                              f"was it saved from a model zoo.load built?")
-    return names
+    if not isinstance(layers, h5py.Group):
+        raise ConversionError(f"{path} holds no Keras layers; was it saved from a model zoo.load built?")
+    out = {}
+    for key, group in layers.items():
+        variables = group.get("vars") if isinstance(group, h5py.Group) else None
+        if not isinstance(variables, h5py.Group) or not len(variables):
+            continue  # a layer without variables (activation, pool, ...)
+        where = f"layers/{key}/vars"
+        name = variables.attrs.get("name")
+        name = name.decode() if isinstance(name, bytes) else name
+        if not isinstance(name, str):
+            raise ConversionError(f"{path}: {where} holds variables but no layer name (written by an older "
+                                  f"Keras?); load it into the model with Keras and save it again")
+        if name in out:
+            raise ConversionError(f"{path}: layers {out[name][0]} and {where} are both named {name!r}")
+        for v, ds in variables.items():
+            _check_dataset(ds, f"{where}/{v}", path)
+        out[name] = (where, variables)
+    if not out:
+        raise ConversionError(f"{path} holds no Keras layer with variables; was it saved from a model zoo.load built?")
+    return out
 
 
-def _h5_check(f: h5py.File, path: Path) -> dict[str, tuple[int, ...]]:
-    """Canonical shapes from a .weights.h5, whose conv layers Keras numbers in creation order; every
-    dataset checked to be float32 and to hold its values in the file, before Keras reads any."""
+def _check_dataset(ds, where: str, path: Path) -> None:
+    if not isinstance(ds, h5py.Dataset):
+        raise ConversionError(f"{path}: {where} is not a dataset")
+    if ds.dtype != np.float32:
+        raise ConversionError(f"{path}: {where} is {ds.dtype}; Keras weights files hold "
+                              f"float32, and the zoo casts nothing silently: re-save it in float32")
+    if ds.external or ds.id.get_storage_size() < ds.size * 4:
+        raise ConversionError(f"{path}: {where} declares shape {ds.shape} but the file holds "
+                              f"{ds.id.get_storage_size():,} bytes of it (or refers to an external file); "
+                              f"refused as damaged")
+
+
+def _layer_names(layers: dict, spec: ModelSpec) -> dict[str, str]:
+    """Path -> the layer name the file uses: the zoo's, or multizoo 0.1's (dots as single underscores)."""
+    names = keras_model.layer_names(spec)
+    ops = spec.ops()
+    if any(names[p] in layers for p in ops):
+        return names
+    legacy = {p: p.replace(".", "_") for p in ops}  # NiN's paths hold no underscores: one to one
+    return legacy if all(n in layers for n in legacy.values()) else names
+
+
+def _h5_datasets(layers: dict, spec: ModelSpec, path: Path) -> dict[str, h5py.Dataset]:
+    """Canonical name -> its dataset, for every tensor of `spec`; a missing, extra or misshapen one refused."""
+    names, ops = _layer_names(layers, spec), spec.ops()
+    extra = sorted(set(layers) - {names[p] for p in ops})
+    if extra:
+        raise ConversionError(f"{path}: layer(s) {', '.join(extra[:5])} hold variables that {spec.name} has no "
+                              f"place for; is the file of another model?")
+    out, expected = {}, spec.param_shapes()
+    for p, op in ops.items():
+        if names[p] not in layers:
+            raise ConversionError(f"{path}: no layer {names[p]!r} (the spec's {p}) in the file")
+        where, group = layers[names[p]]
+        keys = keras_model.tensor_names(op)
+        if set(group) != {str(i) for i in range(len(keys))}:
+            raise ConversionError(f"{path}: layer {where} should hold {len(keys)} variables ({', '.join(keys)}), "
+                                  f"it holds {sorted(group)}")
+        for i, key in enumerate(keys):
+            ds, name = group[str(i)], f"{p}.{key}"
+            shape = keras_model.canonical_shape(ds.shape)
+            if shape != expected[name]:
+                raise ConversionError(f"{path}: {name} has shape {shape}, the spec says {expected[name]}")
+            out[name] = ds
+    return out
+
+
+def _guess_shapes(layers: dict, path: Path) -> dict[str, tuple[int, ...]]:
+    """Canonical shapes from a file that carries no spec: names from the layer names, roles from the variables."""
     shapes = {}
-    for i, n in enumerate(_h5_layers(f, path)):
-        group = f["layers"][n].get("vars")
-        if not isinstance(group, h5py.Group) or set(group) != {"0", "1"}:
-            raise ConversionError(f"{path}: layer {n} should hold 2 variables (kernel, bias), "
-                                  f"it holds {sorted(group) if isinstance(group, h5py.Group) else 'none'}")
-        for v in ("0", "1"):
-            ds = group[v]
-            if not isinstance(ds, h5py.Dataset):
-                raise ConversionError(f"{path}: layers/{n}/vars/{v} is not a dataset")
-            if ds.dtype != np.float32:
-                raise ConversionError(f"{path}: layers/{n}/vars/{v} is {ds.dtype}; Keras weights files hold "
-                                      f"float32, and the zoo casts nothing silently: re-save it in float32")
-            if ds.external or ds.id.get_storage_size() < ds.size * 4:
-                raise ConversionError(f"{path}: layers/{n}/vars/{v} declares shape {ds.shape} but the file holds "
-                                      f"{ds.id.get_storage_size():,} bytes of it (or refers to an external file); "
-                                      f"refused as damaged")
-        kernel, bias = group["0"].shape, group["1"].shape
-        if len(kernel) != 4 or len(bias) != 1:
-            raise ConversionError(f"{path}: layer {n} has a kernel of shape {kernel} and a bias of shape {bias}")
-        prefix = f"blocks.{i // 3}.conv{i % 3}"
-        shapes[f"{prefix}.weight"] = (kernel[3], kernel[2], kernel[0], kernel[1])  # HWIO -> OIHW
-        shapes[f"{prefix}.bias"] = tuple(bias)
+    for name, (where, group) in layers.items():
+        if set(group) != {str(i) for i in range(len(group))}:
+            raise ConversionError(f"{path}: {where} holds variables named {sorted(group)}, not 0, 1, ...")
+        ranks = [group[str(i)].ndim for i in range(len(group))]
+        if len(ranks) == 4 and ranks == [1, 1, 1, 1]:
+            keys = ["weight", "bias", "running_mean", "running_var"]  # TorchBatchNorm
+        elif len(ranks) <= 2 and ranks[0] in (2, 4) and ranks[1:] in ([], [1]):
+            keys = ["weight", "bias"][:len(ranks)]  # a conv or dense kernel and its bias
+        else:
+            raise ConversionError(f"{path}: {where} holds variables of ranks {ranks}, no zoo layer's")
+        m = LEGACY_NAME.fullmatch(name)
+        layer = f"blocks.{m[1]}.conv{m[2]}" if m else name.replace("__", ".")
+        for i, key in enumerate(keys):
+            shapes[f"{layer}.{key}"] = keras_model.canonical_shape(group[str(i)].shape)
     return shapes
+
+
+def _read(datasets: dict[str, h5py.Dataset], spec: ModelSpec) -> dict[str, np.ndarray]:
+    flat = spec.flatten_inputs()
+    return {name: keras_model.to_canonical(ds[()], flat.get(name.rpartition(".")[0]) if ds.ndim == 2 else None)
+            for name, ds in datasets.items()}
 
 
 def read_weights(path: Path, spec: ModelSpec | None = None, model: str | None = None) -> Checkpoint:
@@ -68,30 +144,24 @@ def read_weights(path: Path, spec: ModelSpec | None = None, model: str | None = 
     origin = "given"
     try:
         with h5py.File(path, "r") as f:
-            shapes = _h5_check(f, path)
+            layers = _h5_layers(f, path)
             text = f.attrs.get(SPEC_ATTR)
             stored = f.attrs.get(DIGEST_KEY)
-        if spec is None and text is not None:
-            try:
-                spec = ModelSpec.from_json(text)
-            except SpecError as e:
-                raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
-            origin = "the file's metadata"
-        if spec is None:
-            spec = infer_spec(shapes, model)
-            origin = "inferred from the tensor shapes (a .weights.h5 from elsewhere carries none)"
-        expected = spec.param_shapes()
-        if shapes != expected:
-            diff = next((k for k in expected if shapes.get(k) != expected[k]), None) or next(iter(shapes))
-            raise ConversionError(f"{path}: {diff} has shape {shapes.get(diff)}, the spec says {expected.get(diff)}")
-        keras_model = keras_nin.NiN(spec)
-        keras_model.load_weights(path)
+            if spec is None and text is not None:
+                try:
+                    spec = ModelSpec.from_json(text)
+                except SpecError as e:
+                    raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
+                origin = "the file's metadata"
+            if spec is None:
+                spec = infer_spec(_guess_shapes(layers, path), model)
+                origin = "inferred from the tensor shapes (a .weights.h5 from elsewhere carries none)"
+            weights = _read(_h5_datasets(layers, spec, path), spec)
     except ConversionError:
         raise
-    except Exception as e:  # h5py and Keras raise OSError, ValueError, KeyError, ...
+    except Exception as e:  # h5py raises OSError, ValueError, KeyError, ...
         raise ConversionError(f"{path} is not a readable Keras weights file for this model (truncated, corrupt, "
                               f"or of another model?): {one_line(e)}") from None
-    weights = keras_nin.get_weights(keras_model)
     check_digest(path, weights, None if stored is None else str(stored))
     ckpt = Checkpoint(weights, "keras", spec=spec, spec_origin=origin)
     if stored is not None:
@@ -99,9 +169,9 @@ def read_weights(path: Path, spec: ModelSpec | None = None, model: str | None = 
     return ckpt
 
 
-def _archive_check(path: Path) -> None:
-    """Before Keras opens a .keras: sizes within bounds, CRC32s intact, a zoo NiN config with a sane spec,
-    and a weights member large enough for that spec's parameters."""
+def _archive_check(path: Path) -> tuple[ModelSpec, str, bytes]:
+    """Before Keras opens a .keras: sizes within bounds, CRC32s intact, a zoo model's config with a sane spec,
+    and a weights member large enough for that spec's tensors. Returns (spec, class name, weights member)."""
     what = sniff(path)
     if not what.startswith("a zip"):
         raise ConversionError(f"{path} is not a .keras archive: it is {what}")
@@ -120,41 +190,59 @@ def _archive_check(path: Path) -> None:
             config = json.loads(z.read("config.json"))
         except (ValueError, RecursionError) as e:
             raise ConversionError(f"{path}: its config.json is not valid JSON ({one_line(e)})") from None
-    if not isinstance(config, dict) or config.get("class_name") != "NiN" or \
-            config.get("module") != "zoo.frameworks.keras_nin" or not isinstance(config.get("config"), dict):
-        name = config.get("class_name") if isinstance(config, dict) else type(config).__name__
-        raise ConversionError(f"{path} holds a Keras model of class {str(name)[:80]}, not a zoo NiN")
-    try:
-        spec = ModelSpec.from_dict(config["config"].get("spec"))
-    except SpecError as e:
-        raise ConversionError(f"{path}: its config holds no valid NiN spec ({e})") from None
-    weights = infos.get("model.weights.h5")
-    if weights is None or weights.file_size < 4 * spec.num_params:
-        have = weights.file_size if weights else 0
-        raise ConversionError(f"{path}: its spec has {spec.num_params:,} parameters ({4 * spec.num_params:,} bytes) "
-                              f"but its weights member holds {have:,} bytes; refused as damaged")
+        cls = (config.get("class_name"), config.get("module")) if isinstance(config, dict) else None
+        registered = ARCHIVE_CLASSES.get(cls)
+        if registered is None or config.get("registered_name", registered) != registered or \
+                not isinstance(config.get("config"), dict):
+            name = config.get("class_name") if isinstance(config, dict) else type(config).__name__
+            raise ConversionError(f"{path} holds a Keras model of class {str(name)[:80]}, not a zoo model")
+        try:
+            spec = ModelSpec.from_dict(config["config"].get("spec"))
+        except SpecError as e:
+            raise ConversionError(f"{path}: its config holds no valid zoo spec ({e})") from None
+        weights = infos.get("model.weights.h5")
+        values = sum(int(np.prod(s)) for s in spec.param_shapes().values())
+        if weights is None or weights.file_size < 4 * values:
+            have = weights.file_size if weights else 0
+            raise ConversionError(f"{path}: its spec has {values:,} parameters and statistics ({4 * values:,} bytes) "
+                                  f"but its weights member holds {have:,} bytes; refused as damaged")
+        return spec, config["class_name"], z.read("model.weights.h5")
 
 
 def read_archive(path: Path, spec: ModelSpec | None = None, model: str | None = None) -> Checkpoint:
+    """The weights of a zoo .keras archive, read by layer name, checked before Keras opens it; Keras then
+    loads the archive (in its own layer order) and must find the same values."""
     try:
-        _archive_check(path)
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        spec, cls, member = _archive_check(path)
+        with h5py.File(io.BytesIO(member), "r") as f:
+            weights = _read(_h5_datasets(_h5_layers(f, path), spec, path), spec)
+        del member
+        ckpt = Checkpoint(weights, "keras_archive", spec=spec)
+        if cls == LEGACY_CLASS:  # its class is gone: its weights, by layer name, are all there is
+            ckpt.notes.append("an archive of multizoo 0.1 (class NiN), read by layer name")
+            return ckpt
+        loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
     except ConversionError:
         raise
     except Exception as e:
         raise ConversionError(f"{path} is not a readable .keras archive (truncated or corrupt?): "
                               f"{one_line(e)}") from None
-    if not keras_nin.owns(model):
-        raise ConversionError(f"{path} holds a Keras model of class {type(model).__name__}, not a zoo NiN")
-    return Checkpoint(keras_nin.get_weights(model), "keras_archive", spec=model.spec)
+    if not keras_model.owns(loaded):
+        raise ConversionError(f"{path} holds a Keras model of class {type(loaded).__name__}, not a zoo model")
+    by_keras = keras_model.get_weights(loaded)
+    crossed = [k for k in weights if not np.array_equal(by_keras[k], weights[k])]
+    if crossed:
+        raise ConversionError(f"{path}: Keras loads {', '.join(crossed[:4])} from other layers than their names say "
+                              f"(its layers renumbered?); refused")
+    return ckpt
 
 
 def write_weights(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
-    keras_nin.build(spec, weights).save_weights(path)
+    keras_model.build(spec, weights).save_weights(path)
     with h5py.File(path, "a") as f:  # the spec beside the weights: Keras ignores root attributes
         f.attrs[SPEC_ATTR] = spec.to_json()
         f.attrs[DIGEST_KEY] = digest(weights)
 
 
 def write_archive(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
-    keras_nin.build(spec, weights).save(path)
+    keras_model.build(spec, weights).save(path)
