@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -502,12 +503,17 @@ class ModelSpec:
 
     @functools.cached_property
     def _flatten_in(self) -> dict[str, Shape]:
-        """Each Flatten's input shape at the nominal input."""
-        shapes, prev = {}, (self.in_channels, *self.input_size)
-        for layer, shape in self._shapes(self.input_size):
-            if isinstance(layer.node, Flatten):
-                shapes[layer.path] = prev
-            prev = shape
+        """Each Flatten's input shape at the nominal input (seen by the interpreter, so a Flatten that
+        opens a branch gets the branch's input)."""
+        shapes = {}
+
+        def leaf(path, op, shape):
+            if isinstance(op, Flatten):
+                shapes[path] = shape
+            return op.out_shape(shape)
+
+        run(self.body, (self.in_channels, *self.input_size), leaf,
+            lambda par, outs: outs[0] if par.join == "add" else (sum(o[0] for o in outs), *outs[0][1:]))
         return shapes
 
     # ----- shapes
@@ -569,16 +575,23 @@ class ModelSpec:
         the nominal map, so a transposed map of the same size would run but disagree.
         """
         try:
-            shapes = self._shapes(tuple(size))
+            self._shapes(tuple(size))
         except SpecError as e:
             return str(e)
-        prev = (self.in_channels, *size)
-        for layer, shape in shapes:
-            want = self._flatten_in.get(layer.path) if isinstance(layer.node, Flatten) else None
-            if want is not None and layer.path in self._flattens_to_linear and prev != want:
-                return (f"layer {layer.path} (Flatten) gets a {prev} map; the linear layer after it takes the "
-                        f"nominal input's {want}")
-            prev = shape
+        if self._flattens_to_linear and size != self.input_size:
+            seen = {}
+
+            def leaf(path, op, shape):
+                if isinstance(op, Flatten):
+                    seen[path] = shape
+                return op.out_shape(shape)
+
+            run(self.body, (self.in_channels, *size), leaf,
+                lambda par, outs: outs[0] if par.join == "add" else (sum(o[0] for o in outs), *outs[0][1:]))
+            for path in sorted(self._flattens_to_linear):
+                if seen[path] != self._flatten_in[path]:
+                    return (f"layer {path} (Flatten) gets a {seen[path]} map; the linear layer after it takes "
+                            f"the nominal input's {self._flatten_in[path]}")
         return None
 
     @functools.cached_property
@@ -737,6 +750,9 @@ class ModelSpec:
         return self.to_json()
 
 
+_NAME = re.compile(r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*(\.[A-Za-z0-9]+(_[A-Za-z0-9]+)*)*")
+
+
 def _check_tree(node, depth: int = 0, count: list | None = None) -> None:
     count = count if count is not None else [0]
     count[0] += 1
@@ -744,10 +760,14 @@ def _check_tree(node, depth: int = 0, count: list | None = None) -> None:
             f"the tree is too large (at most {MAX_NODES} nodes, {MAX_DEPTH} deep)")
     if isinstance(node, Seq):
         for name, child in node.children:
-            require(isinstance(name, str) and len(name) <= 200, f"a node name must be a short string, got {name!r}")
+            require(isinstance(name, str) and len(name) <= 200 and (name == "" or _NAME.fullmatch(name)),
+                    f"a node name is '' or dot-separated words of letters and digits joined by single "
+                    f"underscores (Keras spells a path with '__' for '.'), got {str(name)[:80]!r}")
             _check_tree(child, depth + 1, count)
     elif isinstance(node, Parallel):
-        for _, branch in node.branches:
+        for name, branch in node.branches:
+            require(isinstance(name, str) and (name == "" or _NAME.fullmatch(name)),
+                    f"a branch name is '' or words joined by dots and single underscores, got {str(name)[:80]!r}")
             require(isinstance(branch, Seq), f"a Parallel's branch must be a Seq, got {type(branch).__name__}")
             _check_tree(branch, depth + 1, count)
     else:
