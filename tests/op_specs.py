@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zoo.spec import (Act, AdaptivePool, BatchNorm, Conv, Dropout, Flatten, Linear, ModelSpec, Parallel, Pool, Seq)
+from zoo.spec import Act, AdaptivePool, BatchNorm, Conv, Dropout, Flatten, Linear, ModelSpec, Parallel, Pool, Seq
 
 
 def every_op(in_channels: int = 2, num_classes: int = 5, input_size=(23, 17)) -> ModelSpec:

@@ -18,10 +18,10 @@ import zipfile
 
 import numpy as np
 import pytest
+from op_specs import every_op, flatten_spec
+from op_specs import revealing_weights as weights_for
 
 import zoo
-from tests.op_specs import every_op, flatten_spec
-from tests.op_specs import testing_weights as weights_for  # a name pytest does not collect
 from zoo import reference
 from zoo.spec import Act, AdaptivePool, BatchNorm, Flatten, Linear, ModelSpec, Parallel, Pool, Seq
 

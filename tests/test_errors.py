@@ -14,7 +14,8 @@ TINY_NIN = TINY["nin"]
 
 
 def test_unknown_model(framework):
-    with pytest.raises(zoo.UnknownModelError, match=r"unknown model 'nim'\. Did you mean 'nin'\? Known models: alexnet, "):
+    known = r"unknown model 'nim'\. Did you mean 'nin'\? Known models: alexnet, "
+    with pytest.raises(zoo.UnknownModelError, match=known):
         zoo.load("nim", framework)
 
 
