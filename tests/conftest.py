@@ -156,6 +156,22 @@ def record_error(request):
     return check
 
 
+# Under pytest-xdist (`pytest -n 2`, as nox runs it) each worker keeps its own worst errors; they
+# travel to the controller, whose terminal summary prints them all.
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["zoo_errors"] = [[p, f, a, r] for (p, f), (a, r) in session.config._zoo_errors.items()]
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown without it
+def pytest_testnodedown(node, error):
+    errors = node.config._zoo_errors
+    for p, f, a, r in getattr(node, "workeroutput", {}).get("zoo_errors", []):
+        worst = errors[(p, f)]
+        worst[0], worst[1] = max(worst[0], a), max(worst[1], r)
+
+
 def pytest_terminal_summary(terminalreporter, config):
     errors = config._zoo_errors
     if not errors:

@@ -22,6 +22,10 @@ import pytest
 import zoo
 import zoo.data
 
+# The lines run in the README's order in one folder (a conversion reads what an earlier line wrote):
+# under pytest-xdist they all go to one worker.
+pytestmark = pytest.mark.xdist_group("readme")
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 # Appended to a line that starts with the key: they bound the work, never change what is parsed.
