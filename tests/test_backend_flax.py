@@ -156,8 +156,10 @@ def test_flatten_refuses_a_map_its_linear_was_not_ordered_for():
     spec, weights, _ = _case("flatten")
     model = flax_model.build(spec, weights)
     x = np.zeros((1, 7, 11, 3), np.float32)
-    spec.check_input(x.shape, "NHWC")  # the spec itself accepts it
-    with pytest.raises(ValueError, match=r"flattens a 5x9 map where the nominal input gives 9x5"):
+    with pytest.raises(ValueError, match=r"gets a \(4, 5, 9\) map; the linear layer after it takes the nominal "
+                                         r"input's \(4, 9, 5\)"):
+        spec.check_input(x.shape, "NHWC")  # the spec refuses it, for every framework
+    with pytest.raises(ValueError, match=r"\(4, 5, 9\) map"):
         flax_model.predict(model, x)
 
 

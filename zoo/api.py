@@ -187,7 +187,7 @@ def summary(name, framework: str | None = None, *, input_size: int | tuple[int, 
         input_size = (input_size, input_size)
     spec = get_spec(name, **overrides)
     if input_size and isinstance(name, str) and spec.fits(tuple(input_size)) is not None \
-            and "input_size" in preset_overrides(name) and "input_size" not in overrides:
+            and spec.needs_exact_size and "input_size" in preset_overrides(name) and "input_size" not in overrides:
         spec = get_spec(name, **overrides, input_size=tuple(input_size))
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -206,7 +206,10 @@ def summary(name, framework: str | None = None, *, input_size: int | tuple[int, 
     for layer, (_, out) in zip(spec.layers(), shapes):
         op = ops.get(layer.path)
         n = sum(int(np.prod(s)) for s in op.params().values()) if op is not None else 0
-        rows.append((layer.path, _describe(layer.node), str(tuple(np.shape(out) if mod else out)),
+        shape = tuple(np.shape(out) if mod else out)
+        if layout == "NHWC" and len(shape) == 4:  # traces are NCHW; the table shows the framework's own layout
+            shape = (shape[0], shape[2], shape[3], shape[1])
+        rows.append((layer.path, _describe(layer.node), str(shape),
                      f"{n:,}" if n else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [f"{spec.name} ({framework or 'spec'}, input {shape} {layout})"]

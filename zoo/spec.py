@@ -612,7 +612,7 @@ class ModelSpec:
     def min_input_size(self) -> int:
         """The smallest square side that every layer accepts (for a network whose linear layer needs
         one exact size, the smallest that fits; the nominal size always does)."""
-        if self._needs_exact_size:  # only some sizes fit: the smallest of them
+        if self.needs_exact_size:  # only some sizes fit: the smallest of them
             side = min(self.input_size)  # a non-square nominal input may fit no square one
             return next((s for s in range(1, side + 1) if self.fits((s, s)) is None), side)
         lo, hi = 0, min(self.input_size)  # lo fails (or is 0), hi fits (checked at construction)
@@ -622,7 +622,7 @@ class ModelSpec:
         return hi
 
     @functools.cached_property
-    def _needs_exact_size(self) -> bool:
+    def needs_exact_size(self) -> bool:
         """Whether a Flatten reaches a Linear with no AdaptivePool to fix the size: then only some sizes fit."""
         seen_adaptive = False
         for layer in self.layers():
@@ -660,7 +660,7 @@ class ModelSpec:
         why = self._fits_cached(int(h), int(w))
         if why is None:
             return
-        if self._needs_exact_size:
+        if self.needs_exact_size:
             H, W = self.input_size
             raise ValueError(f"input {h}x{w} does not fit {self.name}: its linear layer takes a fixed number of "
                              f"features, which its nominal input {H}x{W} gives ({why}); resize the images to {H}x{W}")
