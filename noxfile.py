@@ -30,11 +30,17 @@ GPU_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_FORCE_GPU_ALLOW_GROWTH"
 PROBE_PREFIX = "zoo-gpu-probe: "  # tests/gpu_probe.py's answer line
 
 
+# Two worker processes (pytest-xdist), one per core of a small CI machine: most of the suite's time is
+# single-threaded (tracing and compiling models, Python), so two workers nearly halve it. The README's
+# command lines run in one worker, in order (their xdist_group).
+PARALLEL = ["-n", os.environ.get("ZOO_TEST_WORKERS", "2"), "--dist", "loadgroup"]
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole suite in all three frameworks, Keras on TensorFlow."""
+    """The whole suite but the Keras model tests (the keras sessions run those on every backend)."""
     session.install(".[all]", TORCH, *TEST)
-    session.run("pytest", *session.posargs, env={"KERAS_BACKEND": "tensorflow"})
+    session.run("pytest", *PARALLEL, "-m", "not keras", *session.posargs, env={"KERAS_BACKEND": "tensorflow"})
 
 
 @nox.session
@@ -42,7 +48,7 @@ def tests(session: nox.Session) -> None:
 def keras(session: nox.Session, backend: str) -> None:
     """The Keras tests under one KERAS_BACKEND (tensorflow, jax, torch)."""
     session.install(".", "keras", *KERAS_BACKEND_PACKAGES[backend], *TEST)
-    session.run("pytest", "-m", "keras", *session.posargs, env={"KERAS_BACKEND": backend})
+    session.run("pytest", *PARALLEL, "-m", "keras", *session.posargs, env={"KERAS_BACKEND": backend})
 
 
 @nox.session(venv_backend="none")
