@@ -206,10 +206,10 @@ def summary(name, framework: str | None = None, *, input_size: int | tuple[int, 
     for layer, (_, out) in zip(spec.layers(), shapes):
         op = ops.get(layer.path)
         n = sum(int(np.prod(s)) for s in op.params().values()) if op is not None else 0
-        shape = tuple(np.shape(out) if mod else out)
-        if layout == "NHWC" and len(shape) == 4:  # traces are NCHW; the table shows the framework's own layout
-            shape = (shape[0], shape[2], shape[3], shape[1])
-        rows.append((layer.path, _describe(layer.node), str(shape),
+        row_shape = tuple(np.shape(out) if mod else out)
+        if layout == "NHWC" and len(row_shape) == 4:  # traces are NCHW; the table shows the framework's own layout
+            row_shape = (row_shape[0], row_shape[2], row_shape[3], row_shape[1])
+        rows.append((layer.path, _describe(layer.node), str(row_shape),
                      f"{n:,}" if n else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [f"{spec.name} ({framework or 'spec'}, input {shape} {layout})"]
