@@ -27,13 +27,19 @@ KERAS_BACKEND_PACKAGES = {"tensorflow": ["tensorflow-cpu"], "jax": ["jax"], "tor
 # Keep several frameworks in one GPU process from each taking all of its memory.
 GPU_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
            "NVIDIA_TF32_OVERRIDE": "0", "JAX_DEFAULT_MATMUL_PRECISION": "float32", "TF_CPP_MIN_LOG_LEVEL": "3"}
-PROBE_PREFIX = "zoo-gpu-probe: "  # tests/gpu_probe.py's answer line
+PROBE_PREFIX = "zoo-gpu-probe: "
+# What each other Keras backend must prove: every preset against the reference, the traps, the Keras model
+# itself (files included) and its errors. Conversions between formats, hostile files and the 10,000 test
+# images are the tests session's (Keras on TensorFlow, every other framework beside it): run with the
+# backends alone they doubled CI's time.
+KERAS_BACKEND_TESTS = ["tests/test_agreement.py", "tests/test_traps.py", "tests/test_backend_keras.py",
+                       "tests/test_errors.py"]  # tests/gpu_probe.py's answer line
 
 
 # Two worker processes (pytest-xdist), one per core of a small CI machine: most of the suite's time is
 # single-threaded (tracing and compiling models, Python), so two workers nearly halve it. The README's
 # command lines run in one worker, in order (their xdist_group).
-PARALLEL = ["-n", os.environ.get("ZOO_TEST_WORKERS", "2"), "--dist", "loadgroup"]
+PARALLEL = ["-n", os.environ.get("ZOO_TEST_WORKERS", "2"), "--dist", "loadgroup", "--durations", "15"]
 
 
 @nox.session
@@ -49,7 +55,8 @@ def keras(session: nox.Session, backend: str) -> None:
     """The Keras tests under the other KERAS_BACKENDs (jax, torch), each installed alone; `tests` runs
     them on TensorFlow, with every other framework beside it (conversions to and from Keras files)."""
     session.install(".", "keras", *KERAS_BACKEND_PACKAGES[backend], *TEST)
-    session.run("pytest", *PARALLEL, "-m", "keras", *session.posargs, env={"KERAS_BACKEND": backend})
+    session.run("pytest", *PARALLEL, "-m", "keras", *(session.posargs or KERAS_BACKEND_TESTS),
+                env={"KERAS_BACKEND": backend})
 
 
 @nox.session(venv_backend="none")
