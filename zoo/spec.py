@@ -476,8 +476,11 @@ class ModelSpec:
 
     @functools.cached_property
     def _flatten_in(self) -> dict[str, Shape]:
-        """Each Flatten's input shape at the nominal input (seen by the interpreter, so a Flatten that
-        opens a branch gets the branch's input)."""
+        return self.flatten_input_shapes(self.input_size)
+
+    def flatten_input_shapes(self, size: tuple[int, int]) -> dict[str, Shape]:
+        """Each Flatten's per-image input shape for an input of `size` that fits (as the interpreter
+        sees it, so a Flatten that opens a branch gets the branch's input)."""
         shapes = {}
 
         def leaf(path, op, shape):
@@ -485,7 +488,7 @@ class ModelSpec:
                 shapes[path] = shape
             return op.out_shape(shape)
 
-        run(self.body, (self.in_channels, *self.input_size), leaf,
+        run(self.body, (self.in_channels, *size), leaf,
             lambda par, outs: outs[0] if par.join == "add" else (sum(o[0] for o in outs), *outs[0][1:]))
         return shapes
 
@@ -551,16 +554,8 @@ class ModelSpec:
             self._shapes(tuple(size))
         except SpecError as e:
             return str(e)
-        if self._flattens_to_linear and size != self.input_size:
-            seen = {}
-
-            def leaf(path, op, shape):
-                if isinstance(op, Flatten):
-                    seen[path] = shape
-                return op.out_shape(shape)
-
-            run(self.body, (self.in_channels, *size), leaf,
-                lambda par, outs: outs[0] if par.join == "add" else (sum(o[0] for o in outs), *outs[0][1:]))
+        if self._flattens_to_linear and tuple(size) != self.input_size:
+            seen = self.flatten_input_shapes(tuple(size))
             for path in sorted(self._flattens_to_linear):
                 if seen[path] != self._flatten_in[path]:
                     return (f"layer {path} (Flatten) gets a {seen[path]} map; the linear layer after it takes "

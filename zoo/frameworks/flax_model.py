@@ -179,13 +179,7 @@ class ZooModel(nnx.Module):
             return self.layer(path)(x, rngs=rngs)
         if isinstance(op, (Conv, BatchNorm, Linear)):
             return self.layer(path)(x)
-        expected = _flatten_shapes(self.spec).get(path)
-        if expected is not None and x.shape[1:] != expected:
-            h, w, _ = expected
-            raise ValueError(f"{self.spec.name}: layer {path} flattens a {x.shape[1]}x{x.shape[2]} map where the "
-                             f"nominal input gives {h}x{w}; the next linear layer's weights are ordered for {h}x{w} "
-                             f"(channels last), so only inputs that give that map agree with the other frameworks")
-        return _function(op, x)
+        return _function(op, x)  # a Flatten gets the nominal map: spec.check_input refuses other sizes
 
 
 def _check_name(owner: nnx.Module, name: str, path: str) -> None:
@@ -193,19 +187,6 @@ def _check_name(owner: nnx.Module, name: str, path: str) -> None:
         raise ValueError(f"layer path {path!r}: the name {name!r} is taken in its Flax module (by another layer's "
                          f"path, or reserved by Flax: its modules' attributes and names starting with '_'); "
                          f"rename the layer")
-
-
-@functools.lru_cache(maxsize=64)
-def _flatten_shapes(spec: ModelSpec) -> dict[str, tuple[int, int, int]]:
-    """Each Flatten whose next Linear has permuted columns -> the (H, W, C) map it must receive."""
-    linears, out, last = spec.flatten_inputs(), {}, None
-    for layer in spec.layers():
-        if isinstance(layer.node, Flatten):
-            last = layer.path
-        elif layer.path in linears and last is not None:
-            c, h, w = linears[layer.path]
-            out[last] = (h, w, c)
-    return out
 
 
 # --------------------------------------------------------------------------- canonical weights
@@ -376,15 +357,7 @@ def trace(model: ZooModel, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
     spec.check_input(x.shape, LAYOUT)
     graphdef, state = nnx.split(model)
     outs = _trace(graphdef)(state, jnp.asarray(x))
-    flat_in = {}  # each Flatten's input (C, H, W) at this size
-
-    def leaf(path, op, shape):
-        if isinstance(op, Flatten):
-            flat_in[path] = shape
-        return op.out_shape(shape)
-
-    run(spec.body, (x.shape[3], x.shape[1], x.shape[2]), leaf,
-        lambda par, shapes: shapes[0] if par.join == "add" else (sum(o[0] for o in shapes), *shapes[0][1:]))
+    flat_in = spec.flatten_input_shapes((x.shape[1], x.shape[2]))  # each Flatten's input (C, H, W)
     rows, flat = [], None  # flat: the (C, H, W) that the current flattened features came from
     for layer, a in zip(spec.layers(), outs):
         if isinstance(layer.node, Flatten):

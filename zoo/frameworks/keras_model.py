@@ -331,42 +331,9 @@ class ZooModel(keras.Model):
 
 
 def check_input(spec: ModelSpec, shape: tuple) -> None:
-    """`spec.check_input` for NHWC, and one refusal of its own: a size that flattens an image of another
-    (H, W) than the nominal input's into a permuted Linear (same width, but its rows would be out of order)."""
+    """`spec.check_input` for NHWC (it also refuses a size whose map at a Flatten differs from the nominal
+    input's: the next Dense layer's rows are stored for that map, flattened channels last)."""
     spec.check_input(shape, LAYOUT)
-    h, w = shape[1], shape[2]
-    if spec.flatten_inputs() and h is not None and w is not None and (int(h), int(w)) != spec.input_size:
-        why = _flatten_mismatch(spec, int(h), int(w))
-        if why:
-            raise ValueError(why)
-
-
-@functools.lru_cache(maxsize=64)
-def _flatten_mismatch(spec: ModelSpec, h: int, w: int) -> str | None:
-    at, nominal = _flatten_images(spec, (h, w)), _flatten_images(spec, spec.input_size)
-    for path in _native_flattens(spec):
-        if at[path] != nominal[path]:
-            H, W = spec.input_size
-            return (f"input {h}x{w} does not fit {spec.name} in Keras: layer {path} flattens a {at[path]} map where "
-                    f"the nominal input {H}x{W} gives {nominal[path]}, and the next linear layer's weights, stored "
-                    f"for channels-last flattening, fit only that; resize the images to {H}x{W}")
-    return None
-
-
-def _flatten_images(spec: ModelSpec, size: tuple[int, int]) -> dict[str, tuple]:
-    """Each Flatten's input shape (C, H, W) at an input size that fits."""
-    found = {}
-
-    def leaf(path, op, shape):
-        if isinstance(op, Flatten):
-            found[path] = shape
-        return op.out_shape(shape)
-
-    def join(par, shapes):
-        return shapes[0] if par.join == "add" else (sum(s[0] for s in shapes), *shapes[0][1:])
-
-    run(spec.body, (spec.in_channels, *size), leaf, join)
-    return found
 
 
 # --------------------------------------------------------------------------- canonical layout
