@@ -357,6 +357,17 @@ def walk_layers(node: Node, prefix: str = "") -> Iterator[Layer]:
         yield Layer(prefix, node)
 
 
+def join_shapes(par: Parallel, shapes: list[Shape]) -> Shape:
+    """The per-image shape a Parallel's join gives; SpecError when its branches do not fit together."""
+    first = shapes[0]
+    if par.join == "add":
+        require(all(s == first for s in shapes), f"branches to add have different shapes: {shapes}")
+        return first
+    require(all(len(s) == 3 and s[1:] == first[1:] for s in shapes),
+            f"branches to concatenate differ in H, W: {shapes}")
+    return (sum(s[0] for s in shapes), *first[1:])
+
+
 def run(node: Node, x, leaf: Callable, join: Callable, prefix: str = "", after: Callable | None = None):
     """The one interpreter of the tree, for every framework: `leaf(path, op, x)` runs an op,
     `join(parallel, outputs)` joins branches; `after(path, node, y)` sees each layer's output."""
@@ -488,8 +499,7 @@ class ModelSpec:
                 shapes[path] = shape
             return op.out_shape(shape)
 
-        run(self.body, (self.in_channels, *size), leaf,
-            lambda par, outs: outs[0] if par.join == "add" else (sum(o[0] for o in outs), *outs[0][1:]))
+        run(self.body, (self.in_channels, *size), leaf, join_shapes)
         return shapes
 
     # ----- shapes
@@ -507,16 +517,7 @@ class ModelSpec:
                 raise SpecError(f"layer {path} ({type(op).__name__}): the input vanishes (output {new})")
             return new
 
-        def join(par, shapes):
-            first = shapes[0]
-            if par.join == "add":
-                require(all(s == first for s in shapes), f"branches to add have different shapes: {shapes}")
-                return first
-            require(all(len(s) == 3 and s[1:] == first[1:] for s in shapes),
-                    f"branches to concatenate differ in H, W: {shapes}")
-            return (sum(s[0] for s in shapes), *first[1:])
-
-        run(self.body, (self.in_channels, *size), leaf, join,
+        run(self.body, (self.in_channels, *size), leaf, join_shapes,
             after=lambda path, node, s: out.append((Layer(path, node), s)))
         return out
 
@@ -539,8 +540,7 @@ class ModelSpec:
             total += op.flops(shape)
             return op.out_shape(shape)
 
-        run(self.body, (self.in_channels, *size), leaf,
-            lambda par, shapes: shapes[0] if par.join == "add" else (sum(s[0] for s in shapes), *shapes[0][1:]))
+        run(self.body, (self.in_channels, *size), leaf, join_shapes)
         return total
 
     def fits(self, size: tuple[int, int]) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.spec import MAX_WIDTH, Seq, Shape, is_int, require, run
+from zoo.spec import MAX_WIDTH, Seq, Shape, is_int, join_shapes, require, run
 
 
 def check_counts(in_channels: Any, num_classes: Any) -> None:
@@ -48,10 +48,7 @@ def out_shape(body: Seq, in_channels: int, input_size: Any) -> Shape:
                 f"input_size {input_size!r} is too small: it vanishes at layer {path} (output {new})")
         return new
 
-    def join(par, shapes):
-        return shapes[0] if par.join == "add" else (sum(s[0] for s in shapes), *shapes[0][1:])
-
-    return run(body, (in_channels, *size_pair(input_size)), leaf, join)
+    return run(body, (in_channels, *size_pair(input_size)), leaf, join_shapes)
 
 
 def conv_widths(value: Any, count: int, what: str) -> tuple[int, ...]:
