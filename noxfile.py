@@ -38,8 +38,8 @@ KERAS_BACKEND_TESTS = ["tests/test_agreement.py", "tests/test_traps.py", "tests/
 
 # Two worker processes (pytest-xdist), one per core of a small CI machine: most of the suite's time is
 # single-threaded (tracing and compiling models, Python), so two workers nearly halve it. The README's
-# command lines run in one worker, in order (their xdist_group).
-PARALLEL = ["-n", os.environ.get("ZOO_TEST_WORKERS", "2"), "--dist", "loadgroup", "--durations", "15"]
+# command lines are one test, so they run in one worker, in order.
+PARALLEL = ["-n", os.environ.get("ZOO_TEST_WORKERS", "2"), "--durations", "15"]
 
 
 @nox.session

@@ -22,10 +22,6 @@ import pytest
 import zoo
 import zoo.data
 
-# The lines run in the README's order in one folder (a conversion reads what an earlier line wrote):
-# under pytest-xdist they all go to one worker.
-pytestmark = pytest.mark.xdist_group("readme")
-
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 # Appended to a line that starts with the key: they bound the work, never change what is parsed.
@@ -82,9 +78,10 @@ def _fashion_mnist_or_skip():
         pytest.skip(f"Fashion-MNIST is not installed ({data.INSTALL_HINT}): {e}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def workdir(tmp_path_factory) -> Path:
-    """A scratch folder holding the files the README's lines name."""
+    """A scratch folder holding the files the README's lines name (session-scoped: under pytest-xdist a
+    worker may run other modules' tests in between, which would end a module-scoped folder)."""
     folder = tmp_path_factory.mktemp("readme")
     from safetensors.numpy import save_file
 
@@ -113,8 +110,14 @@ def _images(folder: Path) -> dict[str, int]:
     return truth
 
 
-@pytest.mark.parametrize("line", COMMANDS, ids=[c.split(" #")[0] for c in COMMANDS])
-def test_readme_command(line: str, workdir: Path):
+def test_readme_commands_in_order(workdir: Path):
+    """Every `zoo` line of the README, in its order, in one folder: a line may read what an earlier one
+    wrote, so they are one test (pytest-xdist would spread parametrized cases over its workers)."""
+    for line in COMMANDS:
+        _run_command(line, workdir)
+
+
+def _run_command(line: str, workdir: Path):
     argv = shlex.split(line)
     extra = next((v for k, v in EXTRA.items() if line.startswith(k)), [])
     argv = [PLACEHOLDERS.get(a, a) for a in argv[1:]] + extra
