@@ -48,7 +48,8 @@ def keras_backend() -> str:
 
 
 def _packages(fw: str) -> tuple[str, ...]:
-    return {"torch": ("torch",), "flax": ("jax", "flax"), "keras": ("keras", keras_backend())}[fw]
+    return {"torch": ("torch",), "flax": ("jax", "flax"), "keras": ("keras", keras_backend()),
+            "onnx": ("onnx", "onnxruntime")}[fw]
 
 
 def label(fw: str) -> str:

@@ -33,6 +33,7 @@ FRAMEWORKS: dict[str, Framework] = {
     "torch": Framework("torch", "zoo.frameworks.torch_model", ("torch",), "torch", "NCHW"),
     "flax": Framework("flax", "zoo.frameworks.flax_model", ("jax", "flax"), "flax", "NHWC"),
     "keras": Framework("keras", "zoo.frameworks.keras_model", ("keras",), "keras", "NHWC"),
+    "onnx": Framework("onnx", "zoo.frameworks.onnx_model", ("onnx", "onnxruntime"), "onnx", "NCHW"),
 }
 
 

@@ -210,6 +210,20 @@ class Pool(_NoTensors):
             out -= 1
         return out
 
+    def extra(self, n: int, axis: int) -> int:
+        """Cells past the right padding that ceil_mode's last window reaches (0 without ceil_mode)."""
+        k, s, p = self.size[axis], self.stride[axis], self.padding[axis]
+        return max(0, (self.out_len(n, axis) - 1) * s + k - (n + 2 * p))
+
+    def divisors(self, n: int, axis: int) -> np.ndarray:
+        """Average pooling's divisor per output cell along one axis: the input cells each window covers,
+        plus the symmetric padding's when count_include_pad; never ceil_mode's extra cells. (The 2-D
+        divisor is the outer product of the two axes'.)"""
+        k, s, p = self.size[axis], self.stride[axis], self.padding[axis]
+        pad = np.full(p, float(self.count_include_pad))
+        cells = np.concatenate([pad, np.ones(n), pad, np.zeros(self.extra(n, axis))])
+        return np.array([cells[i * s:i * s + k].sum() for i in range(self.out_len(n, axis))])
+
 
     def out_shape(self, shape: Shape) -> Shape:
         c, h, w = _image(shape, self)

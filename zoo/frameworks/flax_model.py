@@ -86,25 +86,14 @@ def _module(op, rngs: nnx.Rngs) -> nnx.Module | None:
 def pool2d(x: jax.Array, op: Pool) -> jax.Array:  # [B, H, W, C]
     """PyTorch's pooling: symmetric padding, then on the bottom/right as far as ceil_mode's last window reaches."""
     outs = [op.out_len(x.shape[1 + a], a) for a in (0, 1)]
-    extra = [max(0, (o - 1) * s + k - (n + 2 * p))
-             for o, s, k, n, p in zip(outs, op.stride, op.size, x.shape[1:3], op.padding)]
-    pads = ((0, 0), *((p, p + e) for p, e in zip(op.padding, extra)), (0, 0))
+    pads = ((0, 0), *((p, p + op.extra(x.shape[1 + a], a)) for a, p in enumerate(op.padding)), (0, 0))
     window, strides = (1, *op.size, 1), (1, *op.stride, 1)
     if op.kind == "max":  # padded cells hold the initial value, -inf; NaN wins over every number
         y = lax.reduce_window(x, -jnp.inf, lax.max, window, strides, pads)  # a Python scalar: differentiable
         return y[:, :outs[0], :outs[1]]
     sums = lax.reduce_window(x, 0.0, lax.add, window, strides, pads)[:, :outs[0], :outs[1]]
-    counts = [_window_counts(n, k, s, p, e, o, op.count_include_pad)
-              for n, k, s, p, e, o in zip(x.shape[1:3], op.size, op.stride, op.padding, extra, outs)]
-    return sums / jnp.asarray(np.outer(*counts)[None, :, :, None], x.dtype)
-
-
-def _window_counts(n: int, k: int, s: int, p: int, extra: int, out: int, include_pad: bool) -> np.ndarray:
-    """Average pooling's divisor along one axis: the input cells each window covers, plus the symmetric
-    padding's when include_pad; never ceil_mode's extra cells. (The 2-D divisor is the outer product.)"""
-    cells = np.concatenate([np.full(p, float(include_pad)), np.ones(n), np.full(p, float(include_pad)),
-                            np.zeros(extra)])
-    return np.array([cells[i * s:i * s + k].sum() for i in range(out)])
+    counts = np.outer(op.divisors(x.shape[1], 0), op.divisors(x.shape[2], 1))
+    return sums / jnp.asarray(counts[None, :, :, None], x.dtype)
 
 
 def adaptive_pool2d(x: jax.Array, op: AdaptivePool) -> jax.Array:  # [B, H, W, C]
