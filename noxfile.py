@@ -44,7 +44,7 @@ PARALLEL = ["-n", os.environ.get("ZOO_TEST_WORKERS", "2"), "--durations", "15"]
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole suite in all three frameworks, Keras on TensorFlow."""
+    """The whole suite in all four frameworks (torch, flax, keras, onnx), Keras on TensorFlow."""
     session.install(".[all]", TORCH, *TEST)
     session.run("pytest", *PARALLEL, *session.posargs, env={"KERAS_BACKEND": "tensorflow"})
 
@@ -79,7 +79,7 @@ def accelerator(session: nox.Session) -> None:
         session.error(f"the accelerator session runs in the current environment, which lacks {missing}: "
                       "from the checkout, pip install . pytest")
     agreement = ["python", "-m", "pytest", "tests/test_agreement.py", "--device", "gpu", *session.posargs]
-    session.run(*agreement, "-m", "torch or flax", env=GPU_ENV)
+    session.run(*agreement, "-m", "torch or flax or onnx", env=GPU_ENV)
     for backend in KERAS_BACKEND_PACKAGES:  # a backend that is not installed is skipped by name
         session.run(*agreement, "-m", "keras", env={**GPU_ENV, "KERAS_BACKEND": backend})
 

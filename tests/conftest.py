@@ -89,6 +89,12 @@ def _gpu_skip_reason(fw: str) -> str | None:
         jax.config.update("jax_default_matmul_precision", "float32")
         if jax.default_backend() != "gpu":
             return f"{label(fw)}: JAX sees no GPU (backend {jax.default_backend()!r})"
+    elif fw == "onnx":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return ("onnx: onnxruntime has no CUDAExecutionProvider here (the GPU build is another package: "
+                    "pip install onnxruntime-gpu)")
     else:  # keras on tensorflow
         import tensorflow as tf
 
@@ -118,13 +124,20 @@ def framework(request, device) -> str:
 
 
 def pytest_generate_tests(metafunc):
+    """The framework axis; a test marked `trains` gets only the frameworks with a training mode."""
     if "framework" in metafunc.fixturenames:
-        metafunc.parametrize("framework", fw_params(), indirect=True)
+        trains = metafunc.definition.get_closest_marker("trains") is not None
+        params = [p for p in fw_params() if not trains or zoo.FRAMEWORKS[p.values[0]].trains]
+        metafunc.parametrize("framework", params, indirect=True)
 
 
 def to_device(fw: str, model, device: str):
     if device == "gpu" and fw == "torch":
         return model.to("cuda")
+    if device == "gpu" and fw == "onnx":
+        from zoo.frameworks.onnx_model import OnnxModel
+
+        return OnnxModel(model.spec, zoo.get_weights(model), providers=["CUDAExecutionProvider"])
     return model  # JAX, TensorFlow and Keras place work on the GPU by default
 
 

@@ -1,4 +1,4 @@
-"""Report the GPUs that torch, jax and tensorflow see here, for nox's `accelerator` session.
+"""Report the GPUs that torch, jax, tensorflow and onnxruntime see here, for nox's `accelerator` session.
 
 The answer is one line, `zoo-gpu-probe: ["torch: NVIDIA H200", ...]` (JSON; `[]` when none),
 so that it cannot be confused with the log lines frameworks print while importing.
@@ -26,4 +26,9 @@ if importlib.util.find_spec("tensorflow"):
     import tensorflow as tf
 
     found += ["tensorflow: " + d.name for d in tf.config.list_physical_devices("GPU")]
+if importlib.util.find_spec("onnxruntime"):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        found.append("onnxruntime: CUDAExecutionProvider")
 print(PREFIX + json.dumps(found), flush=True)

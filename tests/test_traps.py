@@ -88,6 +88,7 @@ def test_eval_mode_batchnorm(framework, device, record_error):
                      reference.forward(spec, w, x))
 
 
+@pytest.mark.trains
 def test_train_mode_batchnorm(framework, device, record_error):
     """One forward in training mode (dropout off): the same outputs and the same updated running
     statistics as the reference, which updates them as PyTorch does."""
@@ -177,3 +178,12 @@ def test_padded_pooling(pool, framework, device, record_error):
 def test_meta_ceil_mode_changes_the_shapes():
     assert any(Pool("max", 3, 2, 1, ceil_mode=True).out_len(n, 0) != Pool("max", 3, 2, 1).out_len(n, 0)
                for n in (10, 11))
+
+
+def test_onnx_says_it_has_no_training_mode():
+    """The framework axis of `trains` tests leaves ONNX out; its adapter says why when asked anyway."""
+    pytest.importorskip("onnxruntime")
+    spec = every_op()
+    model = zoo.load(spec, "onnx", weights=revealing_weights(spec))
+    with pytest.raises(NotImplementedError, match="inference only.*train in torch, flax or keras"):
+        adapter("onnx").train_forward(model, _x(spec, 2, 0))

@@ -9,6 +9,7 @@ Every adapter module (zoo/frameworks/*_model.py) offers the same few functions:
     predict(model, x) -> np.ndarray        x in the framework's own layout (LAYOUT)
     trace(model, x) -> [(path, output)]   the spec's layers, run one by one (outputs as numpy)
     train_forward(model, x) -> logits     training mode, dropout off: BatchNorm statistics updated
+                                           (frameworks that train only: not ONNX, an inference runtime)
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ class Framework:
     packages: tuple[str, ...]  # top-level imports the adapter needs
     extra: str  # pip extra that installs them
     layout: str  # input layout of its models
+    trains: bool = True  # has a training mode (train_forward); ONNX is inference only
 
 
 FRAMEWORKS: dict[str, Framework] = {
     "torch": Framework("torch", "zoo.frameworks.torch_model", ("torch",), "torch", "NCHW"),
     "flax": Framework("flax", "zoo.frameworks.flax_model", ("jax", "flax"), "flax", "NHWC"),
     "keras": Framework("keras", "zoo.frameworks.keras_model", ("keras",), "keras", "NHWC"),
-    "onnx": Framework("onnx", "zoo.frameworks.onnx_model", ("onnx", "onnxruntime"), "onnx", "NCHW"),
+    "onnx": Framework("onnx", "zoo.frameworks.onnx_model", ("onnx", "onnxruntime"), "onnx", "NCHW",
+                      trains=False),
 }
 
 

@@ -98,9 +98,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     i.add_argument("--model", help="the model to fit it to (default: any registered one)")
     d = sub.add_parser("diff", help="run a model two ways layer by layer; show where they part",
                        description="Run MODEL two ways on the same seeded random NCHW input and compare every "
-                                   "layer's output: each side is a framework (torch, flax, keras, keras[BACKEND]), "
-                                   "'reference' (the float64 NumPy reference) or a weight file in any format (run "
-                                   "in its own framework, or --runner). Exit status 1 when a layer diverges.")
+                                   "layer's output: each side is a framework (torch, flax, keras, onnx, "
+                                   "keras[BACKEND]), 'reference' (the float64 NumPy reference) or a weight file in "
+                                   "any format (run in its own framework, or --runner). Exit status 1 when a layer "
+                                   "diverges.")
     d.add_argument("model")
     d.add_argument("a", metavar="A", help="framework, 'reference' or weight file")
     d.add_argument("b", metavar="B", help="framework, 'reference' or weight file")

@@ -1,6 +1,6 @@
 """`zoo diff`: run one model two ways, layer by layer, and find the first layer where they part.
 
-Each side is a framework (torch, flax, keras, keras[BACKEND]), the float64 reference
+Each side is a framework (torch, flax, keras, onnx, keras[BACKEND]), the float64 reference
 (`reference`), a weight file in any format the zoo reads, or (from Python) a zoo model already
 built. Both run the same seeded random NCHW batch through every layer of the spec (the backends'
 `trace`, `zoo.reference.forward(trace=...)`), and each layer's outputs are compared in NCHW: the

@@ -205,8 +205,14 @@ def session_options(threads: int = 0, level: str = "all", spinning: bool = True)
 
 def session(proto: onnx.ModelProto, options: ort.SessionOptions | None = None,
             providers: list[str] | None = None) -> ort.InferenceSession:
-    return ort.InferenceSession(proto.SerializeToString(), options or session_options(),
-                                providers=providers or ["CPUExecutionProvider"])
+    """An onnxruntime session on `providers` (default: the CPU). onnxruntime falls back to the CPU
+    when another provider fails to start; that is refused here, so a GPU run is a GPU run."""
+    providers = providers or ["CPUExecutionProvider"]
+    sess = ort.InferenceSession(proto.SerializeToString(), options or session_options(), providers=providers)
+    if sess.get_providers()[0] != providers[0]:
+        raise RuntimeError(f"onnxruntime could not start {providers[0]} (it runs on {sess.get_providers()}); "
+                           f"available here: {ort.get_available_providers()}")
+    return sess
 
 
 class OnnxModel:
@@ -240,10 +246,21 @@ class OnnxModel:
         self.spec.check_input(x.shape, LAYOUT)
         if x.shape[0] == 0:  # onnxruntime's kernels do not all take an empty batch
             return np.zeros((0, self.spec.num_classes), np.float32)
-        return self.session(tuple(x.shape[2:])).run([OUTPUT], {INPUT: x})[0]
+        logits = self.session(tuple(x.shape[2:])).run([OUTPUT], {INPUT: x})[0]
+        return _nan_policy(x, logits)
 
     def __repr__(self) -> str:
         return f"OnnxModel({self.spec.name}, {self.spec.num_params:,} parameters, onnxruntime {ort.__version__})"
+
+
+def _nan_policy(x: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """Non-finite input, the zoo's policy in every framework: an image holding NaN or Inf gets NaN
+    logits. onnxruntime needs this: measured, its ReLU (max(x, 0), fused into the conv) turns NaN
+    into 0, so an image with an Inf gave finite logits. One pass over the input, in NumPy."""
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if not finite.all():
+        logits[~finite] = np.nan
+    return logits
 
 
 # --------------------------------------------------------------------------- adapter
