@@ -206,7 +206,7 @@ def test_keras_on_another_backend():
 
 def test_sides_that_are_not_comparable(tmp_path):
     pytest.importorskip("torch")
-    with pytest.raises(ValueError, match=r"B: 'nowhere.pt' is neither a framework \(torch, flax, keras, "
+    with pytest.raises(ValueError, match=r"B: 'nowhere.pt' is neither a framework \(torch, flax, keras, onnx, "
                                          r"keras\[BACKEND\], reference\) nor an existing weight file"):
         zoo.diff("nin", "torch", "nowhere.pt")
     with pytest.raises(ValueError, match=r"only keras takes a backend"):

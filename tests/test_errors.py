@@ -20,7 +20,7 @@ def test_unknown_model(framework):
 
 
 def test_unknown_framework():
-    with pytest.raises(ValueError, match="unknown framework 'mxnet'; choose one of: torch, flax, keras"):
+    with pytest.raises(ValueError, match="unknown framework 'mxnet'; choose one of: torch, flax, keras, onnx"):
         zoo.load("nin", "mxnet")
     with pytest.raises(ValueError, match="unknown framework 'tf'"):
         zoo.summary("nin", framework="tf")
