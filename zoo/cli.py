@@ -6,6 +6,7 @@
     zoo summary nin_imagenet --set num_classes=100
     zoo convert nin model.pt model.weights.h5            # any format to any other, verified
     zoo convert --from torch --to keras IN OUT
+    zoo convert nin model.pt model.onnx                  # ONNX: the zoo's graph; torch.onnx.export's files read too
     zoo inspect model.pt
     zoo diff nin torch keras                             # layer by layer: where two runs part
     zoo diff nin model.pt model.weights.h5               # each file in its own framework
@@ -80,7 +81,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                    help="spec override, repeatable (e.g. --set num_classes=100)")
     c = sub.add_parser("convert", help="convert a weight file to another format, and verify it",
                        description="Convert weights between PyTorch (.pt, .pth), canonical .safetensors, Flax "
-                                   "(Orbax directory), Keras (.weights.h5) and Keras archives (.keras).")
+                                   "(Orbax directory), Keras (.weights.h5), Keras archives (.keras) and ONNX "
+                                   "(.onnx; from torch.onnx.export too, verified against the file's own graph).")
     c.add_argument("paths", nargs="+", metavar="[MODEL] IN OUT",
                    help="the model name is optional: the spec comes from the file or its shapes")
     c.add_argument("--from", dest="src_format", help="source format or framework, when the suffix does not say")
@@ -98,9 +100,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     i.add_argument("--model", help="the model to fit it to (default: any registered one)")
     d = sub.add_parser("diff", help="run a model two ways layer by layer; show where they part",
                        description="Run MODEL two ways on the same seeded random NCHW input and compare every "
-                                   "layer's output: each side is a framework (torch, flax, keras, keras[BACKEND]), "
-                                   "'reference' (the float64 NumPy reference) or a weight file in any format (run "
-                                   "in its own framework, or --runner). Exit status 1 when a layer diverges.")
+                                   "layer's output: each side is a framework (torch, flax, keras, keras[BACKEND], "
+                                   "onnx), 'reference' (the float64 NumPy reference) or a weight file in any format "
+                                   "(run in its own framework, or --runner). Exit status 1 when a layer diverges.")
     d.add_argument("model")
     d.add_argument("a", metavar="A", help="framework, 'reference' or weight file")
     d.add_argument("b", metavar="B", help="framework, 'reference' or weight file")

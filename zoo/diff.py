@@ -1,6 +1,6 @@
 """`zoo diff`: run one model two ways, layer by layer, and find the first layer where they part.
 
-Each side is a framework (torch, flax, keras, keras[BACKEND]), the float64 reference
+Each side is a framework (torch, flax, keras, keras[BACKEND], onnx), the float64 reference
 (`reference`), a weight file in any format the zoo reads, or (from Python) a zoo model already
 built. Both run the same seeded random NCHW batch through every layer of the spec (the backends'
 `trace`, `zoo.reference.forward(trace=...)`), and each layer's outputs are compared in NCHW: the
@@ -350,10 +350,11 @@ def diff(model, a, b, *, weights=None, input_size=None, batch: int = 2, seed: in
          runner: str | None = None, overrides: dict | None = None, **more_overrides) -> Diff:
     """Run `model` two ways layer by layer and compare every layer's output: a `Diff` (a list of rows).
 
-    `a` and `b`: 'torch', 'flax', 'keras', 'keras[BACKEND]', 'reference', a weight file (run in its
-    own framework: torch for .pt and .safetensors, flax for Orbax, keras for .weights.h5 and .keras;
-    or in `runner`, e.g. 'reference'), or a zoo model. Framework sides run `weights` (a pretrained
-    tag, a file or a dict), else the weights of the file side, else `zoo.init_weights(spec, seed)`.
+    `a` and `b`: 'torch', 'flax', 'keras', 'keras[BACKEND]', 'onnx', 'reference', a weight file (run in its
+    own framework: torch for .pt and .safetensors, flax for Orbax, keras for .weights.h5 and .keras, onnx
+    (the zoo's graph of its spec) for .onnx; or in `runner`, e.g. 'reference'), or a zoo model. Framework
+    sides run `weights` (a pretrained tag, a file or a dict), else the weights of the file side, else
+    `zoo.init_weights(spec, seed)`.
     `input_size` is the size of the input run; spec overrides are keywords, or `overrides`
     (where a spec's own `input_size` is one: `overrides={'input_size': 96}`).
 
