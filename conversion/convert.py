@@ -137,7 +137,7 @@ def _verify(report: Report, src: Path, sfmt, src_weights, written, tmp: Path, df
         raise ConversionError(f"verification failed: tensors read back from the output differ: {', '.join(bad)}")
     spec = report.spec
     # A file that holds its own graph (ONNX) is run as it is, so that a foreign graph read as the wrong spec shows.
-    graph = function(sfmt, "graph")(src) if sfmt.graph else None
+    graph = function(sfmt, "graph")(src, PROBE_MAX_ELEMENTS) if sfmt.graph else None
     x = _probe(spec, graph)
     a, ran_a = (graph(x), graph.runner) if graph else _run(sfmt.framework, spec, src_weights, x)
     b, ran_b = _run(dfmt.framework, spec, back.weights, x)

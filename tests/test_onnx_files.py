@@ -252,6 +252,23 @@ def test_broken_file(case, tmp_path):
     assert not (tmp_path / "out.pt").exists()
 
 
+def test_a_graph_that_would_ask_for_gigabytes_is_refused_before_it_runs(tmp_path):
+    """Weights intact (digest fine), the first convolution padded by 5000 on each side: 2 x 8 x 2554 x 2554
+    values on the probe, which shape inference finds before onnxruntime would allocate them."""
+    path, _ = _zoo_file(tmp_path / "m.onnx")
+
+    def pad(proto):
+        conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+        next(a for a in conv.attribute if a.name == "pads").ints[:] = [5000] * 4
+
+    _edit(path, pad)
+    assert conversion.read(path).spec == NIN  # reading needs no graph run
+    expected = (f"{path}: on a [2, 1, 224, 224] input its graph makes blocks.0.conv0/Conv:1 of shape [2, 8, 2554, "
+                f"2554], over 33,554,432 values; refused (a zoo model of this size makes none so large)")
+    with pytest.raises(ConversionError, match=f"^{re.escape(expected)}$"):
+        conversion.convert(path, tmp_path / "out.pt")
+
+
 def test_an_onnx_file_named_pt_is_named_as_such(tmp_path):
     path, _ = _zoo_file(tmp_path / "m.onnx")
     path.rename(tmp_path / "m.pt")

@@ -356,7 +356,7 @@ class Graph:
 
     runner = "onnxruntime, the file's own graph"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, max_elements: int = 2**25):
         path = Path(path)
         proto = load(path)
         inputs, outputs = _inputs(proto.graph), proto.graph.output
@@ -374,6 +374,7 @@ class Graph:
         self.batch, self.channels = fixed[0], fixed[1]
         self.size = (fixed[2], fixed[3]) if fixed[2] and fixed[3] else None
         self.path, self.input, self.output = path, inputs[0].name, outputs[0].name
+        self.max_elements, self._skeleton, self._checked = max_elements, _skeleton(proto), set()
         try:
             self.session = onnx_model.session(proto)
         except Exception as e:
@@ -382,9 +383,49 @@ class Graph:
     def __call__(self, x: np.ndarray) -> np.ndarray:  # [B, C, H, W] -> [B, classes]
         x = np.ascontiguousarray(x, np.float32)
         step = self.batch or len(x)
+        self._check_activations((step, *x.shape[1:]))
         try:
             return np.concatenate([self.session.run([self.output], {self.input: x[i:i + step]})[0]
                                    for i in range(0, len(x), step)])
         except Exception as e:
             raise ConversionError(f"{self.path}: onnxruntime could not run its graph on a {list(x.shape)} input: "
                                   f"{one_line(e)}") from None
+
+    def _check_activations(self, shape: tuple[int, ...]) -> None:
+        """Refuse, before onnxruntime allocates them, activations of over `max_elements` values on an input of
+        `shape` (onnx's shape inference, which also refuses a graph inconsistent with itself)."""
+        if shape in self._checked:
+            return
+        model = onnx.ModelProto()
+        model.CopyFrom(self._skeleton)
+        model.graph.input.append(helper.make_tensor_value_info(self.input, TensorProto.FLOAT, list(shape)))
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        except Exception as e:
+            raise ConversionError(f"{self.path}: its graph cannot run on a {list(shape)} input: "
+                                  f"{one_line(e)}") from None
+        for v in [*inferred.graph.value_info, *inferred.graph.output]:
+            dims = v.type.tensor_type.shape.dim
+            if all(d.HasField("dim_value") for d in dims) and math.prod(d.dim_value for d in dims) > self.max_elements:
+                raise ConversionError(f"{self.path}: on a {list(shape)} input its graph makes {_shown(v.name, 60)} of "
+                                      f"shape {[d.dim_value for d in dims][:8]}, over {self.max_elements:,} values; "
+                                      f"refused (a zoo model of this size makes none so large)")
+        self._checked.add(shape)
+
+
+def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its float data (shapes and types kept) and with outputs of unknown shape, for shape
+    inference at other inputs."""
+    held = {t.name for t in proto.graph.initializer}
+    graph = helper.make_graph(list(proto.graph.node), "skeleton", [],
+                              [helper.make_tensor_value_info(o.name, o.type.tensor_type.elem_type, None)
+                               for o in proto.graph.output])
+    for t in proto.graph.initializer:
+        if t.data_type in FLOAT_TYPES:
+            graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+        else:
+            graph.initializer.append(t)
+    graph.input.extend(v for v in proto.graph.input if v.name in held)  # files of IR < 4 list them as inputs
+    model = helper.make_model(graph, opset_imports=list(proto.opset_import))
+    model.ir_version = proto.ir_version
+    return model
