@@ -71,7 +71,11 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
     meta = {p.key: p.value for p in proto.metadata_props}
     tensors = _float_tensors(path, proto.graph)
     ckpt = Checkpoint({}, "onnx")
-    if meta.get("format") == FORMAT_TAG:
+    # A zoo file is one with any of its marks: a damaged one must not read as a foreign file, unchecked.
+    if meta.get("format") == FORMAT_TAG or DIGEST_KEY in meta:
+        if meta.get("format") != FORMAT_TAG:
+            raise ConversionError(f"{path}: its zoo metadata is damaged (format {_shown(meta.get('format', ''), 40)!r}"
+                                  f" instead of {FORMAT_TAG!r}); copy or write it again")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ConversionError(f"{path} has zoo format version {meta.get('format_version')!r}; "
                                   f"this zoo reads version {FORMAT_VERSION}: upgrade multizoo")
@@ -79,10 +83,12 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
             ckpt.spec = ModelSpec.from_json(meta["spec"])
         except (KeyError, SpecError) as e:
             raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
+        if DIGEST_KEY not in meta:  # every zoo .onnx has one: its key was damaged
+            raise ConversionError(f"{path}: its zoo metadata lacks the SHA-256 of its tensors ({DIGEST_KEY}): the "
+                                  f"file is damaged; copy or write it again")
         ckpt.weights = {k: _array(path, k, tensors[k]) for k in ckpt.spec.param_shapes() if k in tensors}
-        check_digest(path, ckpt.weights, meta.get(DIGEST_KEY))
-        ckpt.notes.append(f"zoo ONNX file, format version {FORMAT_VERSION}"
-                          + (", SHA-256 of its tensors checked" if DIGEST_KEY in meta else ""))
+        check_digest(path, ckpt.weights, meta[DIGEST_KEY])
+        ckpt.notes.append(f"zoo ONNX file, format version {FORMAT_VERSION}, SHA-256 of its tensors checked")
     else:
         names = _weight_names(proto.graph, tensors)
         if not names:
@@ -405,11 +411,13 @@ class Graph:
             raise ConversionError(f"{self.path}: its graph cannot run on a {list(shape)} input: "
                                   f"{one_line(e)}") from None
         for v in [*inferred.graph.value_info, *inferred.graph.output]:
-            dims = v.type.tensor_type.shape.dim
-            if all(d.HasField("dim_value") for d in dims) and math.prod(d.dim_value for d in dims) > self.max_elements:
-                raise ConversionError(f"{self.path}: on a {list(shape)} input its graph makes {_shown(v.name, 60)} of "
-                                      f"shape {[d.dim_value for d in dims][:8]}, over {self.max_elements:,} values; "
-                                      f"refused (a zoo model of this size makes none so large)")
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            made = f"{self.path}: on a {list(shape)} input its graph makes {_shown(v.name, 60)} of shape {dims[:8]}"
+            if any(d is not None and d < 1 for d in dims):  # onnxruntime has crashed (SIGFPE) on empty maps
+                raise ConversionError(f"{made}, which is empty; refused (a zoo model makes no empty maps)")
+            if None not in dims and math.prod(dims) > self.max_elements:
+                raise ConversionError(f"{made}, over {self.max_elements:,} values; refused (a zoo model of this "
+                                      f"size makes none so large)")
         self._checked.add(shape)
 
 
