@@ -114,6 +114,29 @@ def test_equal_tensors_stored_once_are_read_through_identity_nodes(tmp_path):
                             r"stores equal tensors once", n) for n in ckpt.notes), ckpt.notes
 
 
+def test_weights_in_constant_nodes_of_a_file_without_metadata(tmp_path):
+    """Some tools keep weights in Constant nodes; a file without the zoo's metadata is read as a foreign one (names,
+    then the spec from the shapes), and its integer constants and other glue are no weights."""
+    from onnx import helper
+
+    path, w = _zoo_file(tmp_path / "m.onnx")
+
+    def change(proto):
+        del proto.metadata_props[:]
+        t = next(t for t in proto.graph.initializer if t.name == "blocks.1.conv0.weight")
+        proto.graph.node.insert(0, helper.make_node("Constant", [], [t.name], value=t))
+        proto.graph.initializer.remove(t)
+
+    _edit(path, change)
+    ckpt = conversion.read(path)
+    assert sorted(ckpt.weights) == sorted(w) and all(np.array_equal(ckpt.weights[k], w[k]) for k in w)
+    assert "1 tensor(s) read through Identity or Constant nodes (blocks.1.conv0.weight); torch.onnx.export stores " \
+           "equal tensors once" in ckpt.notes
+    assert conversion.resolve_spec(ckpt)[0] == NIN
+    report = conversion.convert(path, tmp_path / "out.pt")
+    assert report.spec_origin == "inferred from the tensor shapes: nin with widths=(8, 16, 16)"
+
+
 def test_folded_batchnorm_says_how_to_export_again(tmp_path):
     torch = pytest.importorskip("torch")
     _, _, model = _resnet()
@@ -132,6 +155,29 @@ def test_folded_batchnorm_says_how_to_export_again(tmp_path):
         zoo.load("resnet18", "torch", weights=path)
     assert hint in conversion.inspect(path)
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_batchnorm_merged_by_the_dynamo_exporter_says_how_to_export_again(tmp_path):
+    """torch.onnx.export(dynamo=True)'s optimizer merges BatchNorm into the convolution too, naming the new bias
+    after the weight (written here by hand: the dynamo exporter needs onnxscript)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    tensors = {"conv1.weight": (4, 3, 7, 7), "conv1.weight_bias": (4,), "fc.weight": (5, 4), "fc.bias": (5,)}
+    nodes = [helper.make_node("Conv", ["x", "conv1.weight", "conv1.weight_bias"], ["c"], kernel_shape=[7, 7]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["y"],
+                                                                         transB=1)]
+    model = _graph(nodes, [("", 18)], initializers=[
+        numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        for name, shape in tensors.items()])
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32]))
+    onnx.save(model, str(tmp_path / "merged.onnx"))
+    hint = ("Its biases named conv1.weight_bias are how torch.onnx.export(dynamo=True) names a convolution into which "
+            "its optimizer merged the BatchNorm after it: the BatchNorm tensors are gone, so no zoo model fits. Export "
+            "again with optimize=False (or with dynamo=False, do_constant_folding=False)")
+    with pytest.raises(ConversionError, match=re.escape(hint) + "$"):
+        conversion.convert(tmp_path / "merged.onnx", tmp_path / "out.pt")
 
 
 def test_a_foreign_graph_read_as_the_wrong_spec_is_caught(tmp_path):
@@ -225,7 +271,8 @@ def test_external_data_outside_the_folder_or_the_file_is_refused(case, tmp_path)
 
 # --------------------------------------------------------------------------- broken and hostile files
 
-@pytest.mark.parametrize("case", ["empty", "truncated", "garbage", "flipped_weight", "no_graph"])
+@pytest.mark.parametrize("case", ["empty", "truncated", "garbage", "flipped_weight", "no_graph", "damaged_tag",
+                                  "damaged_digest_key"])
 def test_broken_file(case, tmp_path):
     path, _ = _zoo_file(tmp_path / "m.onnx")
     data = bytearray(path.read_bytes())
@@ -241,6 +288,15 @@ def test_broken_file(case, tmp_path):
     elif case == "no_graph":  # protobuf that parses (unknown fields are allowed), as some random bytes do
         path.write_bytes(b"\x08\x08")
         expected = f"{path} is not a readable ONNX file (truncated or corrupt?): it holds no graph"
+    elif case.startswith("damaged"):  # a flipped bit in the metadata must not make it a foreign file, unchecked
+        key, new = ("format", "multizoo.caNonical") if case == "damaged_tag" else ("zoo_sha256", "zoo_sha056")
+        at = data.index(key.encode() if case == "damaged_digest_key" else b"multizoo.canonical")
+        data[at: at + len(new)] = new.encode()
+        path.write_bytes(bytes(data))
+        expected = (f"{path}: its zoo metadata is damaged (format 'multizoo.caNonical' instead of "
+                    f"'multizoo.canonical'); copy or write it again" if case == "damaged_tag" else
+                    f"{path}: its zoo metadata lacks the SHA-256 of its tensors (zoo_sha256): the file is damaged; "
+                    f"copy or write it again")
     else:
         at = data.index(np.float32(random_weights(NIN, 0)["blocks.2.conv1.weight"][0, 0, 0, 0]).tobytes())
         data[at] ^= 0x10
