@@ -33,10 +33,11 @@ def probe_size(spec: ModelSpec, size: tuple[int, int] | None = None, batch: int 
         if largest <= PROBE_MAX_ELEMENTS:
             return s
     if size:
-        why = spec.fits(size) or f"would need activations of over {PROBE_MAX_ELEMENTS:,} values"
+        reason = spec.fits(size)
+        why = f"does not run ({reason})" if reason else f"would need activations of over {PROBE_MAX_ELEMENTS:,} values"
         raise ConversionError(f"the source file's graph takes {_size(size)} inputs (batch {batch}), at which "
-                              f"{spec.name} {'does not run: ' if spec.fits(size) else ''}{why}; check that the file "
-                              f"holds this model, or pass --no-verify / verify=False to skip the verification")
+                              f"{spec.name} {why}; check that the file holds this model, or pass --no-verify / "
+                              f"verify=False to skip the verification")
     raise ConversionError(f"verification would need activations of over {PROBE_MAX_ELEMENTS:,} values even at "
                           f"this spec's smallest input that fits ({m}x{m} or its nominal "
                           f"{spec.input_size[0]}x{spec.input_size[1]}); pass --no-verify / verify=False to skip it")

@@ -325,6 +325,20 @@ def test_a_graph_that_would_ask_for_gigabytes_is_refused_before_it_runs(tmp_path
         conversion.convert(path, tmp_path / "out.pt")
 
 
+def test_a_graph_whose_input_size_the_spec_does_not_take(tmp_path):
+    path, _ = _zoo_file(tmp_path / "m.onnx")
+
+    def resize(proto):
+        for d in proto.graph.input[0].type.tensor_type.shape.dim[2:]:
+            d.dim_value = 20
+
+    _edit(path, resize)
+    with pytest.raises(ConversionError, match=r"^the source file's graph takes 20x20 inputs \(batch 2\), at which nin "
+                                              r"does not run \(.+\); check that the file holds this model, or pass "
+                                              r"--no-verify / verify=False to skip the verification$"):
+        conversion.convert(path, tmp_path / "out.pt")
+
+
 def test_an_onnx_file_named_pt_is_named_as_such(tmp_path):
     path, _ = _zoo_file(tmp_path / "m.onnx")
     path.rename(tmp_path / "m.pt")
