@@ -157,22 +157,36 @@ def test_folded_batchnorm_says_how_to_export_again(tmp_path):
     assert not (tmp_path / "out.pt").exists()
 
 
-def test_batchnorm_merged_by_the_dynamo_exporter_says_how_to_export_again(tmp_path):
-    """torch.onnx.export(dynamo=True)'s optimizer merges BatchNorm into the convolution too, naming the new bias
-    after the weight (written here by hand: the dynamo exporter needs onnxscript)."""
+def _small_foreign(path, conv_bias="conv1.bias", fc_weight_shape=(5, 4), **gemm):
+    """conv1 (7x7), ReLU, global pool, fc: written by hand as another exporter might."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    tensors = {"conv1.weight": (4, 3, 7, 7), "conv1.weight_bias": (4,), "fc.weight": (5, 4), "fc.bias": (5,)}
-    nodes = [helper.make_node("Conv", ["x", "conv1.weight", "conv1.weight_bias"], ["c"], kernel_shape=[7, 7]),
+    tensors = {"conv1.weight": (4, 3, 7, 7), conv_bias: (4,), "fc.weight": fc_weight_shape, "fc.bias": (5,)}
+    nodes = [helper.make_node("Conv", ["x", "conv1.weight", conv_bias], ["c"], kernel_shape=[7, 7]),
              helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
-             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["y"],
-                                                                         transB=1)]
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["y"], name="fc", **{"transB": 1, **gemm})]
     model = _graph(nodes, [("", 18)], initializers=[
         numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
         for name, shape in tensors.items()])
     model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32]))
-    onnx.save(model, str(tmp_path / "merged.onnx"))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_weights_in_another_layout_are_refused(tmp_path):
+    path = _small_foreign(tmp_path / "tf_style.onnx", fc_weight_shape=(4, 5), transB=0)
+    with pytest.raises(ConversionError, match="^" + re.escape(
+            f"{path}: Gemm node fc has transB=0; the zoo's layers have transB=1, as PyTorch's exporter writes them, "
+            f"so its weights would not mean the same in a zoo model") + "$"):
+        conversion.read(path)
+
+
+def test_batchnorm_merged_by_the_dynamo_exporter_says_how_to_export_again(tmp_path):
+    """torch.onnx.export(dynamo=True)'s optimizer merges BatchNorm into the convolution too, naming the new bias
+    after the weight (written here by hand: the dynamo exporter needs onnxscript)."""
+    _small_foreign(tmp_path / "merged.onnx", conv_bias="conv1.weight_bias")
     hint = ("Its biases named conv1.weight_bias are how torch.onnx.export(dynamo=True) names a convolution into which "
             "its optimizer merged the BatchNorm after it: the BatchNorm tensors are gone, so no zoo model fits. Export "
             "again with optimize=False (or with dynamo=False, do_constant_folding=False)")

@@ -2,7 +2,7 @@
 weights under their canonical names, with the model, spec and SHA-256 of the tensors in its metadata_props
 (as in the zoo's safetensors). Files from elsewhere (torch.onnx.export, either exporter) read too.
 
-Reading runs nothing and reads nothing outside the model's folder:
+Reading runs none of the file's graph and reads nothing outside the model's folder:
   * the file's size is bounded before it is parsed, and it is parsed without its external data;
   * graphs with ops outside READ_OPS, or a default-domain opset outside MIN_OPSET to the newest the
     installed onnxruntime runs, are refused, naming them;
@@ -94,6 +94,7 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
         if not names:
             raise ConversionError(f"{path}: no Conv, Gemm or BatchNormalization in its graph takes a float tensor "
                                   f"that the file holds: it holds no weights the zoo can read")
+        _check_layers(path, proto.graph, tensors)
         ckpt.weights = {k: _array(path, k, tensors[k]) for k in names}
         ckpt.hint = _export_hint(proto.graph, names)
         aliases = [k for k in names if k not in {t.name for t in proto.graph.initializer}]
@@ -282,6 +283,29 @@ def _weight_names(graph: onnx.GraphProto, tensors: dict[str, TensorProto]) -> li
             if i < len(node.input) and node.input[i] in tensors:
                 names[node.input[i]] = None
     return list(names)
+
+
+# Attributes of the layers that hold weights whose values the zoo's layers have, and PyTorch's exporter writes:
+# otherwise the weights are in another layout (Gemm's transB=0 holds [in, out]) or mean something the spec cannot
+# say (dilated or grouped convolutions).
+LAYER_ATTRIBUTES = {"Gemm": {"transA": 0, "transB": 1, "alpha": 1.0, "beta": 1.0},
+                    "Conv": {"group": 1, "dilations": None}}  # None: every value 1
+
+
+def _check_layers(path: Path, graph: onnx.GraphProto, tensors: dict[str, TensorProto]) -> None:
+    for node in graph.node:
+        if node.op_type not in LAYER_ATTRIBUTES or not any(i in tensors for i in node.input[1:]):
+            continue
+        wanted = LAYER_ATTRIBUTES[node.op_type]
+        for a in node.attribute:
+            if a.name not in wanted:
+                continue
+            value, want = helper.get_attribute_value(a), wanted[a.name]
+            if (any(v != 1 for v in value) if want is None else value != want):
+                raise ConversionError(f"{path}: {node.op_type} node {_shown(node.name or node.output[0], 60)} has "
+                                      f"{a.name}={_shown(str(value), 40)}; the zoo's layers have "
+                                      f"{a.name}={1 if want is None else want}, as PyTorch's exporter writes them, "
+                                      f"so its weights would not mean the same in a zoo model")
 
 
 def _array(path: Path, name: str, t: TensorProto) -> np.ndarray:
