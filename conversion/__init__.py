@@ -1,4 +1,4 @@
-"""Weight conversion between PyTorch, Flax NNX and Keras files, through the zoo's canonical form.
+"""Weight conversion between PyTorch, Flax NNX, Keras and ONNX files, through the zoo's canonical form.
 
     >>> import conversion
     >>> print(conversion.convert('model.pt', 'model.weights.h5'))     # verified by running both

@@ -15,21 +15,29 @@ from zoo.io.formats import detect, function, is_previous_output, sniff
 from zoo.io.infer import infer_spec, resolve_spec
 from zoo.spec import ModelSpec
 
-# The verification probe: batch 2, the spec's input size, or a smaller one that fits when that is too large.
+# The verification probe: batch 2, the spec's input size, or a smaller one that fits when that is too large;
+# a source file that holds its own graph may fix the batch and size instead.
 PROBE_MAX_ELEMENTS = 2**25  # of the largest activation: 128 MiB of float32
 
 
-def probe_size(spec: ModelSpec) -> tuple[int, int]:
+def probe_size(spec: ModelSpec, size: tuple[int, int] | None = None, batch: int = 2) -> tuple[int, int]:
     """The nominal input size, or the smallest square one that fits when its activations are too large
-    (a spec whose linear layer takes a fixed size fits only some sizes: `ModelSpec.fits` says which)."""
+    (a spec whose linear layer takes a fixed size fits only some sizes: `ModelSpec.fits` says which).
+    With `size` (a source graph's own), that size or an error."""
     m = spec.min_input_size
-    for size in (tuple(spec.input_size), (m, m)):
-        if spec.fits(size) is not None:
+    for s in [size] if size else [tuple(spec.input_size), (m, m)]:
+        if spec.fits(s) is not None:
             continue
-        largest = max(max(int(np.prod(s)) for _, s in spec.layer_shapes(size, 2)),
-                      2 * spec.in_channels * size[0] * size[1])
+        largest = max(max(int(np.prod(shape)) for _, shape in spec.layer_shapes(s, batch)),
+                      batch * spec.in_channels * s[0] * s[1])
         if largest <= PROBE_MAX_ELEMENTS:
-            return size
+            return s
+    if size:
+        reason = spec.fits(size)
+        why = f"does not run ({reason})" if reason else f"would need activations of over {PROBE_MAX_ELEMENTS:,} values"
+        raise ConversionError(f"the source file's graph takes {_size(size)} inputs (batch {batch}), at which "
+                              f"{spec.name} {why}; check that the file holds this model, or pass --no-verify / "
+                              f"verify=False to skip the verification")
     raise ConversionError(f"verification would need activations of over {PROBE_MAX_ELEMENTS:,} values even at "
                           f"this spec's smallest input that fits ({m}x{m} or its nominal "
                           f"{spec.input_size[0]}x{spec.input_size[1]}); pass --no-verify / verify=False to skip it")
@@ -118,21 +126,25 @@ def convert(src, dst, *, model: str | None = None, overrides: dict | None = None
         except Exception as e:  # OSError, RuntimeError from torch's zip writer, SafetensorError, h5py's, ...
             raise ConversionError(f"could not write {dst}: {one_line(e)}") from None
         if verify:
-            _verify(report, ckpt.weights, weights, tmp, sfmt.framework, dfmt)
+            _verify(report, src, sfmt, ckpt.weights, weights, tmp, dfmt)
     return report
 
 
-def _verify(report: Report, src_weights, written, tmp: Path, src_framework: str, dfmt) -> None:
+def _verify(report: Report, src: Path, sfmt, src_weights, written, tmp: Path, dfmt) -> None:
     back = read(tmp, dfmt.name, spec=report.spec)
     bad = [k for k in written if back.weights.get(k) is None or back.weights[k].dtype != written[k].dtype
            or not np.array_equal(back.weights[k], written[k])]
     if bad or set(back.weights) != set(written):
         raise ConversionError(f"verification failed: tensors read back from the output differ: {', '.join(bad)}")
     spec = report.spec
-    h, w = probe_size(spec)
-    x = np.random.default_rng(0).standard_normal((2, spec.in_channels, h, w)).astype(np.float32)
-    a, ran_a = _run(src_framework, spec, src_weights, x)
+    # A file that holds its own graph (ONNX) is run as it is, so that a foreign graph read as the wrong spec shows.
+    graph = function(sfmt, "graph")(src, PROBE_MAX_ELEMENTS) if sfmt.graph else None
+    x = _probe(spec, graph)
+    a, ran_a = (graph(x), graph.runner) if graph else _run(sfmt.framework, spec, src_weights, x)
     b, ran_b = _run(dfmt.framework, spec, back.weights, x)
+    if a.shape != b.shape:
+        raise ConversionError(f"verification failed: the source gives outputs of shape {a.shape}, the destination "
+                              f"{b.shape}; nothing was written")
     scale = float(np.abs(a).max())
     report.max_abs = float(np.abs(a.astype(np.float64) - b).max())
     report.max_rel = report.max_abs / max(scale, 1e-30)
@@ -140,6 +152,18 @@ def _verify(report: Report, src_weights, written, tmp: Path, src_framework: str,
     if report.max_abs > 1e-5 * max(1.0, scale):
         raise ConversionError(f"verification failed: outputs differ by {report.max_abs:.3e} (scale {scale:.3g}); "
                               f"nothing was written")
+
+
+def _probe(spec: ModelSpec, graph=None) -> np.ndarray:
+    """Seeded NCHW input: batch 2 at `probe_size`, or what a source graph fixes (its batch, its size)."""
+    batch, size = 2, None
+    if graph is not None:
+        if graph.channels not in (None, spec.in_channels):
+            raise ConversionError(f"the source file's graph takes {graph.channels} input channel(s), {spec.name} "
+                                  f"{spec.in_channels}: the file holds another model")
+        batch, size = max(2, graph.batch or 2), graph.size  # a graph of batch 1 runs the probe sample by sample
+    h, w = probe_size(spec, size, batch)
+    return np.random.default_rng(0).standard_normal((batch, spec.in_channels, h, w)).astype(np.float32)
 
 
 def _what(path: Path) -> str:

@@ -45,10 +45,10 @@ from pathlib import Path
 CASE_SECONDS = 30
 HARD_SECONDS = 90
 MEMORY_BUDGET = 3 * 2**30  # bytes of address space a case may add to the worker's
-FORMATS = ("torch", "safetensors", "flax", "keras", "keras_archive")
+FORMATS = ("torch", "safetensors", "flax", "keras", "keras_archive", "onnx")
 NAMES = {"torch": "m.pt", "safetensors": "m.safetensors", "flax": "m_flax", "keras": "m.weights.h5",
-         "keras_archive": "m.keras"}
-DESTINATIONS = ("safetensors", "torch", "keras", "flax", "keras_archive")
+         "keras_archive": "m.keras", "onnx": "m.onnx"}
+DESTINATIONS = ("safetensors", "torch", "keras", "flax", "keras_archive", "onnx")
 KINDS = ("truncate", "flip", "zero", "header", "spec")
 SPEC_ARGS = dict(widths=(8, 16, 16), input_size=96)
 
@@ -192,6 +192,18 @@ def _with_spec(fmt: str, path: Path, text: str) -> None:
         meta.write_text(json.dumps(d))
     elif fmt == "keras_archive":
         _rewrite_zip(path, {"config.json": lambda b: _keras_config(b, text)})
+    elif fmt == "onnx":  # protobuf strings are UTF-8: a lone surrogate becomes '?'
+        text = text.encode("utf-8", "replace").decode()
+        _edit_onnx(path, lambda proto: next(p for p in proto.metadata_props if p.key == "spec").__setattr__("value",
+                                                                                                          text))
+
+
+def _edit_onnx(path: Path, change) -> None:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    change(proto)
+    path.write_bytes(proto.SerializeToString())
 
 
 def _is_spec(value) -> bool:
@@ -282,6 +294,8 @@ def _header(fmt: str, path: Path, rng: random.Random) -> str:
                 group.create_dataset(v, data=old)
                 group.create_dataset(v + "_extra", data=old)
             return f"HDF5 dataset {name}: {edit} edited"
+    if fmt == "onnx":
+        return _onnx_header(path, rng)
     # flax: Orbax metadata files
     target = rng.choice([p for p in _files(path) if p.name in ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt")]
                         or _files(path))
@@ -294,6 +308,49 @@ def _header(fmt: str, path: Path, rng: random.Random) -> str:
         return f"Orbax {target.name} edited"
     target.unlink()
     return f"Orbax {target.relative_to(path)} deleted"
+
+
+def _onnx_header(path: Path, rng: random.Random) -> str:
+    """An edit of the ModelProto's own fields: a tensor's dims, type, data or storage; the opset; an op; an
+    attribute."""
+    from onnx import TensorProto, helper
+
+    what = []
+
+    def change(proto):
+        edit = rng.choice(["dims", "dtype", "data", "external", "opset", "op", "attribute"])
+        t = rng.choice(list(proto.graph.initializer))
+        if edit == "dims":
+            t.dims[:] = rng.choice([[10**9, 10**9], [0], [-1], [30000, 30000, 3, 3], list(t.dims)[::-1] + [1]])
+        elif edit == "dtype":
+            t.data_type = rng.choice([TensorProto.INT32, TensorProto.UINT8, TensorProto.BOOL, TensorProto.STRING,
+                                      TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.COMPLEX64, 999])
+        elif edit == "data":
+            t.raw_data = t.raw_data[: rng.randrange(len(t.raw_data) + 1)] + rng.randbytes(rng.choice((0, 4, 7)))
+        elif edit == "external":
+            t.data_location = TensorProto.EXTERNAL
+            del t.external_data[:]
+            for key, value in (("location", rng.choice(["/etc/passwd", "../m.onnx", "m.onnx", "none.bin", "", "."])),
+                               ("offset", rng.choice(["0", "-4", str(10**12), "x"])),
+                               ("length", rng.choice(["16", str(10**15), "-1", "0"]))):
+                t.external_data.add(key=key, value=value)
+        elif edit == "opset":
+            proto.opset_import[0].version = rng.choice([1, 9, 29, 10**6, -5])
+        elif edit == "op":
+            node = rng.choice(list(proto.graph.node))
+            node.op_type, node.domain = rng.choice([("LSTM", ""), ("Loop", ""), ("Foo", ""), ("", ""),
+                                                    ("Conv", "com.example"), (node.op_type, "ai.onnx.ml")])
+        else:
+            node = rng.choice([n for n in proto.graph.node if n.attribute])
+            attr = rng.choice(list(node.attribute))
+            value = rng.choice([[10**6, 10**6], [0, 0], [-3, -3, -3, -3], [5000] * 4])
+            del node.attribute[list(node.attribute).index(attr)]
+            node.attribute.append(helper.make_attribute(attr.name, value))
+            t = node
+        what.append(f"{edit} of {t.name}")
+
+    _edit_onnx(path, change)
+    return f"ONNX {what[0]} edited"
 
 
 def _zip_bomb(path: Path) -> None:
@@ -330,7 +387,7 @@ def _crafted(fmt: str, name: str, folder: Path) -> Path:
             path.write_bytes(random.Random(7).randbytes(1600))
     elif name == "other_format":  # a file of another format under this one's name
         other = {"torch": "safetensors", "safetensors": "torch", "keras": "keras_archive", "keras_archive": "torch",
-                 "flax": "keras"}[fmt]
+                 "flax": "keras", "onnx": "torch"}[fmt]
         src = write_seed(other, folder)
         if fmt == "flax":
             path.mkdir()
@@ -426,6 +483,8 @@ def _crafted(fmt: str, name: str, folder: Path) -> Path:
     elif name == "zip_bomb" and fmt == "keras_archive":
         write_seed(fmt, folder)
         _zip_bomb(path)
+    elif fmt == "onnx" and name in ONNX_CRAFTED:
+        _crafted_onnx(name, path, folder)
     elif name == "big_input" :
         write_seed(fmt, folder)
         d = spec().to_dict()
@@ -434,6 +493,80 @@ def _crafted(fmt: str, name: str, folder: Path) -> Path:
     else:
         raise KeyError(f"no crafted case {name!r} for {fmt}")
     return path
+
+
+ONNX_CRAFTED = ("external_ok", "external_absolute", "external_parent", "external_symlink", "external_past_end",
+                "external_fifo", "lstm", "custom_domain", "opset3", "opset99", "torch_export", "huge_padding")
+
+
+def _crafted_onnx(name: str, path: Path, folder: Path) -> None:
+    """Hostile .onnx files: external data out of the folder or past its file, ops and opsets the zoo does not
+    read, a graph that would allocate gigabytes; and two good ones (external data beside it, torch's export)."""
+    import onnx
+    from onnx import helper
+
+    if name == "torch_export":  # the zoo's torch model, as torch.onnx.export writes it: canonical names
+        import torch
+
+        model = _torch_model()
+        with contextlib.redirect_stderr(io.StringIO()):
+            torch.onnx.export(model, torch.zeros(1, 1, 96, 96), str(path), dynamo=False)
+        return
+    write_seed("onnx", folder)
+    if name.startswith("external_"):
+        proto = onnx.load(str(path))
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="m.onnx.data", size_threshold=0)
+        data = Path(folder) / "m.onnx.data"
+        outside = Path(folder).parent / f"{Path(folder).name}-outside.data"
+        location, offset = None, None
+        if name == "external_absolute":
+            location = str(data)
+        elif name == "external_parent":
+            location = f"../{Path(folder).name}/m.onnx.data"
+        elif name == "external_symlink":
+            shutil.copy(data, outside)  # the harness's root holds it; the case's folder holds a link to it
+            (Path(folder) / "link.data").symlink_to(outside)
+            location = "link.data"
+        elif name == "external_past_end":
+            offset = data.stat().st_size - 8
+        elif name == "external_fifo":
+            os.mkfifo(Path(folder) / "fifo.data")
+            location = "fifo.data"
+
+        def change(proto):
+            for t in proto.graph.initializer:
+                for e in t.external_data:
+                    if e.key == "location" and location is not None:
+                        e.value = location
+                    if e.key == "offset" and offset is not None and t.name == "blocks.0.conv0.weight":
+                        e.value = str(offset)
+
+        _edit_onnx(path, change)
+    elif name in ("opset3", "opset99"):
+        _edit_onnx(path, lambda proto: proto.opset_import[0].__setattr__("version", int(name[5:])))
+    elif name == "lstm":
+        _edit_onnx(path, lambda proto: proto.graph.node.append(helper.make_node("LSTM", ["input", "w", "r"], ["y"],
+                                                                                hidden_size=4)))
+    elif name == "custom_domain":
+        def change(proto):
+            node = next(n for n in proto.graph.node if n.op_type == "Relu")
+            node.domain = "com.example"
+            proto.opset_import.append(helper.make_opsetid("com.example", 1))
+
+        _edit_onnx(path, change)
+    elif name == "huge_padding":
+        def change(proto):
+            conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+            next(a for a in conv.attribute if a.name == "pads").ints[:] = [5000] * 4
+
+        _edit_onnx(path, change)
+
+
+def _torch_model():
+    import zoo
+
+    return zoo.load(spec(), "torch", weights=base_weights()).eval()
 
 
 CRAFTED = {
@@ -447,6 +580,8 @@ CRAFTED = {
               "complex64", "float16", "float64", "external", "big_input", "spec:nested", "spec:0"],
     "keras_archive": ["empty", "random", "other_format", "fifo", "nonpreset", "nonfinite", "wide_config", "zip_bomb",
                       "big_input", "spec:nested", "spec:0"],
+    "onnx": ["empty", "random", "other_format", "fifo", "nonpreset", "nonfinite", "big_input", "spec:nested", "spec:0",
+             *ONNX_CRAFTED],
 }
 
 
@@ -584,11 +719,12 @@ def run_op(op: str, fmt: str, kind: str, path: Path, case_dir: Path, dst_fmt: st
 # The frameworks each format needs (its own, and torch for `zoo.load(..., 'torch')` and for verification
 # of the formats torch reads).
 FRAMEWORKS = {"torch": ("torch",), "safetensors": ("torch",), "flax": ("flax",), "keras": ("keras",),
-              "keras_archive": ("keras",)}
+              "keras_archive": ("keras",), "onnx": ("onnx",)}
 
 
 def frameworks(formats) -> tuple[str, ...]:
-    return tuple(fw for fw in ("torch", "flax", "keras") if any(fw in FRAMEWORKS[f] for f in ("torch", *formats)))
+    return tuple(fw for fw in ("torch", "flax", "keras", "onnx") if any(fw in FRAMEWORKS[f]
+                                                                        for f in ("torch", *formats)))
 
 
 def worker(fws=("torch", "flax", "keras")) -> None:
@@ -605,13 +741,15 @@ def worker(fws=("torch", "flax", "keras")) -> None:
     if "flax" in fws:
         import orbax.checkpoint  # noqa: F401
         from flax import nnx  # noqa: F401
+    if "onnx" in fws:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
 
     import conversion  # noqa: F401
     import zoo
 
     for fw in fws:  # warm each framework once, so a case's time is its own
-        zoo.predict(zoo.load("nin", fw, **SPEC_ARGS), np.zeros((1, 96, 96, 1) if fw != "torch" else (1, 1, 96, 96),
-                                                              np.float32))
+        zoo.predict(zoo.load("nin", fw, **SPEC_ARGS), np.zeros((1, 1, 96, 96), np.float32), layout="NCHW")
 
     def on_alarm(signum, frame):
         raise CaseTimeout()

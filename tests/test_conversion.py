@@ -25,9 +25,9 @@ from zoo.io.formats import function
 from zoo.io.infer import infer
 
 _NEEDS = {"torch": ["torch"], "safetensors": ["safetensors", "torch"], "flax": ["flax", "orbax"],
-          "keras": ["keras", "h5py"], "keras_archive": ["keras"]}
+          "keras": ["keras", "h5py"], "keras_archive": ["keras"], "onnx": ["onnx", "onnxruntime"]}
 _SUFFIX = {"torch": "model.pt", "safetensors": "model.safetensors", "flax": "ckpt", "keras": "model.weights.h5",
-           "keras_archive": "model.keras"}
+           "keras_archive": "model.keras", "onnx": "model.onnx"}
 
 
 def _needs(*formats: str) -> None:
@@ -41,9 +41,10 @@ def _needs(*formats: str) -> None:
 
 
 def _formats():
-    """The format axis; Keras formats carry the keras mark, so the Keras sessions run them on every backend."""
-    return [pytest.param(f, marks=[pytest.mark.keras] if FORMATS[f].framework == "keras" else [], id=f)
-            for f in FORMATS]
+    """The format axis; Keras formats carry the keras mark, so the Keras sessions run them on every backend
+    (and the ONNX format the onnx mark)."""
+    marks = {"keras": [pytest.mark.keras], "onnx": [pytest.mark.onnx]}
+    return [pytest.param(f, marks=marks.get(FORMATS[f].framework, []), id=f) for f in FORMATS]
 
 
 def _write(fmt: str, weights, spec, path):
@@ -345,8 +346,9 @@ def test_unknown_suffix_lists_known(tmp_path):
     with pytest.raises(ConversionError, match=r"cannot tell the format of .*model.bin from its suffix '.bin'; "
                                               r"known: .pt, .pth \(torch\); .safetensors"):
         conversion.convert(tmp_path / "model.bin", tmp_path / "out.pt")
-    with pytest.raises(ConversionError, match="unknown format 'onnx'"):
-        conversion.convert(tmp_path / "model.bin", tmp_path / "out.pt", src_format="onnx")
+    with pytest.raises(ConversionError, match=r"unknown format 'tflite'; known: .*, onnx \(or a framework name: "
+                                              r"torch, flax, keras, onnx\)"):
+        conversion.convert(tmp_path / "model.bin", tmp_path / "out.pt", src_format="tflite")
 
 
 def test_half_precision_kept_or_cast_only_when_asked(tmp_path):

@@ -159,18 +159,21 @@ def test_two_files_each_in_its_own_framework(tmp_path):
 
 @pytest.mark.parametrize("fmt", [pytest.param("flax", marks=pytest.mark.flax),
                                  pytest.param("keras", marks=pytest.mark.keras),
-                                 pytest.param("keras_archive", marks=pytest.mark.keras)])
+                                 pytest.param("keras_archive", marks=pytest.mark.keras),
+                                 pytest.param("onnx", marks=pytest.mark.onnx)])
 def test_a_converted_file_against_its_source(fmt, tmp_path):
     """`zoo diff nin model.pt converted.weights.h5`: the conversion is exact, layer by layer."""
     pytest.importorskip("torch")
-    if not _has(*{"flax": ("flax", "orbax"), "keras": ("keras", "h5py"), "keras_archive": ("keras",)}[fmt]):
+    if not _has(*{"flax": ("flax", "orbax"), "keras": ("keras", "h5py"), "keras_archive": ("keras",),
+                  "onnx": ("onnx", "onnxruntime")}[fmt]):
         pytest.skip(f"{fmt} not installed")
     import conversion
 
     spec = zoo.get_spec("nin", input_size=67, **NIN)
     w = random_weights(spec, 2)
     src = _write("torch", w, spec, tmp_path / "model.pt")
-    dst = tmp_path / {"flax": "converted", "keras": "converted.weights.h5", "keras_archive": "converted.keras"}[fmt]
+    dst = tmp_path / {"flax": "converted", "keras": "converted.weights.h5", "keras_archive": "converted.keras",
+                      "onnx": "converted.onnx"}[fmt]
     conversion.convert(src, dst)
     rows = zoo.diff("nin", src, dst)
     assert rows.first is None and rows.b.endswith(f"({FORMATS[fmt].framework})"), str(rows)

@@ -4,7 +4,7 @@ output or a one-line error, within its time and memory bound, with nothing left 
 The default corpus (every crafted hostile file, one seeded mutant of each kind per format) runs here;
 `ZOO_FUZZ_PER_KIND=N` (nox -s fuzz) adds N seeded mutants of each kind per format. A summary of the
 outcomes per format is printed, and written as JSON beside $ZOO_FUZZ_REPORT when that is set
-(report.json -> report-torch.json, report-torch-flax-keras.json).
+(report.json -> report-torch-onnx.json, report-torch-flax-keras-onnx.json).
 """
 
 from __future__ import annotations
@@ -19,15 +19,17 @@ import pytest
 fuzz_cases = pytest.importorskip("fuzz_cases")
 
 PER_KIND = int(os.environ.get("ZOO_FUZZ_PER_KIND", "1"))
-# The formats that PyTorch alone reads and writes, converted among themselves; then every format, with
+# The formats that need neither Flax nor Keras, converted among themselves; then every format, with
 # conversions to every other (the first group's cases again, now also converted to Flax and Keras files).
-GROUPS = {"torch": ("torch", "safetensors"), "torch-flax-keras": fuzz_cases.FORMATS}
-_PACKAGES = {"torch": ("torch", "safetensors"), "flax": ("flax", "orbax"), "keras": ("keras", "h5py")}
+GROUPS = {"torch-onnx": ("torch", "safetensors", "onnx"), "torch-flax-keras-onnx": fuzz_cases.FORMATS}
+_PACKAGES = {"torch": ("torch", "safetensors"), "flax": ("flax", "orbax"), "keras": ("keras", "h5py"),
+             "onnx": ("onnx", "onnxruntime")}
 
 
 @pytest.mark.fuzz
-@pytest.mark.parametrize("group", [pytest.param("torch"), pytest.param("torch-flax-keras",
-                                                                        marks=[pytest.mark.flax, pytest.mark.keras])])
+@pytest.mark.parametrize("group", [pytest.param("torch-onnx", marks=pytest.mark.onnx),
+                                   pytest.param("torch-flax-keras-onnx",
+                                                marks=[pytest.mark.flax, pytest.mark.keras, pytest.mark.onnx])])
 def test_fuzz_corpus(group, capsys):
     formats = GROUPS[group]
     for fw in fuzz_cases.frameworks(formats):

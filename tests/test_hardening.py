@@ -396,10 +396,11 @@ def test_parent_is_a_file(fmt, name, tmp_path):
 
 
 @pytest.mark.parametrize("fmt, name", [("torch", "out.pt"), ("safetensors", "out.safetensors"), ("flax", "out"),
-                                       ("keras", "out.weights.h5")])
+                                       ("keras", "out.weights.h5"), ("onnx", "out.onnx")])
 def test_full_disk_is_one_line_no_hang_no_leftovers(fmt, name, tmp_path):
     """`ulimit -f` as a full disk. Before: tracebacks (torch, safetensors), and Flax hung forever."""
-    need = {"torch": ("torch",), "safetensors": ("torch",), "flax": ("flax",), "keras": ("keras",)}[fmt]
+    need = {"torch": ("torch",), "safetensors": ("torch",), "flax": ("flax",), "keras": ("keras",),
+            "onnx": ("onnx", "onnxruntime")}[fmt]
     if not _has(*need):
         pytest.skip("framework missing")
     src = _write("safetensors", tmp_path / "a.safetensors", zoo.get_spec("nin"))  # 8 MB

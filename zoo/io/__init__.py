@@ -73,4 +73,5 @@ def _check_input_path(path: Path, fmt) -> None:
             raise ConversionError(f"{path} is not a folder; a Flax checkpoint is an Orbax checkpoint folder")
     elif not stat.S_ISREG(mode):
         kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device?)"
-        raise ConversionError(f"{path} is {kind}; a {fmt.name} checkpoint is a regular file")
+        raise ConversionError(f"{path} is {kind}; a{'n' if fmt.name[0] in 'aeiou' else ''} {fmt.name} checkpoint "
+                              f"is a regular file")

@@ -33,6 +33,7 @@ class Checkpoint:
     spec: ModelSpec | None = None  # set when the file carries one (or the reader had to infer it)
     spec_origin: str = "the file's metadata"
     notes: list[str] = field(default_factory=list)  # how it was read: key maps applied, inference
+    hint: str = ""  # said when no spec fits, e.g. how to export the file again
 
     @property
     def dtype(self) -> str:
@@ -102,7 +103,7 @@ def atomic_output(path: Path, force: bool = False, is_previous=None):
 
 
 TMP_PREFIX = ".zoo-"  # temporaries: .zoo-PID-RANDOM.partial[SUFFIX], .zoo-PID-RANDOM.old
-SUFFIXES = (".weights.h5", ".safetensors", ".keras", ".pth", ".pt")
+SUFFIXES = (".weights.h5", ".safetensors", ".keras", ".onnx", ".pth", ".pt")
 
 
 class Interrupted(KeyboardInterrupt):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo._frameworks import FrameworkNotInstalled
+from zoo._frameworks import FRAMEWORKS, FrameworkNotInstalled
 from zoo.io.checkpoint import ConversionError
 
 
@@ -23,6 +23,7 @@ class Format:
     float32_only: bool  # written through a framework model, which holds float32
     extra: str  # pip extra that installs what `module` needs
     description: str
+    graph: str = ""  # class in `module` that runs the file's own graph (a format that holds one), else ""
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
@@ -36,6 +37,9 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "Keras weights (model.save_weights)"),
     Format("keras_archive", (".keras",), "keras", "zoo.io.io_keras", "read_archive", "write_archive", True,
            "keras", "whole Keras model archive (model.save)"),
+    Format("onnx", (".onnx",), "onnx", "zoo.io.io_onnx", "read", "write", True, "onnx",
+           "ONNX model: the zoo's graph, canonical weights as its initializers (torch.onnx.export's files read too)",
+           graph="Graph"),
 )}
 ALIASES = {"pt": "torch", "pytorch": "torch", "orbax": "flax", "h5": "keras"}
 
@@ -53,7 +57,7 @@ def detect(path: Path | str, explicit: str | None = None, writing: bool = False)
             name = "keras_archive"
         if name not in FORMATS:
             raise ConversionError(f"unknown format {explicit!r}; known: {', '.join(FORMATS)} "
-                                  f"(or a framework name: torch, flax, keras)")
+                                  f"(or a framework name: {', '.join(FRAMEWORKS)})")
         fmt = FORMATS[name]
         if fmt.name in ("keras", "keras_archive") and not text.endswith(fmt.suffixes):
             # Keras' save_weights/load_weights and save/load_model refuse any other name.
@@ -110,11 +114,20 @@ def sniff(path: Path) -> str:
             return what
     if len(head) >= 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
         return "a safetensors file"
+    if _looks_like_onnx(head):
+        return "an ONNX model (protobuf)"
     if head[:1] == b"\x80" and 2 <= head[1] <= 5:
         return "a bare pickle (an old-style, non-zip PyTorch file?)"
     if all(32 <= c < 127 or c in (9, 10, 13) for c in head):
         return f"text, starting {head.decode('ascii')[:16]!r}"
     return f"{size:,} bytes of unknown content, starting {head[:8].hex(' ')}"
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """A serialized ModelProto starts with its ir_version (field 1, a small varint), then the next field's tag
+    (producer_name, producer_version, domain, model_version, doc_string, graph or opset_import)."""
+    return len(head) >= 3 and head[0] == 0x08 and 3 <= head[1] <= 15 and head[2] in (0x12, 0x1A, 0x22, 0x28, 0x32,
+                                                                                     0x3A, 0x42)
 
 
 def is_previous_output(fmt: Format, path: Path) -> bool:
@@ -131,7 +144,8 @@ def is_previous_output(fmt: Format, path: Path) -> bool:
         return False
     what = sniff(path)
     return {"torch": what.startswith(("a zip", "a bare pickle")), "safetensors": what == "a safetensors file",
-            "keras": what.startswith("an HDF5"), "keras_archive": what.startswith("a zip")}[fmt.name]
+            "keras": what.startswith("an HDF5"), "keras_archive": what.startswith("a zip"),
+            "onnx": what.startswith("an ONNX model")}[fmt.name]
 
 
 # what an Orbax checkpoint folder written by zoo.io.io_flax holds

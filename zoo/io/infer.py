@@ -286,5 +286,10 @@ def resolve_spec(ckpt: Checkpoint, model: str | None = None, overrides: dict | N
             raise ConversionError(f"the file holds a {ckpt.spec.name} model, not a {model}")
         return ckpt.spec, ckpt.spec_origin
     shapes = {k: tuple(a.shape) for k, a in ckpt.weights.items()}
-    found = infer(shapes, model)
+    try:
+        found = infer(shapes, model)
+    except ConversionError as e:
+        if not ckpt.hint:
+            raise
+        raise ConversionError(f"{str(e).rstrip('.')}. {ckpt.hint}") from None
     return found.spec, f"inferred from the tensor shapes: {found.describe()}"
