@@ -97,6 +97,7 @@ def test_a_provider_that_does_not_start_is_refused_not_replaced_by_the_cpu():
 def test_adaptive_pool_bins_that_do_not_divide_the_input():
     """Slice + ReduceMean per bin (AlexNet's 6x6 pool on a 13x13 map is the case torchvision hits at 224)."""
     from op_specs import revealing_weights
+
     from zoo.spec import AdaptivePool, Conv, Flatten, Linear, ModelSpec, Seq
 
     spec = ModelSpec("adaptive", "test", 2, 3, Seq(("conv", Conv(2, 4, 3, padding=1)), ("pool", AdaptivePool((6, 5))),
