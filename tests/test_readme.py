@@ -93,6 +93,11 @@ def workdir(tmp_path_factory) -> Path:
         proc = subprocess.run([*_zoo(), "convert", "seed.safetensors", name, "--to", "torch", "--no-verify"],
                               cwd=folder, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
+    # resnet18.onnx: an ONNX file of resnet18, which a line converts to a Flax checkpoint
+    save_file(zoo.init_weights(zoo.get_spec("resnet18"), seed=2), str(folder / "r18.safetensors"))
+    proc = subprocess.run([*_zoo(), "convert", "r18.safetensors", "resnet18.onnx", "--no-verify"],
+                          cwd=folder, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
     return folder
 
 
@@ -148,7 +153,7 @@ def _run_command(line: str, workdir: Path):
     elif argv[0] == "convert":
         assert "verified:" in out and (workdir / argv[-1].rstrip("/")).exists(), out
     elif argv[0] == "inspect":
-        assert "fits: nin" in out, out
+        assert "fits: nin" in out and ("onnx format" in out) == argv[1].endswith(".onnx"), out
     elif argv[0] == "train":
         assert "test accuracy" in out and (workdir / "runs/nin-fmnist/weights.safetensors").exists(), out
     elif argv[0] == "bench":
