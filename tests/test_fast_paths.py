@@ -7,6 +7,7 @@ the fast paths must not break: outputs, the caller's tensors, weight updates, me
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import subprocess
 import sys
@@ -106,21 +107,32 @@ def test_keras_predict_follows_shapes_and_weights():
     assert np.abs(zoo.predict(model, x) - ref).max() <= 1e-5 * max(1, np.abs(ref).max())
 
 
-# Fast alternatives only: torch.compile takes half a minute per shape on two cores.
-QUICK = {"torch": ["eager"], "flax": ["split"], "keras": ["predict_on_batch", "XLA"]}
+# Fast alternatives only: torch.compile takes half a minute per shape on two cores. ONNX: all of
+# them (OpenVINO's too, where it is installed); each builds in well under a second.
+QUICK = {"torch": ["eager"], "flax": ["split"], "keras": ["predict_on_batch", "XLA"], "onnx": None}
 
 
 def test_bench_runs_every_alternative_and_they_agree(framework, tmp_path):
+    from zoo.bench import REFERENCE
+
     out = tmp_path / "bench.json"
+    only = ["--only", *QUICK[framework]] if QUICK[framework] else []
     cmd = [sys.executable, "-m", "zoo.cli", "bench", "nin_cifar10", "--frameworks", framework,
-           "--cases", "2x32", "1x21", "--rounds", "2", "--min-time", "0.01", "--only", *QUICK[framework],
-           "--json", str(out)]
+           "--cases", "2x32", "1x21", "--rounds", "2", "--min-time", "0.01", *only, "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())["results"][0]
     assert result["target"] == framework and result["matmul_gflops"] > 0
     names = list(result["cases"][0]["rows"])
     assert names[0] == "zoo.predict(model, x)" and len(names) >= 2, names
+    has_ort = importlib.util.find_spec("onnxruntime") is not None
+    if framework == "onnx" and importlib.util.find_spec("openvino") is not None:
+        assert sum("OpenVINO" in name for name in names) == 3, names
+    # every framework is timed against onnxruntime on the same weights: onnx's own default, or an extra row
+    assert result["onnxruntime_row"] == (None if not has_ort else names[0] if framework == "onnx" else REFERENCE)
+    assert (REFERENCE in names) == (has_ort and framework != "onnx"), names
+    if has_ort:
+        assert "Against onnxruntime" in proc.stdout
     for case in result["cases"]:
         assert case["flops"] == zoo.get_spec("nin_cifar10").flops((case["size"],) * 2) * case["batch"]
         for name, row in case["rows"].items():
@@ -128,6 +140,7 @@ def test_bench_runs_every_alternative_and_they_agree(framework, tmp_path):
             # every way of running the model computes the default's logits
             assert row["max_abs_diff"] < 1e-4, f"{label(framework)} {name} differs by {row['max_abs_diff']:.2e}"
             assert row["images_per_s"] > 0 and row["gflops"] > 0 and row["vs_default"] > 0
+            assert row["vs_onnxruntime"] > 0 if has_ort else row["vs_onnxruntime"] is None
     first = result["first"]
     assert first["bare_import_s"] > 0 and first["load_s"] > 0 and first["first_predict_s"] > 0
     for name in names:

@@ -9,11 +9,15 @@ For each framework, in a process of its own (so that imports don't interfere):
   * each alternative's speed relative to the zoo's default call (the first row; the median of
     the ratios within each round), its achieved GFLOP/s (FLOPs counted from the spec), and
     the framework's float32 matmul rate, measured in the same process, as the ceiling;
-  * the largest difference of its logits from the default's, so a fast but wrong path shows.
+  * the largest difference of its logits from the default's, so a fast but wrong path shows;
+  * where onnxruntime is installed, one common yardstick: the zoo's ONNX model on the same
+    weights (the onnx framework's default) is one more row of every other framework, timed in
+    the same rounds, and each row's speed over its speed is kept; a last table gives, for each
+    framework, its default and its fastest alternative as multiples of onnxruntime's speed.
 Then, in fresh processes, the time to first prediction: the framework's bare import, and
 `zoo.load` to the first output (compilation included) on top of it.
 
-    zoo bench                                   # nin; torch, flax, keras
+    zoo bench                                   # nin; torch, flax, keras, onnx
     zoo bench resnet18 --cases 1x224 32x224     # any model of the zoo
     zoo bench --frameworks torch --cases 32x224 --rounds 9
     zoo bench --frameworks keras[jax]           # Keras on another backend
@@ -49,7 +53,11 @@ class BenchError(RuntimeError):
 
 
 # What "the framework's bare import" is, for time to first prediction.
-BARE_IMPORTS = {"torch": "import torch", "flax": "import jax, flax.nnx", "keras": "import keras"}
+BARE_IMPORTS = {"torch": "import torch", "flax": "import jax, flax.nnx", "keras": "import keras",
+                "onnx": "import onnx, onnxruntime"}
+# The row every framework is also compared against, when onnxruntime is installed: the zoo's ONNX
+# model (its default session) on the same weights, timed in the same process and the same rounds.
+REFERENCE = "onnxruntime (zoo default)"
 
 
 def _target(text: str) -> tuple[str, dict[str, str]]:
@@ -81,24 +89,50 @@ def _time(run, min_time: float) -> float:
             return elapsed / calls
 
 
+def _onnxruntime_reference(model, layout: str):
+    """make(x) -> run() for the zoo's ONNX model on `model`'s weights; x in `layout`. The transpose
+    to NCHW is done once, untimed: an onnxruntime user holds NCHW images."""
+    onnx_model = zoo.load(zoo.spec_of(model), "onnx", weights=zoo.get_weights(model))
+
+    def make(x):
+        nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if layout == "NHWC" else x
+        return lambda: zoo.predict(onnx_model, nchw)
+    return make
+
+
+def _ratio(base: list[float] | None, times: list[float]) -> float | None:
+    """How many times faster than `base`: the median over rounds of base's time / this time."""
+    return statistics.median(b / t for b, t in zip(base, times)) if base else None
+
+
 def measure(framework: str, model_name: str, cases, rounds: int, min_time: float,
             only: list[str] | None = None, seed: int = 0) -> dict:
     """Every alternative of one framework on every case; runs in that framework's process."""
     bench = importlib.import_module(f"zoo.frameworks.{framework}_bench")
     model = zoo.load(model_name, framework, seed=seed)
     spec = zoo.spec_of(model)
+    # the framework's rows are also timed against onnxruntime's: the onnx framework's own default,
+    # or an extra row, when onnxruntime is installed
+    reference = None
+    if framework != "onnx" and all(importlib.util.find_spec(p) for p in FRAMEWORKS["onnx"].packages):
+        reference = _onnxruntime_reference(model, bench.LAYOUT)
     result = {"framework": framework, "describe": bench.describe(), "matmul_gflops": bench.matmul_gflops(),
-              "model": model_name, "cases": []}
+              "model": model_name, "cases": [],
+              "onnxruntime_row": REFERENCE if reference else "zoo.predict(model, x)" if framework == "onnx" else None}
     rng = np.random.default_rng(seed)
     for batch, size in cases:
         x = rng.standard_normal((batch, spec.in_channels, size, size), dtype=np.float32)
         if bench.LAYOUT == "NHWC":
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         flops = spec.flops((size, size)) * batch
-        runs, rows, reference = {}, {}, None
-        for i, (name, make) in enumerate(bench.alternatives(model).items()):
-            if only and i and not any(text in name for text in only):  # the first, the default, stays
-                continue
+        runs, rows, default_out = {}, {}, None
+        alternatives = bench.alternatives(model)
+        kept = [name for i, name in enumerate(alternatives)  # the first, the default, always stays
+                if not only or not i or any(text in name for text in only)]
+        makes = {name: alternatives[name] for name in kept}
+        if reference:
+            makes[REFERENCE] = reference
+        for name, make in makes.items():
             try:
                 run = make(x)
                 t = time.perf_counter()
@@ -109,15 +143,16 @@ def measure(framework: str, model_name: str, cases, rounds: int, min_time: float
                 rows[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
                 continue
             out = np.asarray(out)
-            reference = out if reference is None else reference
+            default_out = out if default_out is None else default_out
             runs[name] = run
-            rows[name] = {"first_call_s": first, "max_abs_diff": float(np.abs(out - reference).max()), "times": []}
+            rows[name] = {"first_call_s": first, "max_abs_diff": float(np.abs(out - default_out).max()), "times": []}
         for r in range(rounds):
             names = list(runs)
             names = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
             for name in names:
                 rows[name]["times"].append(_time(runs[name], min_time))
         default = rows[next(iter(rows))].get("times")
+        ort_times = rows.get(result["onnxruntime_row"], {}).get("times")
         for row in rows.values():
             if "times" in row:
                 times = row.pop("times")
@@ -126,8 +161,9 @@ def measure(framework: str, model_name: str, cases, rounds: int, min_time: float
                 row["images_per_s"] = batch / row["seconds"]
                 row["gflops"] = flops / row["seconds"] / 1e9
                 # speed relative to the default in the same round, so that a slow spell of
-                # the machine, which touches both, cancels out
-                row["vs_default"] = statistics.median(d / t for d, t in zip(default, times)) if default else None
+                # the machine, which touches both, cancels out; the same for onnxruntime
+                row["vs_default"] = _ratio(default, times)
+                row["vs_onnxruntime"] = _ratio(ort_times, times)
         result["cases"].append({"batch": batch, "size": size, "flops": flops, "rows": rows})
         print(f"  {framework}: {batch}x{size} done", file=sys.stderr, flush=True)
     return result
@@ -178,7 +214,7 @@ def format_results(results: list[dict], machine: str, markdown: bool = False) ->
         head = ["alternative"] + [f"b{c['batch']} {c['size']}x{c['size']}: img/s, x default, GFLOP/s" for c in cases]
         body, default, unsteady = [], next(iter(cases[0]["rows"])), []
         for name in cases[0]["rows"]:
-            cells = [name + (" [default]" if name == default else "")]
+            cells = [name + (" [default]" if name == default else " [reference]" if name == REFERENCE else "")]
             for c in cases:
                 row = c["rows"][name]
                 if "error" in row:
@@ -202,12 +238,55 @@ def format_results(results: list[dict], machine: str, markdown: bool = False) ->
                          f"{len(unsteady)} cell(s) ({'; '.join(unsteady[:4])}{' ...' if len(unsteady) > 4 else ''}), "
                          f"so their ratios are not given: the machine was busy. Rerun on an idle machine, "
                          f"with more --rounds.")
+        if res.get("onnxruntime_row") == REFERENCE:
+            ratios = [f"b{c['batch']} {c['size']}x{c['size']} {_vs_onnxruntime(c, default, res)}" for c in cases]
+            lines.append(f"{REFERENCE}: the zoo's ONNX model on the same weights, timed here in the same rounds; "
+                         f"the default's speed / onnxruntime's: {', '.join(ratios)}")
         first = res["first"]
         lines.append(f"time to first prediction ({res['model']}, batch 1, {res['nominal']}): bare import "
                      f"{first['bare_import_s']:.2f} s, then zoo.load {first['load_s']:.2f} s + first call "
                      f"{first['first_predict_s']:.2f} s = {first['load_s'] + first['first_predict_s']:.2f} s")
         lines.append("")
+    if any(res.get("onnxruntime_row") for res in results):
+        lines += _against_onnxruntime(results, markdown)
     return "\n".join(lines)
+
+
+def _vs_onnxruntime(case: dict, name: str, res: dict) -> str:
+    """'x0.87': the row's speed over onnxruntime's in the same rounds; 'x?' when either was unsteady."""
+    row, ort_row = case["rows"][name], case["rows"].get(res.get("onnxruntime_row"), {})
+    if row.get("vs_onnxruntime") is None or "error" in ort_row:
+        return "n/a"
+    if max(row["spread"], ort_row["spread"]) > UNSTABLE_SPREAD:
+        return "x? (unsteady)"
+    return f"x{row['vs_onnxruntime']:.2f}"
+
+
+def _against_onnxruntime(results: list[dict], markdown: bool) -> list[str]:
+    """One table: each framework's default and its fastest alternative, as multiples of onnxruntime."""
+    cases = results[0]["cases"]
+    head = ["framework"] + [f"b{c['batch']} {c['size']}x{c['size']}: img/s, x onnxruntime" for c in cases]
+    body = []
+    for res in results:
+        if not res.get("onnxruntime_row"):
+            continue
+        default = next(iter(res["cases"][0]["rows"]))
+        body.append([f"{res['target']}: {default} [default]"] + [
+            f"{c['rows'][default]['images_per_s']:.1f}  {_vs_onnxruntime(c, default, res)}"
+            if "error" not in c["rows"][default] else "failed" for c in res["cases"]])
+        cells = [f"{res['target']}: fastest alternative"]
+        for c in res["cases"]:
+            timed = {name: row for name, row in c["rows"].items() if name != REFERENCE and "error" not in row}
+            if not timed:
+                cells.append("failed")
+                continue
+            best = max(timed, key=lambda name: timed[name]["images_per_s"])
+            cells.append(f"{timed[best]['images_per_s']:.1f}  {_vs_onnxruntime(c, best, res)}  "
+                         f"({'the default' if best == default else best})")
+        body.append(cells)
+    return [f"Against onnxruntime ({REFERENCE}: the zoo's ONNX model on the same weights, timed in each framework's "
+            f"process in the same rounds; x1.20 = 1.2 times onnxruntime's speed):",
+            *([""] if markdown else []), *_table(head, body, markdown), ""]
 
 
 def _table(head: list[str], body: list[list[str]], markdown: bool) -> list[str]:
@@ -221,7 +300,7 @@ def _table(head: list[str], body: list[list[str]], markdown: bool) -> list[str]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default="nin")
     p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), metavar="FW",
-                   help="torch, flax, keras, or keras[BACKEND] (default: torch flax keras)")
+                   help="torch, flax, keras, onnx, or keras[BACKEND] (default: all four)")
     p.add_argument("--cases", nargs="+", type=_case, default=None, metavar="BxS",
                    help="batch x input size (default: 1x96 32x96 1x224 32x224 where the model takes them, "
                         "else 1 and 32 at its nominal size)")
