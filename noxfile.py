@@ -45,7 +45,8 @@ PARALLEL = ["-n", os.environ.get("ZOO_TEST_WORKERS", "2"), "--durations", "15"]
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole suite in all four frameworks (torch, flax, keras, onnx), Keras on TensorFlow."""
-    session.install(".[all]", TORCH, *TEST)
+    # openvino: optional for users (a `zoo bench` alternative beside onnxruntime); here so that its rows are tested
+    session.install(".[all]", TORCH, "openvino", *TEST)
     session.run("pytest", *PARALLEL, *session.posargs, env={"KERAS_BACKEND": "tensorflow"})
 
 
@@ -68,7 +69,7 @@ def accelerator(session: nox.Session) -> None:
         session.error(f"tests/gpu_probe.py gave no answer line; it printed:\n{probe}")
     gpus = json.loads(answers[-1])
     if not gpus:
-        session.log("accelerator: no GPU visible to torch, jax or tensorflow here; nothing to check.")
+        session.log("accelerator: no GPU visible to torch, jax, tensorflow or onnxruntime here; nothing to check.")
         return
     session.log("GPUs: " + "; ".join(gpus))
     # This session uses the current environment (its GPU builds of the frameworks): check that it can test.
@@ -87,8 +88,8 @@ def accelerator(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Inference throughput side by side with each framework's alternatives (`zoo bench`; not run by default)."""
-    session.install(".[all]", TORCH)
-    args = session.posargs or ["--frameworks", "torch", "flax", "keras[tensorflow]", "keras[jax]"]
+    session.install(".[all]", TORCH, "openvino")  # OpenVINO: one more runtime of the same .onnx graph
+    args = session.posargs or ["--frameworks", "torch", "onnx", "flax", "keras[tensorflow]", "keras[jax]"]
     session.run("zoo", "bench", *args)
 
 
