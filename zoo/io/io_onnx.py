@@ -33,8 +33,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from zoo.frameworks import onnx_model
 from zoo.io.checkpoint import DIGEST_KEY, FORMAT_VERSION, Checkpoint, ConversionError, check_digest, digest, one_line
-from zoo.io.io_safetensors import FORMAT_TAG, metadata
-from zoo.spec import ModelSpec, SpecError
+from zoo.io.io_safetensors import FORMAT_TAG, metadata, spec_from_metadata
+from zoo.spec import ModelSpec
 
 MAX_BYTES = 2**31  # protobuf's limit on one message: larger models keep their weights as external data
 # Opset 10 is the first whose pools take ceil_mode and whose Slice takes its bounds as inputs, as the zoo's
@@ -76,13 +76,7 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
         if meta.get("format") != FORMAT_TAG:
             raise ConversionError(f"{path}: its zoo metadata is damaged (format {_shown(meta.get('format', ''), 40)!r}"
                                   f" instead of {FORMAT_TAG!r}); copy or write it again")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ConversionError(f"{path} has zoo format version {meta.get('format_version')!r}; "
-                                  f"this zoo reads version {FORMAT_VERSION}: upgrade multizoo")
-        try:
-            ckpt.spec = ModelSpec.from_json(meta["spec"])
-        except (KeyError, SpecError) as e:
-            raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
+        ckpt.spec = spec_from_metadata(path, meta)
         if DIGEST_KEY not in meta:  # every zoo .onnx has one: its key was damaged
             raise ConversionError(f"{path}: its zoo metadata lacks the SHA-256 of its tensors ({DIGEST_KEY}): the "
                                   f"file is damaged; copy or write it again")

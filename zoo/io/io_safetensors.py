@@ -58,17 +58,22 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
     if counters:
         ckpt.notes.append(counters_note(len(counters)))
     if meta.get("format") == FORMAT_TAG:
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ConversionError(f"{path} has zoo format version {meta.get('format_version')!r}; "
-                                  f"this zoo reads version {FORMAT_VERSION}: upgrade multizoo")
-        try:
-            ckpt.spec = ModelSpec.from_json(meta["spec"])
-        except (KeyError, SpecError) as e:
-            raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
+        ckpt.spec = spec_from_metadata(path, meta)
         check_digest(path, weights, meta.get(DIGEST_KEY))
         ckpt.notes.append(f"zoo canonical file, format version {FORMAT_VERSION}"
                           + (", SHA-256 of its tensors checked" if DIGEST_KEY in meta else ""))
     return ckpt
+
+
+def spec_from_metadata(path: Path, meta: dict[str, str]) -> ModelSpec:
+    """The spec in the zoo's metadata (of a .safetensors or a .onnx), after its format version."""
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ConversionError(f"{path} has zoo format version {meta.get('format_version')!r}; "
+                              f"this zoo reads version {FORMAT_VERSION}: upgrade multizoo")
+    try:
+        return ModelSpec.from_json(meta["spec"])
+    except (KeyError, SpecError) as e:
+        raise ConversionError(f"{path}: its zoo metadata holds no valid spec ({e})") from None
 
 
 def metadata(spec: ModelSpec, extra: dict[str, str] | None = None) -> dict[str, str]:
