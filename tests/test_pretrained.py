@@ -17,19 +17,27 @@ HAVE_DATA = (data.DEFAULT_DIR / data.FILES[("test", "images")][0]).exists()
 needs_data = pytest.mark.skipif(not HAVE_DATA, reason="Debian's dataset-fashion-mnist is not installed")
 
 
-def _cfg():
-    return pretrained.resolve("nin", "fashion_mnist")
+SHIPPED = sorted(pretrained.manifest())  # 'model.tag'
+TRAINED_IN = {"nin.fashion_mnist": "flax", "resnet18_d2l.fashion_mnist": "torch"}
 
 
-def test_manifest_entry():
-    path, cfg = _cfg()
-    assert zoo.list_pretrained() == ["nin.fashion_mnist"]
-    assert (cfg.model, cfg.tag, cfg.trained_in, cfg.dataset) == ("nin", "fashion_mnist", "flax", "Fashion-MNIST")
+def _cfg(key: str = "nin.fashion_mnist"):
+    return pretrained.resolve(*key.split("."))
+
+
+def test_shipped():
+    assert zoo.list_pretrained() == SHIPPED == sorted(TRAINED_IN)
+
+
+@pytest.mark.parametrize("key", SHIPPED)
+def test_manifest_entry(key):
+    path, cfg = _cfg(key)
+    assert (f"{cfg.model}.{cfg.tag}", cfg.trained_in, cfg.dataset) == (key, TRAINED_IN[key], "Fashion-MNIST")
     assert cfg.label_names == data.LABELS and cfg.num_classes == 10
     assert cfg.dataset_license.startswith("MIT")
     assert {"epochs", "peak_lr", "batch_size", "input_size", "label_smoothing"} <= set(cfg.recipe)
     assert cfg.recipe["input_size"] == cfg.input_size
-    assert cfg.test_accuracy >= 0.92
+    assert cfg.test_accuracy >= {"resnet18_d2l": 0.93}.get(cfg.model, 0.92)
     assert pretrained.sha256(path) == cfg.sha256
 
 
@@ -63,15 +71,16 @@ def test_hash_mismatch_is_refused(tmp_path, monkeypatch):
         zoo.load("nin", "torch", weights="fashion_mnist")
 
 
-def test_load_in_every_framework(framework):
+@pytest.mark.parametrize("key", SHIPPED)
+def test_load_in_every_framework(framework, key):
     import conversion
 
-    path, cfg = _cfg()
-    model = zoo.load("nin", framework, weights="fashion_mnist")
+    path, cfg = _cfg(key)
+    model = zoo.load(cfg.model, framework, weights=cfg.tag)
     stored = conversion.read(path).weights
     got = zoo.get_weights(model)
     assert all(np.array_equal(got[k], stored[k]) for k in stored)
-    assert zoo.spec_of(model) == zoo.get_spec("nin", input_size=cfg.input_size)
+    assert zoo.spec_of(model) == zoo.get_spec(cfg.model, input_size=cfg.input_size)
 
 
 def test_loads_from_any_directory(tmp_path):
@@ -82,34 +91,36 @@ def test_loads_from_any_directory(tmp_path):
     assert out.stdout.strip() == "24"
 
 
-def _test_set_reference():
+def _test_set_reference(key: str = "nin.fashion_mnist"):
     """float64-reference logits for the whole test split (stored at release), and the labels."""
-    _, cfg = _cfg()
+    _, cfg = _cfg(key)
     return pretrained.test_logits(cfg).astype(np.float64), data.load_fashion_mnist("test")[1]
 
 
 @needs_data
-def test_stored_reference_is_the_reference():
+@pytest.mark.parametrize("key", SHIPPED)
+def test_stored_reference_is_the_reference(key):
     """The stored logits are what the float64 reference computes now, on a slice."""
-    path, cfg = _cfg()
+    path, cfg = _cfg(key)
     import conversion
 
     images, _ = data.load_fashion_mnist("test")
-    spec = zoo.get_spec("nin", input_size=cfg.input_size)
+    spec = zoo.get_spec(cfg.model, input_size=cfg.input_size)
     fresh = reference.forward(spec, conversion.read(path).weights,
                               data.preprocess(images[:200], cfg.input_size, cfg.mean, cfg.std))
-    np.testing.assert_allclose(_test_set_reference()[0][:200], fresh, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_test_set_reference(key)[0][:200], fresh, rtol=1e-6, atol=1e-6)
 
 
 @needs_data
-def test_same_class_for_every_test_image(framework, record_error):
+@pytest.mark.parametrize("key", SHIPPED)
+def test_same_class_for_every_test_image(framework, key, record_error):
     """All 10,000 test images: each framework predicts the reference's class, and reports its accuracy."""
     from zoo.evaluate import logits
 
-    _, cfg = _cfg()
-    ref, labels = _test_set_reference()
-    out = logits(zoo.load("nin", framework, weights="fashion_mnist"), data.load_fashion_mnist("test")[0], cfg)
-    record_error("fashion_mnist_10k", framework, out, ref)
+    _, cfg = _cfg(key)
+    ref, labels = _test_set_reference(key)
+    out = logits(zoo.load(cfg.model, framework, weights=cfg.tag), data.load_fashion_mnist("test")[0], cfg)
+    record_error(f"{key} (10,000 test images)", framework, out, ref)
     disagree = np.flatnonzero(out.argmax(1) != ref.argmax(1))
     assert disagree.size == 0, f"{disagree.size} images classified differently, e.g. {disagree[:5]}"
     accuracy = float((out.argmax(1) == labels).mean())

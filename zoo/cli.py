@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import os
 import shlex
@@ -62,6 +63,9 @@ def _list(pattern: str) -> None:
     for r in rows:
         print("  ".join(c.ljust(wd) if i < 2 else c.rjust(wd) for i, (c, wd) in enumerate(zip(r, widths))).rstrip())
     print("GFLOPs of one image at its nominal input (C x H x W); params without BatchNorm statistics")
+
+
+WEIGHTS_HELP = "pretrained tag (e.g. fashion_mnist), or the weights.safetensors of a `zoo train` run"
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -116,29 +120,35 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                    help="a layer diverges when max |a - b| > TOL x max(1, max|a|) (default 1e-5)")
     d.add_argument("--runner", help="run weight files in this framework, or 'reference' (float64), instead "
                                     "of their own")
-    t = sub.add_parser("train", help="train a model on Fashion-MNIST (Flax NNX + optax)")
+    t = sub.add_parser("train", help="train a model on Fashion-MNIST in torch, flax or keras, from one recipe")
     t.add_argument("model")
-    t.add_argument("--framework", default="flax", choices=["flax"], help="the trainer's framework")
+    t.add_argument("--framework", "-f", default="torch", choices=TRAINERS,
+                   help="the trainer's framework (default torch, the fastest on a CPU here)")
     t.add_argument("--out", required=True, help="run folder: metrics, checkpoints, curves, weights")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    t.add_argument("--devices", type=int, help="flax, keras (JAX backend): data parallel over this many devices; "
+                                               "torch: start it under torchrun instead")
     t.add_argument("--epochs", type=int)
     t.add_argument("--input-size", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float, dest="peak_lr")
+    t.add_argument("--batch-size", type=int, help="the global batch, split over the devices")
+    t.add_argument("--optimizer", choices=("sgd", "adamw"))
+    t.add_argument("--lr", type=float, dest="peak_lr", help="peak learning rate of the one-cycle schedule")
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--clip-norm", type=float, help="clip the gradients to this global norm (0: no clipping)")
     t.add_argument("--seed", type=int)
     t.add_argument("--limit", type=int, help="use only the first N train and test images (smoke runs)")
     t.add_argument("--data", help="folder of the four IDX files (default: Debian's dataset-fashion-mnist)")
     t.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE")
     e = sub.add_parser("evaluate", help="test accuracy of pretrained weights on Fashion-MNIST")
     e.add_argument("model")
-    e.add_argument("--weights", required=True, help="pretrained tag, e.g. fashion_mnist")
+    e.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     e.add_argument("--framework", "-f", default="torch", choices=list(zoo.FRAMEWORKS))
     e.add_argument("--data", help="folder of the four IDX files (default: Debian's dataset-fashion-mnist)")
     e.add_argument("--limit", type=int, help="only the first N test images (a quick check)")
     pr = sub.add_parser("predict", help="top classes, with softmax probabilities, for PNG/JPEG images")
     pr.add_argument("model")
     pr.add_argument("images", nargs="+")
-    pr.add_argument("--weights", required=True, help="pretrained tag, e.g. fashion_mnist")
+    pr.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     pr.add_argument("--framework", "-f", default="torch", choices=list(zoo.FRAMEWORKS))
     pr.add_argument("--top", type=int, default=3)
     pr.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
@@ -163,15 +173,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)  # no command, --help, or an unknown command: argparse says which
 
 
+TRAINERS = ["torch", "flax", "keras"]
+RECIPE_OPTIONS = ("epochs", "input_size", "batch_size", "optimizer", "peak_lr", "weight_decay", "clip_norm", "seed")
+
+
 def _train(args) -> None:
-    for k in ("epochs", "input_size", "batch_size", "limit"):  # before: --batch-size 0 divided by zero
+    for k in ("epochs", "input_size", "batch_size", "limit", "devices"):  # before: --batch-size 0 divided by zero
         if getattr(args, k) is not None and getattr(args, k) < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
-    from zoo.frameworks import flax_train  # after the argument checks: a mistyped option costs no import
-    chosen = {k: getattr(args, k) for k in ("epochs", "input_size", "batch_size", "peak_lr", "seed")}
-    recipe = flax_train.Recipe(**{k: v for k, v in chosen.items() if v is not None})
+    import importlib
+
+    from zoo.training import Recipe, default_recipe
+
+    if args.devices and args.devices > 1 and args.framework in ("flax", "keras") and "jax" not in sys.modules:
+        # XLA makes this many host devices when it starts (a GPU machine's devices are unaffected)
+        flag = f"--xla_force_host_platform_device_count={args.devices}"
+        if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+
+    chosen = {k: getattr(args, k) for k in RECIPE_OPTIONS if getattr(args, k) is not None}
+    recipe = Recipe.from_dict({**dataclasses.asdict(default_recipe(args.model)), **chosen})
     spec = zoo.get_spec(args.model, input_size=recipe.input_size, **dict(args.set))
-    trainer = flax_train.train(spec, recipe, args.out, resume=args.resume, data_root=args.data, limit=args.limit)
+    # after the argument checks: a mistyped option costs no framework import
+    trainer_module = importlib.import_module(f"zoo.frameworks.{args.framework}_train")
+    trainer = trainer_module.train(spec, recipe, args.out, resume=args.resume, data_root=args.data,
+                                   limit=args.limit, devices=args.devices)
+    if trainer.rank:
+        return
     from zoo import pretrained
 
     path = pretrained.export_run(trainer, args.out)

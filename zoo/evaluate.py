@@ -13,7 +13,7 @@ import numpy as np
 from zoo import data
 from zoo._progress import bar
 from zoo.api import load, predict
-from zoo.pretrained import PretrainedCfg, resolve
+from zoo.pretrained import PretrainedCfg, cfg_for
 
 
 def logits(model, images: np.ndarray, cfg: PretrainedCfg, batch: int = 500, progress: bool = False) -> np.ndarray:
@@ -32,7 +32,7 @@ def evaluate(name: str, tag: str, framework: str, data_root=None,
              limit: int | None = None, progress: bool = False) -> tuple[float, np.ndarray, np.ndarray]:
     """(test accuracy, logits, labels) on the 10,000 test images, or on the first `limit` of them;
     `progress` shows a bar on stderr."""
-    _, cfg = resolve(name, tag)
+    cfg = cfg_for(name, tag)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1 image, got {limit}")
     images, labels = data.load_fashion_mnist("test", data_root)
@@ -152,7 +152,7 @@ class Prediction:
 
 def predict_files(name: str, tag: str, framework: str, paths, top: int = 3, invert: str = "auto") -> list[Prediction]:
     """The top classes by softmax probability for each image file, and how it is unlike the training images."""
-    _, cfg = resolve(name, tag)
+    cfg = cfg_for(name, tag)
     images = load_images(paths, invert, cfg.fit)
     probs = softmax(logits(load(name, framework, weights=tag), images, cfg).astype(np.float64))
     return [Prediction(str(p), [(cfg.label_names[j], float(row[j])) for j in np.argsort(-row)[:top]], unlike)

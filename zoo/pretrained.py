@@ -86,6 +86,32 @@ def resolve(model: str, tag: str) -> tuple[Path, PretrainedCfg]:
     return path, cfg
 
 
+def cfg_for(model: str, weights) -> PretrainedCfg:
+    """The entry of shipped weights (a tag), or of a `zoo train` run's weights (the entry in its metadata):
+    what `zoo evaluate` and `zoo predict` need to preprocess images as the weights were trained."""
+    from zoo.api import _is_tag
+
+    if isinstance(weights, str) and _is_tag(model, weights):
+        return resolve(model, weights)[1]
+    path = Path(weights)
+    hint = "evaluate and predict take a pretrained tag or the weights.safetensors that `zoo train` wrote"
+    if path.suffix != ".safetensors" or not path.is_file():
+        raise PretrainedError(f"{path} is not a .safetensors file: {hint}")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata() or {}
+        entry = json.loads(meta["pretrained"])
+        fields = {f.name for f in dataclasses.fields(PretrainedCfg)} - {"model", "tag", "file", "sha256"}
+        entry = {k: v for k, v in entry.items() if k in fields}
+        return PretrainedCfg(model=model, tag=str(path), file=str(path), sha256=sha256(path),
+                             **{**entry, "label_names": tuple(entry["label_names"])})
+    except Exception as e:  # no metadata, no entry, a damaged file
+        raise PretrainedError(f"{path} holds no training entry (input size, mean, std, labels: "
+                              f"{type(e).__name__}: {str(e)[:200]}): {hint}") from None
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -95,7 +121,6 @@ def export_run(trainer, out) -> Path:
     from safetensors.numpy import save_file
 
     from zoo import data
-    from zoo.api import get_weights
     from zoo.io.io_safetensors import metadata
 
     out = Path(out)
@@ -103,9 +128,10 @@ def export_run(trainer, out) -> Path:
     entry = {"input_size": r.input_size, "mean": r.mean, "std": r.std,
              "resize": "bilinear, half-pixel centres (zoo.data.preprocess)", "fit": "pad",
              "num_classes": trainer.spec.num_classes, "label_names": list(data.LABELS),
-             "test_accuracy": trainer.history[-1]["test_acc"], "trained_in": "flax", "dataset": "Fashion-MNIST",
+             "test_accuracy": trainer.history[-1]["test_acc"], "trained_in": trainer.framework,
+             "dataset": "Fashion-MNIST",
              "dataset_license": data.LICENSE, "recipe": dataclasses.asdict(r)}
-    weights = get_weights(trainer.model)
+    weights = trainer.weights()
     path = out / "weights.safetensors"
     tmp = out / ".weights.partial.safetensors"
     save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp),

@@ -1,24 +1,23 @@
-"""Train a zoo model on Fashion-MNIST with Flax NNX and optax: seeded, resumable, logged, plotted.
+"""Train a zoo model on Fashion-MNIST with Flax NNX and optax, on one device or data parallel over several.
 
-    zoo train nin --framework flax --out runs/nin-fmnist          # --resume continues it
+    zoo train nin --framework flax --out runs/nin-fmnist                # --resume continues it
+    zoo train nin --framework flax --devices 2 --out runs/nin-dp        # over the visible JAX devices
 
-Any spec with one input channel and ten classes trains: the optimizer updates the parameters
-(nnx.Param) only; BatchNorm's running statistics (nnx.BatchStat) are updated by the training
-steps' forward passes, as in PyTorch, and are saved in the checkpoints with the rest.
+The recipe (`zoo.training.Recipe`) is carried out with optax: `clip_by_global_norm`, then
+`add_decayed_weights` + `sgd(nesterov=True)` (PyTorch's SGD with weight decay) or `adamw`, with the
+recipe's learning-rate table as the schedule; `smooth_labels` + `softmax_cross_entropy`. The optimizer
+updates the parameters (nnx.Param) only; BatchNorm's running statistics (nnx.BatchStat) are updated by
+the training steps' forward passes, as in PyTorch.
 
-The run folder gets `metrics.jsonl` (one line per epoch), `checkpoint.npz` +
-`checkpoint.json` (after every epoch), `curves.png`, and at the end the trained
-weights in canonical form (`weights.safetensors`, recipe and accuracy in its metadata).
+With `devices` > 1 the global batch is sharded over a one-axis `jax.sharding.Mesh` ('data') and the
+model and optimizer state replicated; the step is the same jitted function, partitioned by XLA. Its
+batch means are over the global batch, so BatchNorm's statistics are synchronised across devices and
+a step equals the one-device step on the same batch. On a CPU, `zoo train --devices N` asks XLA for N
+host devices (`--xla_force_host_platform_device_count`), before JAX starts.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -27,203 +26,145 @@ import numpy as np
 import optax
 from flax import nnx
 
-from zoo import data
-from zoo._progress import bar
+from zoo import training
 from zoo.frameworks import flax_model
 from zoo.spec import ModelSpec, init_weights
+from zoo.training import Recipe
+
+FRAMEWORK = "flax"
+Recipe = Recipe  # the recipe was defined here before the other trainers existed
 
 
-@dataclass(frozen=True)
-class Recipe:
-    input_size: int = 75  # 28x28 upsampled; 96 trains 1.7x slower here for little gain
-    epochs: int = 15
-    batch_size: int = 128
-    peak_lr: float = 1e-3  # AdamW, one-cycle (cosine) schedule
-    warmup: float = 0.3  # share of the steps spent rising to peak_lr
-    clip_norm: float = 1.0  # global gradient norm; without BN, early large steps kill the last ReLUs
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    flip: bool = True  # random horizontal flips
-    shift: int = 2  # random translation by up to this many (original) pixels
-    seed: int = 0
-    mean: float = data.MEAN
-    std: float = data.STD
+def transform(recipe: Recipe, lrs: np.ndarray) -> optax.GradientTransformation:
+    table = jnp.asarray(lrs)
+
+    def schedule(count):
+        return table[jnp.minimum(count, len(lrs) - 1)]
+
+    clip = [optax.clip_by_global_norm(recipe.clip_norm)] if recipe.clip_norm else []
+    if recipe.optimizer == "sgd":
+        return optax.chain(*clip, optax.add_decayed_weights(recipe.weight_decay),
+                           optax.sgd(schedule, momentum=recipe.momentum, nesterov=True))
+    return optax.chain(*clip, optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=recipe.weight_decay))
 
 
-class Trainer:
-    def __init__(self, spec: ModelSpec, recipe: Recipe, train_set, test_set):
-        if spec.in_channels != 1 or spec.num_classes != 10:
-            raise ValueError(f"Fashion-MNIST has 1 channel and 10 classes; {spec.name} takes {spec.in_channels} "
-                             f"channel(s) and gives {spec.num_classes} classes (set in_channels=1, num_classes=10)")
-        spec.check_input((None, recipe.input_size, recipe.input_size, 1), "NHWC")
-        self.spec, self.recipe = spec, recipe
-        self.train_x, self.train_y = train_set
-        self.test_x, self.test_y = test_set
-        self.steps_per_epoch = len(self.train_x) // recipe.batch_size
-        total = max(1, recipe.epochs * self.steps_per_epoch)
-        self.schedule = optax.cosine_onecycle_schedule(total, recipe.peak_lr, recipe.warmup, div_factor=25.0,
-                                                       final_div_factor=1e3)
-        self.model = flax_model.build(spec, init_weights(spec, recipe.seed))
-        tx = optax.chain(optax.clip_by_global_norm(recipe.clip_norm),
-                         optax.adamw(self.schedule, weight_decay=recipe.weight_decay))
-        self.optimizer = nnx.Optimizer(self.model, tx, wrt=nnx.Param)
-        r = jnp.asarray(data.resize_matrix(28, recipe.input_size), jnp.float32)
-        self._prep = lambda x: ((jnp.einsum("oh,nhw,pw->nop", r, x.astype(jnp.float32) / 255.0, r)
-                                 - recipe.mean) / recipe.std)[..., None]  # [B, S, S, 1]
-        self._forward = nnx.jit(lambda m, x: m(self._prep(x)))  # compiled once, reused every epoch
-        self.epoch = 0
-        self.history: list[dict] = []
+def mesh_of(devices: int | None):
+    """A one-axis mesh over the first `devices` JAX devices, or None for one device."""
+    if not devices or devices == 1:
+        return None
+    found = jax.devices()
+    if len(found) < devices:
+        raise ValueError(f"--devices {devices}: JAX sees {len(found)} device(s) ({found[0].platform}); on a CPU, "
+                         f"start Python with XLA_FLAGS=--xla_force_host_platform_device_count={devices}")
+    return jax.sharding.Mesh(np.array(found[:devices]), ("data",))
 
-    # ---- jitted steps: preprocessing runs inside, so the host only slices uint8 arrays
 
-    def _train_step(self):
-        prep, smoothing = self._prep, self.recipe.label_smoothing
+class Trainer(training.Loop):
+    framework = FRAMEWORK
+
+    def __init__(self, spec: ModelSpec, recipe: Recipe, train_set, test_set, *, dropout: bool = True,
+                 weights: dict[str, np.ndarray] | None = None, devices: int | None = None):
+        super().__init__(spec, recipe, train_set, test_set)
+        self.model = flax_model.build(spec, init_weights(spec, recipe.seed) if weights is None else weights)
+        self.optimizer = nnx.Optimizer(self.model, transform(recipe, self.lrs), wrt=nnx.Param)
+        self.dropout = dropout
+        self._train_mode()
+        self.key = jax.random.key(recipe.seed)
+        self.mesh = mesh_of(devices)
+        if recipe.batch_size % (devices or 1):
+            raise ValueError(f"the batch of {recipe.batch_size} does not split over {devices} devices: "
+                             f"choose a --batch-size divisible by {devices}")
+        self._batch = self._replicated = None
+        if self.mesh is not None:
+            P, named = jax.sharding.PartitionSpec, jax.sharding.NamedSharding
+            self._batch, self._replicated = named(self.mesh, P("data")), named(self.mesh, P())
+            for obj in (self.model, self.optimizer):
+                nnx.update(obj, jax.device_put(nnx.state(obj), self._replicated))
+        self._step, self._eval = self._compile()
+
+    def _compile(self):
+        smoothing = self.recipe.label_smoothing
 
         @nnx.jit
         def step(model, optimizer, x, y, key):
             def loss_fn(m):  # BatchNorm's running statistics, updated in m, come back with the model
-                logits = m(prep(x), rngs=nnx.Rngs(dropout=key))
+                logits = m(x, rngs=nnx.Rngs(dropout=key))
                 targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), smoothing)
                 return optax.softmax_cross_entropy(logits, targets).mean(), logits
 
             (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
             optimizer.update(model, grads)
-            return loss, (logits.argmax(-1) == y).mean()
+            return loss, (logits.argmax(-1) == y).sum()
 
-        return step
+        @nnx.jit
+        def evaluate(model, x, y):
+            logits = model(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits.argmax(-1) == y).sum()
 
-    def _augment(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        r = self.recipe
-        if r.flip:
-            flip = rng.random(len(x)) < 0.5
-            x = np.where(flip[:, None, None], x[:, :, ::-1], x)
-        if r.shift:
-            padded = np.pad(x, ((0, 0), (r.shift, r.shift), (r.shift, r.shift)))
-            dy, dx = rng.integers(0, 2 * r.shift + 1, (2, len(x)))
-            rows = dy[:, None] + np.arange(28)[None]
-            cols = dx[:, None] + np.arange(28)[None]
-            x = padded[np.arange(len(x))[:, None, None], rows[:, :, None], cols[:, None, :]]
-        return x
+        return step, evaluate
 
-    def evaluate(self, images: np.ndarray, labels: np.ndarray, batch: int = 500) -> tuple[float, float]:
-        """(mean cross-entropy, accuracy) in inference mode: dropout off, BatchNorm on its running statistics."""
+    def _train_mode(self) -> None:
+        self.model.train()  # BatchNorm on batch statistics, dropout on, unless the trainer turned it off
+        if not self.dropout:
+            self.model.set_attributes(nnx.Dropout, deterministic=True, raise_if_not_found=False)
+
+    def _put(self, x: np.ndarray, y: np.ndarray):
+        x = x.transpose(0, 2, 3, 1)  # NCHW -> NHWC
+        if self._batch is None:
+            return jnp.asarray(x), jnp.asarray(y)
+        return jax.device_put(x, self._batch), jax.device_put(y, self._batch)
+
+    def step(self, x: np.ndarray, y: np.ndarray, k: int):
+        """One optimizer step on batch k (k counts from 0 over the run)."""
+        self._train_mode()
+        x, y = self._put(x, y)
+        return self._step(self.model, self.optimizer, x, y, jax.random.fold_in(self.key, k))
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         self.model.eval()
-        loss = correct = 0.0
-        for i in range(0, len(images), batch):
-            logits = self._forward(self.model, jnp.asarray(images[i:i + batch]))
-            y = jnp.asarray(labels[i:i + batch])
-            loss += float(optax.softmax_cross_entropy_with_integer_labels(logits, y).sum())
-            correct += float((logits.argmax(-1) == y).sum())
-        self.model.train()
-        return loss / len(images), correct / len(images)
+        try:
+            loss, correct = self._eval(self.model, *self._put(x, y)) if len(y) % self._shards() == 0 else \
+                self._eval(self.model, jnp.asarray(x.transpose(0, 2, 3, 1)), jnp.asarray(y))
+        finally:
+            self._train_mode()
+        return float(loss), int(correct)
 
-    def run(self, out: Path, progress: bool = True, stop_after: int | None = None) -> list[dict]:
-        """Train to the recipe's last epoch (or `stop_after`), checkpointing after each."""
-        r = self.recipe
-        step = self._train_step()
-        self.model.train()
-        key = jax.random.key(r.seed)
-        while self.epoch < min(r.epochs, stop_after or r.epochs):
-            rng = np.random.default_rng([r.seed, self.epoch])
-            order = rng.permutation(len(self.train_x))
-            t0, seen = time.perf_counter(), 0
-            with bar(self.steps_per_epoch * r.batch_size, f"epoch {self.epoch + 1}/{r.epochs}", progress) as b:
-                for i in range(self.steps_per_epoch):
-                    idx = order[i * r.batch_size:(i + 1) * r.batch_size]
-                    x = self._augment(self.train_x[idx], rng)
-                    k = jax.random.fold_in(key, self.epoch * self.steps_per_epoch + i)
-                    loss, acc = step(self.model, self.optimizer, jnp.asarray(x), jnp.asarray(self.train_y[idx]), k)
-                    seen += len(idx)
-                    b.update(len(idx))  # the bar's rate is in images/s
-                    if progress and (i % 10 == 9 or i == self.steps_per_epoch - 1):  # float() waits for the step
-                        b.set_postfix_str(f"loss {float(loss):.3f}, acc {float(acc):.3f}", refresh=False)
-            train_seconds = time.perf_counter() - t0
-            test_loss, test_acc = self.evaluate(self.test_x, self.test_y)
-            self.epoch += 1
-            record = {"epoch": self.epoch, "train_loss": float(loss), "train_acc": float(acc),
-                      "test_loss": test_loss, "test_acc": test_acc,
-                      "lr": float(self.schedule(self.epoch * self.steps_per_epoch - 1)),
-                      "seconds": round(train_seconds, 1), "images_per_s": round(seen / train_seconds, 1)}
-            self.history.append(record)
-            if progress:
-                print(f"epoch {self.epoch}/{r.epochs}: test accuracy {test_acc:.4f}, test loss {test_loss:.4f}, "
-                      f"{record['images_per_s']:.0f} img/s", file=sys.stderr)
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            self.save(out)
-        return self.history
+    def _shards(self) -> int:
+        return 1 if self.mesh is None else self.mesh.size
 
-    # ---- checkpoints: plain arrays (no pickle) and JSON, each replaced atomically
+    def weights(self) -> dict[str, np.ndarray]:
+        return flax_model.get_weights(self.model)
 
-    def _flat(self) -> dict[str, nnx.Variable]:
-        out = {}
-        for prefix, obj in (("model", self.model), ("optimizer", self.optimizer)):
-            for path, var in nnx.to_flat_state(nnx.state(obj)):
-                out[prefix + "/" + "/".join(map(str, path))] = var
+    # ---- checkpoints: canonical weights, and optax's state under its nnx paths
+
+    def _optimizer_state(self) -> dict[str, nnx.Variable]:
+        return {"optimizer/" + "/".join(map(str, path)): var
+                for path, var in nnx.to_flat_state(nnx.state(self.optimizer, nnx.optimizer.OptState))}
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = {"model/" + k: v for k, v in self.weights().items()}
+        out.update({k: np.asarray(v.get_value()) for k, v in self._optimizer_state().items()})
         return out
 
-    def save(self, out: Path) -> None:
-        arrays = {k: np.asarray(v.get_value()) for k, v in self._flat().items()}
-        tmp = out / ".checkpoint.partial.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out / "checkpoint.npz")
-        state = {"epoch": self.epoch, "history": self.history, "recipe": dataclasses.asdict(self.recipe),
-                 "spec": self.spec.to_dict()}
-        (out / ".checkpoint.partial.json").write_text(json.dumps(state, indent=1))
-        os.replace(out / ".checkpoint.partial.json", out / "checkpoint.json")
-
-    def load(self, out: Path) -> None:
-        state = json.loads((out / "checkpoint.json").read_text())
-        if state["recipe"] != dataclasses.asdict(self.recipe) or ModelSpec.from_dict(state["spec"]) != self.spec:
-            raise ValueError(f"{out} was trained with another recipe or spec: {state['recipe']}; "
-                             f"resume with the same options, or start a new --out folder")
-        with np.load(out / "checkpoint.npz", allow_pickle=False) as saved:
-            flat = self._flat()
-            if set(saved.files) != set(flat):
-                raise ValueError(f"{out}/checkpoint.npz does not match this model and optimizer")
-            for k, var in flat.items():
-                var.set_value(jnp.asarray(saved[k]))
-        self.epoch, self.history = state["epoch"], state["history"]
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        flax_model.set_weights(self.model, {k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+        slots = self._optimizer_state()
+        training.check_state(Path("checkpoint"), {k: v for k, v in arrays.items() if k.startswith("optimizer/")},
+                             {k: v.get_value() for k, v in slots.items()})
+        for k, var in slots.items():
+            var.set_value(jnp.asarray(arrays[k]))
+        if self.mesh is not None:
+            for obj in (self.model, self.optimizer):
+                nnx.update(obj, jax.device_put(nnx.state(obj), self._replicated))
 
 
-def plot(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (last batch)")
-    a.plot(epochs, [h["test_loss"] for h in history], "o-", label="test")
-    a.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    b.plot(epochs, [h["train_acc"] for h in history], "o-", label="train (last batch)")
-    b.plot(epochs, [h["test_acc"] for h in history], "o-", label="test")
-    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def train(spec: ModelSpec, recipe: Recipe, out: Path, *, resume: bool = False, data_root=None,
-          limit: int | None = None, progress: bool = True, stop_after: int | None = None) -> Trainer:
+def train(spec: ModelSpec, recipe: Recipe, out, *, resume: bool = False, data_root=None, limit: int | None = None,
+          progress: bool = True, stop_after: int | None = None, devices: int | None = None) -> Trainer:
     """Train, checkpointing every epoch; `limit` trains and tests on the first images only (for tests)."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    train_set = data.load_fashion_mnist("train", data_root)
-    test_set = data.load_fashion_mnist("test", data_root)
-    if limit:
-        train_set, test_set = (train_set[0][:limit], train_set[1][:limit]), (test_set[0][:limit], test_set[1][:limit])
-    trainer = Trainer(spec, recipe, train_set, test_set)
-    if resume and (out / "checkpoint.json").exists():
-        trainer.load(out)
-        if progress:
-            print(f"resumed {out} after epoch {trainer.epoch}", file=sys.stderr)
+    trainer = Trainer(spec, recipe, *training.load_data(data_root, limit), devices=devices)  # checks, before files
+    out = training.open_run(out, resume)
+    if resume:
+        trainer.resume(out, progress)
     trainer.run(out, progress, stop_after)
-    plot(trainer.history, out / "curves.png")
+    training.plot(trainer.history, out / "curves.png")
     return trainer
