@@ -134,4 +134,3 @@ def test_predict_command_states_the_domain_and_warns(tmp_path, capsys):
     assert lines[2].startswith(f"{noise}: ")
     assert lines[3].startswith(f"  warning: {noise} is unlike the training images (border mean 12")
     assert lines[3].endswith("): its labels mean little") and len(lines) == 4
-    assert zoo.list_pretrained() == ["nin.fashion_mnist"]
