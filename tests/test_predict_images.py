@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import zoo
 from zoo import data, pretrained
 from zoo.evaluate import DOMAIN_RANGES, domain_ranges, load_images, unlike_training
 
