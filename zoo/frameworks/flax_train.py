@@ -32,7 +32,6 @@ from zoo.spec import ModelSpec, init_weights
 from zoo.training import Recipe
 
 FRAMEWORK = "flax"
-Recipe = Recipe  # the recipe was defined here before the other trainers existed
 
 
 def transform(recipe: Recipe, lrs: np.ndarray) -> optax.GradientTransformation:
