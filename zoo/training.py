@@ -132,12 +132,17 @@ def augment(x: np.ndarray, rng: np.random.Generator, recipe: Recipe) -> np.ndarr
     return x
 
 
+def check_split(recipe: Recipe, devices: int | None) -> None:
+    """The global batch must split evenly over the data-parallel devices."""
+    if recipe.batch_size % (devices or 1):
+        raise ValueError(f"the batch of {recipe.batch_size} does not split over {devices} devices: "
+                         f"choose a --batch-size divisible by {devices}")
+
+
 def epoch_batches(images: np.ndarray, labels: np.ndarray, recipe: Recipe, epoch: int, rank: int = 0,
                   world: int = 1):
     """The epoch's training batches, (float32 [B/world, 1, S, S], int32 [B/world]), this rank's share."""
-    if recipe.batch_size % world:
-        raise ValueError(f"the batch of {recipe.batch_size} does not split over {world} devices: "
-                         f"choose a --batch-size divisible by {world}")
+    check_split(recipe, world)
     rng = np.random.default_rng([recipe.seed, epoch])
     order = rng.permutation(len(images))
     b, share = recipe.batch_size, recipe.batch_size // world

@@ -70,9 +70,7 @@ class Trainer(training.Loop):
         self._train_mode()
         self.key = jax.random.key(recipe.seed)
         self.mesh = mesh_of(devices)
-        if recipe.batch_size % (devices or 1):
-            raise ValueError(f"the batch of {recipe.batch_size} does not split over {devices} devices: "
-                             f"choose a --batch-size divisible by {devices}")
+        training.check_split(recipe, devices)
         self._batch = self._replicated = None
         if self.mesh is not None:
             P, named = jax.sharding.PartitionSpec, jax.sharding.NamedSharding

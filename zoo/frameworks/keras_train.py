@@ -222,9 +222,7 @@ class Trainer(training.Loop):
     def __init__(self, spec: ModelSpec, recipe: Recipe, train_set, test_set, *, dropout: bool = True,
                  weights: dict[str, np.ndarray] | None = None, devices: int | None = None):
         super().__init__(spec, recipe, train_set, test_set)
-        if recipe.batch_size % (devices or 1):
-            raise ValueError(f"the batch of {recipe.batch_size} does not split over {devices} devices: "
-                             f"choose a --batch-size divisible by {devices}")
+        training.check_split(recipe, devices)
         self.devices = devices or 1
         self.distribution = data_parallel(devices)
         with self._scope():  # the variables are made with the distribution's (replicated) layout
