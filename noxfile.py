@@ -53,8 +53,10 @@ def tests(session: nox.Session) -> None:
 @nox.session
 @nox.parametrize("backend", [b for b in KERAS_BACKEND_PACKAGES if b != "tensorflow"])
 def keras(session: nox.Session, backend: str) -> None:
-    """The Keras tests under the other KERAS_BACKENDs (jax, torch), each installed alone; `tests` runs
-    them on TensorFlow, with every other framework beside it (conversions to and from Keras files)."""
+    """The Keras tests under the other KERAS_BACKENDs (jax, torch), each backend installed alone.
+
+    `tests` runs them on TensorFlow, with every other framework beside it (conversions to and from Keras files).
+    """
     session.install(".", "keras", *KERAS_BACKEND_PACKAGES[backend], *TEST)
     session.run("pytest", *PARALLEL, "-m", "keras", *(session.posargs or KERAS_BACKEND_TESTS),
                 env={"KERAS_BACKEND": backend})
@@ -74,7 +76,7 @@ def accelerator(session: nox.Session) -> None:
     session.log("GPUs: " + "; ".join(gpus))
     # This session uses the current environment (its GPU builds of the frameworks): check that it can test.
     missing = session.run("python", "-c", "import importlib.util as u; "
-                          "print(' '.join(m for m in ('pytest', 'zoo', 'conversion') if not u.find_spec(m)))",
+                          "print(' '.join(m for m in ('pytest', 'zoo', 'zoo.conversion') if not u.find_spec(m)))",
                           silent=True).strip()
     if missing:
         session.error(f"the accelerator session runs in the current environment, which lacks {missing}: "
