@@ -21,7 +21,7 @@ logging.getLogger("nox").addFilter(lambda record: "uv binary not found" not in r
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 TEST = nox.project.dependency_groups(PYPROJECT, "test")
 # torch is pinned to the version the project is tested with. The pin does not choose a CPU build: on
-# the public index the Linux wheel of this version pulls the CUDA packages (README: Installing).
+# the public index the Linux wheel of this version pulls the CUDA packages (README.md: Install, run, test).
 TORCH = "torch==2.13.0"
 KERAS_BACKEND_PACKAGES = {"tensorflow": ["tensorflow-cpu"], "jax": ["jax"], "torch": [TORCH]}
 # Keep several frameworks in one GPU process from each taking all of its memory.
@@ -37,8 +37,8 @@ KERAS_BACKEND_TESTS = ["tests/test_agreement.py", "tests/test_traps.py", "tests/
 
 
 # Two worker processes (pytest-xdist), one per core of a small CI machine: most of the suite's time is
-# single-threaded (tracing and compiling models, Python), so two workers nearly halve it. The README's
-# command lines are one test, so they run in one worker, in order.
+# single-threaded (tracing and compiling models, Python), so two workers nearly halve it. A page's
+# command lines (README.md, docs/*.md) are one test, so they run in one worker, in order.
 PARALLEL = ["-n", os.environ.get("ZOO_TEST_WORKERS", "2"), "--durations", "15"]
 
 
