@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -21,6 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("zoo", "conversion", "weights", "pyproject.toml", "README.md", "LICENSE")
 
 
+def _setuptools_major() -> int:
+    """The installed setuptools' major version, 0 when there is none."""
+    from importlib import metadata
+
+    try:
+        return int(metadata.version("setuptools").split(".")[0])
+    except (metadata.PackageNotFoundError, ValueError):
+        return 0
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
     """The wheel `pip wheel . --no-deps` builds, from a copy of the tree (a build writes build/ and
@@ -34,7 +43,7 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
     cmd = [sys.executable, "-m", "pip", "wheel", str(tmp / "src"), "--no-deps", "-w", str(tmp / "out"), "-q"]
-    if importlib.util.find_spec("setuptools"):  # build with this environment's setuptools, offline
+    if _setuptools_major() >= 77:  # pyproject.toml's build requirement: then build offline, with this one
         cmd.append("--no-build-isolation")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
