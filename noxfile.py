@@ -21,7 +21,7 @@ logging.getLogger("nox").addFilter(lambda record: "uv binary not found" not in r
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 TEST = nox.project.dependency_groups(PYPROJECT, "test")
 # torch is pinned to the version the project is tested with. The pin does not choose a CPU build: on
-# the public index the Linux wheel of this version pulls the CUDA packages (README: Installing).
+# the public index the Linux wheel of this version pulls the CUDA packages (README.md: Install, run, test).
 TORCH = "torch==2.13.0"
 KERAS_BACKEND_PACKAGES = {"tensorflow": ["tensorflow-cpu"], "jax": ["jax"], "torch": [TORCH]}
 # Keep several frameworks in one GPU process from each taking all of its memory.
@@ -37,8 +37,8 @@ KERAS_BACKEND_TESTS = ["tests/test_agreement.py", "tests/test_traps.py", "tests/
 
 
 # Two worker processes (pytest-xdist), one per core of a small CI machine: most of the suite's time is
-# single-threaded (tracing and compiling models, Python), so two workers nearly halve it. The README's
-# command lines are one test, so they run in one worker, in order.
+# single-threaded (tracing and compiling models, Python), so two workers nearly halve it. A page's
+# command lines (README.md, docs/*.md) are one test, so they run in one worker, in order.
 PARALLEL = ["-n", os.environ.get("ZOO_TEST_WORKERS", "2"), "--durations", "15"]
 
 
@@ -53,8 +53,10 @@ def tests(session: nox.Session) -> None:
 @nox.session
 @nox.parametrize("backend", [b for b in KERAS_BACKEND_PACKAGES if b != "tensorflow"])
 def keras(session: nox.Session, backend: str) -> None:
-    """The Keras tests under the other KERAS_BACKENDs (jax, torch), each installed alone; `tests` runs
-    them on TensorFlow, with every other framework beside it (conversions to and from Keras files)."""
+    """The Keras tests under the other KERAS_BACKENDs (jax, torch), each backend installed alone.
+
+    `tests` runs them on TensorFlow, with every other framework beside it (conversions to and from Keras files).
+    """
     session.install(".", "keras", *KERAS_BACKEND_PACKAGES[backend], *TEST)
     session.run("pytest", *PARALLEL, "-m", "keras", *(session.posargs or KERAS_BACKEND_TESTS),
                 env={"KERAS_BACKEND": backend})
@@ -74,7 +76,7 @@ def accelerator(session: nox.Session) -> None:
     session.log("GPUs: " + "; ".join(gpus))
     # This session uses the current environment (its GPU builds of the frameworks): check that it can test.
     missing = session.run("python", "-c", "import importlib.util as u; "
-                          "print(' '.join(m for m in ('pytest', 'zoo', 'conversion') if not u.find_spec(m)))",
+                          "print(' '.join(m for m in ('pytest', 'zoo', 'zoo.conversion') if not u.find_spec(m)))",
                           silent=True).strip()
     if missing:
         session.error(f"the accelerator session runs in the current environment, which lacks {missing}: "

@@ -1,4 +1,4 @@
-"""Where the time of a conversion goes: `python -m conversion.benchmark [--model NAME] [--repeat N]`.
+"""Where the time of a conversion goes: `python -m zoo.conversion.benchmark [--model NAME] [--repeat N]`.
 
 For each direction between the three frameworks' own formats it runs, each in a
 fresh process (so that no import is already warm):
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 out = tmp / f"out_{files[dst]}"
                 convert = [py, "-m", "zoo.cli", "convert", args.model, str(tmp / files[src]), str(out), "--force"]
-                bare = [py, "-c", f"import zoo, conversion; {IMPORTS[src]}; {IMPORTS[dst]}"]
+                bare = [py, "-c", f"import zoo.conversion; {IMPORTS[src]}; {IMPORTS[dst]}"]
                 runs = {"bare": [], "convert": [], "verify": []}
                 for _ in range(args.repeat):
                     runs["bare"].append(_wall(bare))

@@ -635,7 +635,7 @@ def _same(path: Path, fmt: str | None, kind: str, src: Path | None = None, src_f
     """The file's tensors equal the expected ones (NaN equal to NaN); for a conversion, its spec is the source's."""
     import numpy as np
 
-    import conversion
+    from zoo import conversion
 
     back = conversion.read(path, fmt)
     base = _expected(kind)
@@ -745,8 +745,8 @@ def worker(fws=("torch", "flax", "keras")) -> None:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
 
-    import conversion  # noqa: F401
     import zoo
+    from zoo import conversion  # noqa: F401
 
     for fw in fws:  # warm each framework once, so a case's time is its own
         zoo.predict(zoo.load("nin", fw, **SPEC_ARGS), np.zeros((1, 1, 96, 96), np.float32), layout="NCHW")

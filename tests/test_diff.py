@@ -167,7 +167,7 @@ def test_a_converted_file_against_its_source(fmt, tmp_path):
     if not _has(*{"flax": ("flax", "orbax"), "keras": ("keras", "h5py"), "keras_archive": ("keras",),
                   "onnx": ("onnx", "onnxruntime")}[fmt]):
         pytest.skip(f"{fmt} not installed")
-    import conversion
+    from zoo import conversion
 
     spec = zoo.get_spec("nin", input_size=67, **NIN)
     w = random_weights(spec, 2)

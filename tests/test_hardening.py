@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from fuzz_cases import spec_location
 
-import conversion
 import zoo
-from conversion import ConversionError
+from zoo import conversion
+from zoo.conversion import ConversionError
 from zoo.io.formats import FORMATS, function
 
 ROOT = Path(__file__).parents[1]
@@ -354,7 +354,7 @@ def test_keras_archive_with_huge_widths_or_a_zip_bomb_refused(tmp_path):
 
 def test_verification_probe_is_bounded():
     big = dataclasses.replace(SPEC, input_size=(16000, 16000))
-    from conversion.convert import probe_size  # a function of the spec alone
+    from zoo.conversion.convert import probe_size  # a function of the spec alone
 
     assert probe_size(SPEC) == (96, 96)
     assert probe_size(big) == (67, 67)  # before: 14 GB for a 30,000 input

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import TINY, random_weights
 
-import conversion
 import zoo
-from conversion import FORMATS, ConversionError
+from zoo import conversion
+from zoo.conversion import FORMATS, ConversionError
 from zoo.io.formats import function
 
 onnx = pytest.importorskip("onnx")

@@ -73,7 +73,7 @@ def test_hash_mismatch_is_refused(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("key", SHIPPED)
 def test_load_in_every_framework(framework, key):
-    import conversion
+    from zoo import conversion
 
     path, cfg = _cfg(key)
     model = zoo.load(cfg.model, framework, weights=cfg.tag)
@@ -102,7 +102,7 @@ def _test_set_reference(key: str = "nin.fashion_mnist"):
 def test_stored_reference_is_the_reference(key):
     """The stored logits are what the float64 reference computes now, on a slice."""
     path, cfg = _cfg(key)
-    import conversion
+    from zoo import conversion
 
     images, _ = data.load_fashion_mnist("test")
     spec = zoo.get_spec(cfg.model, input_size=cfg.input_size)

@@ -1,10 +1,11 @@
-"""Every `zoo ...` command line in README.md's code blocks, run as a user types it.
+"""Every `zoo` command line and Python block of README.md and of the docs pages, run as a user types it.
 
-The lines are read from the README itself, so that it cannot drift from the tool. They run
-in order, in one scratch folder, with small stand-in files where a line names a file, and
-with options appended only where a line would train, evaluate or time for minutes
-(`EXTRA`): argparse takes the README's own options first, so a line that does not parse
-as written still fails.
+The lines are read from the pages themselves, so that they cannot drift from the tool. A page's lines
+run in order, in one scratch folder of its own, with small stand-in files where a line names a file, and
+with options appended only where a line would train, evaluate or time for minutes (`EXTRA`): argparse
+takes the page's own options first, so a line that does not parse as written still fails. A line whose
+comment starts with `slow:` (a full benchmark, an hour of training) is not run: it is listed as skipped,
+with the comment's reason.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +24,11 @@ import pytest
 import zoo
 import zoo.data
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+# The pages whose command lines and Python blocks a user copies: the README first, then docs/, each on its own.
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+SLOW = "slow:"
 
 # Appended to a line that starts with the key: they bound the work, never change what is parsed.
 EXTRA = {
@@ -30,39 +36,74 @@ EXTRA = {
     "zoo evaluate": ["--limit", "1000"],
     "zoo bench": ["--rounds", "1", "--min-time", "0.01", "--only", "zoo.predict", "--cases", "1x96"],
 }
-# The README writes IN and OUT as placeholders for files whose suffix says nothing.
+# The pages write IN and OUT as placeholders for files whose suffix says nothing.
 PLACEHOLDERS = {"IN": "checkpoint.bin", "OUT": "converted.weights.h5"}
 
 
-def readme_commands() -> list[str]:
-    """The `zoo` lines (and `torchrun ... -m zoo` lines) of the README's shell code blocks, comments removed,
-    in order."""
+def page_lines(page: Path) -> list[tuple[str, str]]:
+    """(line, comment) of the `zoo` lines (and `torchrun ... -m zoo` lines) of a page's shell code blocks,
+    in order; the comment is what follows ` #`."""
     lines, block = [], None
-    for line in README.read_text().splitlines():
+    for line in page.read_text().splitlines():
         if line.startswith("```"):
             block = None if block is not None else line[3:].strip()
             continue
         if block in ("bash", "sh", "console") and (line.startswith("zoo ") or
                                                    line.startswith("torchrun ") and " -m zoo " in line):
-            lines.append(line.split(" #", 1)[0].strip())
+            command, _, comment = line.partition(" #")
+            lines.append((command.strip(), comment.strip()))
     return lines
 
 
-def readme_python() -> list[str]:
-    """The README's Python code blocks; a block may use `zoo` and `np` from an earlier one."""
-    blocks = re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+def page_commands(page: Path) -> list[str]:
+    """The lines of a page that run (not marked slow)."""
+    return [line for line, comment in page_lines(page) if not comment.startswith(SLOW)]
+
+
+def readme_commands() -> list[str]:
+    return page_commands(README)
+
+
+def page_python(page: Path) -> list[str]:
+    """A page's Python code blocks; a block may use `zoo` and `np` from an earlier one."""
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), flags=re.S | re.M)
     return ["import numpy as np\nimport zoo\n" + b for b in blocks]
 
 
+def _name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
 COMMANDS = readme_commands()
-PYTHON = readme_python()
+PYTHON = [(_name(page), i, code) for page in PAGES for i, code in enumerate(page_python(page))]
+SLOW_LINES = [(_name(page), line, comment) for page in PAGES for line, comment in page_lines(page)
+              if comment.startswith(SLOW)]
 
 
 def test_readme_has_commands():
-    """The extraction itself: every documented subcommand appears, so an edit cannot empty the list."""
+    """The extraction itself: every documented subcommand appears in the README, so an edit cannot empty
+    the list, and the docs pages' lines and blocks are found too."""
     assert {c.split()[1] for c in COMMANDS} >= {"summary", "evaluate", "predict", "train", "convert", "inspect",
                                                 "list", "diff", "bench"}, COMMANDS
-    assert len(PYTHON) >= 3 and any("zoo.load(" in b for b in PYTHON)
+    assert any("zoo.load(" in code for page, _, code in PYTHON if page == "README.md")
+    docs = [line for page in PAGES[1:] for line in page_commands(page)]
+    assert len(docs) >= 20 and sum(page != "README.md" for page, _, _ in PYTHON) >= 3, docs
+
+
+def test_slow_lines_are_marked(tmp_path: Path):
+    """The marker's own extraction: a `# slow: ...` comment takes the line out of the run, and only those."""
+    page = tmp_path / "page.md"
+    page.write_text("```bash\nzoo list            # every model\nzoo bench --rounds 15   # slow: a full bench\n```\n")
+    assert page_lines(page) == [("zoo list", "every model"), ("zoo bench --rounds 15", "slow: a full bench")]
+    assert page_commands(page) == ["zoo list"]
+
+
+@pytest.mark.parametrize("page, line, comment", SLOW_LINES or [pytest.param("", "", "", marks=pytest.mark.skip(
+    reason="no line is marked slow"))], ids=[f"{p}: {line}" for p, line, _ in SLOW_LINES] or ["none"])
+def test_slow_line(page: str, line: str, comment: str):
+    """A line marked slow is not run here; the skip says which and why, so that it is not forgotten."""
+    assert shlex.split(line), line  # it still parses as a shell line
+    pytest.skip(f"{page}: `{line}` not run ({comment})")
 
 
 def _zoo() -> list[str]:
@@ -81,9 +122,9 @@ def _fashion_mnist_or_skip():
 
 
 @pytest.fixture(scope="session")
-def workdir(tmp_path_factory) -> Path:
-    """A scratch folder holding the files the README's lines name (session-scoped: under pytest-xdist a
-    worker may run other modules' tests in between, which would end a module-scoped folder)."""
+def seed_folder(tmp_path_factory) -> Path:
+    """The files the pages' lines name, made once (session-scoped: under pytest-xdist a worker may run other
+    modules' tests in between, which would end a module-scoped folder)."""
     folder = tmp_path_factory.mktemp("readme")
     from safetensors.numpy import save_file
 
@@ -100,6 +141,17 @@ def workdir(tmp_path_factory) -> Path:
     proc = subprocess.run([*_zoo(), "convert", "r18.safetensors", "resnet18.onnx", "--no-verify"],
                           cwd=folder, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    for stand_in in ("seed.safetensors", "r18.safetensors"):
+        (folder / stand_in).unlink()
+    return folder
+
+
+@pytest.fixture
+def workdir(seed_folder: Path, tmp_path: Path) -> Path:
+    """A page's own scratch folder, holding the stand-in files: pages may write the same output names. Hard
+    links, not copies: the zoo never writes into an existing file (it renames a finished one over it)."""
+    folder = tmp_path / "work"
+    shutil.copytree(seed_folder, folder, copy_function=os.link)
     return folder
 
 
@@ -117,10 +169,11 @@ def _images(folder: Path) -> dict[str, int]:
     return truth
 
 
-def test_readme_commands_in_order(workdir: Path):
-    """Every `zoo` line of the README, in its order, in one folder: a line may read what an earlier one
-    wrote, so they are one test (pytest-xdist would spread parametrized cases over its workers)."""
-    for line in COMMANDS:
+@pytest.mark.parametrize("page", [page for page in PAGES if page_commands(page)], ids=_name)
+def test_commands_in_order(page: Path, workdir: Path):
+    """Every `zoo` line of a page, in its order, in one folder: a line may read what an earlier one wrote,
+    so a page is one test (pytest-xdist would spread parametrized lines over its workers)."""
+    for line in page_commands(page):
         _run_command(line, workdir)
 
 
@@ -170,13 +223,12 @@ def _run_command(line: str, workdir: Path):
     assert not leftovers, leftovers
 
 
-
-@pytest.mark.parametrize("code", PYTHON, ids=[f"python-block-{i}" for i in range(len(PYTHON))])
-def test_readme_python(code: str, workdir: Path):
-    """Each Python example runs as written, after the command lines (block 3 reads their model.pt)."""
+@pytest.mark.parametrize("page, i, code", PYTHON, ids=[f"{page}-python-block-{i}" for page, i, _ in PYTHON])
+def test_python(page: str, i: int, code: str, workdir: Path):
+    """Each Python example runs as written, in a folder holding the stand-in files (model.pt, ...)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, env=env,
                           timeout=600)
-    assert proc.returncode == 0, f"README block failed:\n{code}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"{page}, Python block {i} failed:\n{code}\n{proc.stderr[-3000:]}"
     if "zoo.summary(" in code:  # printed once, as a script shows it
         assert proc.stdout.count("Total params:") == 1, proc.stdout

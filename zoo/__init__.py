@@ -13,6 +13,8 @@ op table (zoo/frameworks/*_model.py). Frameworks are imported only when a model 
 asked for.
 """
 
+from pathlib import Path as _Path
+
 from zoo import families as _families  # noqa: F401  (registers every preset)
 from zoo._frameworks import FRAMEWORKS, FrameworkNotInstalled
 from zoo._registry import UnknownModelError, get_spec, list_models
@@ -21,7 +23,15 @@ from zoo.diff import diff
 from zoo.pretrained import PretrainedError, list_pretrained
 from zoo.spec import ModelSpec, SpecError, init_weights
 
-__version__ = "0.1.0"
+# Installed, conversion/ and weights/ are the subpackages zoo.conversion and zoo.weights (pyproject.toml's
+# package-dir). In a checkout run without installing (PYTHONPATH=the checkout) they sit beside zoo/, not in
+# it: zoo's search path then takes the checkout's root too, so that `zoo.conversion` and `zoo.weights` are
+# those folders in both cases.
+_ROOT = _Path(__file__).resolve().parent.parent
+if not (_Path(__file__).parent / "conversion").is_dir() and (_ROOT / "conversion" / "__init__.py").is_file():
+    __path__.append(str(_ROOT))
+
+__version__ = "0.1.0"  # the distribution's version too (pyproject.toml reads it from here)
 
 __all__ = [
     "FRAMEWORKS", "FrameworkNotInstalled", "UnknownModelError", "SpecError", "WeightsError",

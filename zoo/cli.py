@@ -65,12 +65,23 @@ def _list(pattern: str) -> None:
     print("GFLOPs of one image at its nominal input (C x H x W); params without BatchNorm statistics")
 
 
+def version() -> str:
+    """The installed distribution's version, or zoo.__version__ in a checkout run without installing."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("multizoo")
+    except metadata.PackageNotFoundError:
+        return zoo.__version__
+
+
 WEIGHTS_HELP = "pretrained tag (e.g. fashion_mnist), or the weights.safetensors of a `zoo train` run"
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The `zoo` parser and its subcommands' parsers, by name."""
     p = argparse.ArgumentParser(prog="zoo", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"zoo {version()} (multizoo)")
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="registered models: family, parameters, GFLOPs and input")
     ls.add_argument("pattern", nargs="?", default="*", help="shell wildcards, e.g. 'nin*' (default: all)")
@@ -230,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             zoo.summary(args.model, framework=args.framework, input_size=args.input_size,
                         batch_size=args.batch_size, **dict(args.set))
         elif args.command == "convert":
-            import conversion
+            from zoo import conversion
 
             if len(args.paths) not in (2, 3):
                 raise ValueError(f"convert takes [MODEL] IN OUT, got {len(args.paths)} paths")
@@ -266,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             bench.run(args)
         elif args.command == "inspect":
-            import conversion
+            from zoo import conversion
 
             print(conversion.inspect(args.path, args.format, args.model))
         elif args.command == "diff":

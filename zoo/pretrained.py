@@ -51,7 +51,7 @@ class PretrainedCfg:
 
 
 def _folder() -> Path:
-    return Path(str(resources.files("weights")))
+    return Path(str(resources.files("zoo.weights")))
 
 
 def manifest() -> dict[str, PretrainedCfg]:
