@@ -235,6 +235,17 @@ def _unwrap(path: Path, obj, key: str | None, placeholders: list[str]) -> tuple[
     return state, notes
 
 
+def _held_object(obj, at: tuple[str, ...] = ()) -> str:
+    """Where a would-be state_dict (itself, or under the wrappers' keys) holds a pickled object beside its
+    tensors, in words; else ''."""
+    if not isinstance(obj, dict) or len(at) > 4:
+        return ""
+    if obj and all(isinstance(k, str) and isinstance(v, (torch.Tensor, _Placeholder)) for k, v in obj.items()):
+        bad = next(k for k, v in obj.items() if isinstance(v, _Placeholder))
+        return f"{_where((*at, bad))} is {_kind(obj[bad])}"
+    return next((h for k in _WRAPPERS if k in obj for h in [_held_object(obj[k], (*at, k))] if h), "")
+
+
 def _no_state_dict(path: Path, obj) -> str:
     """Why `obj` gives no state_dict, and what to do."""
     resave = "Re-save a plain state_dict: torch.save(model.state_dict(), path)"
@@ -245,10 +256,10 @@ def _no_state_dict(path: Path, obj) -> str:
         return f"{path} holds {_kind(obj)}, not a state_dict of named tensors. {resave}"
     if not obj:
         return f"{path} holds an empty dict, not a state_dict of named tensors. {resave}"
-    if all(isinstance(k, str) and isinstance(v, (torch.Tensor, _Placeholder)) for k, v in obj.items()):
-        bad = next(k for k, v in obj.items() if isinstance(v, _Placeholder))
+    held = _held_object(obj)
+    if held:
         return (f"{path}: refused: it pickles Python objects other than tensors and plain containers, and "
-                f"unpickling them could run code ({bad!r} is {_kind(obj[bad])}). {resave}")
+                f"unpickling them could run code ({held}). {resave}")
     if all(isinstance(v, torch.Tensor) for v in obj.values()):
         bad = next(k for k in obj if not isinstance(k, str))
         return f"{path} holds a dict with a key that is not a tensor name ({bad!r}). {resave}"
