@@ -278,8 +278,8 @@ def test_negative_running_variance_refused_by_name(tmp_path, capsys):
 
 
 def test_verification_fails_on_nan_outputs(tmp_path):
-    """NaN weights, allowed on request, cannot be verified. Before: the verification refused them, saying to pass
-    allow_nonfinite=True, which had been passed."""
+    """NaN weights, allowed on request, cannot be verified, and the message says so. Before: the read-back
+    check took NaN for a difference ('tensors read back from the output differ')."""
     w = {k: v.copy() for k, v in WEIGHTS.items()}
     w["blocks.0.conv0.bias"][0] = np.nan
     from zoo.io import io_safetensors
