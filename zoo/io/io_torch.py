@@ -3,7 +3,13 @@
 The zoo writes `{'state_dict': state_dict, 'zoo_spec': spec JSON}` (plain data, loadable with
 weights_only=True), so that a spec no preset describes survives the round trip; a PyTorch user
 loads it with `model.load_state_dict(torch.load(path, weights_only=True)['state_dict'])`.
-Plain state_dicts, and the usual training-loop wrappers, from other projects read as before.
+Plain state_dicts from other projects read too, and so do training checkpoints: the state_dict is
+taken from the entry training scripts put it in (`state_dict`, `model_state_dict`, `model`, ... at any
+depth; `state_dict_key` names it where there are several, such as `model` and `model_ema`), and the
+other entries (optimizer state, epoch, a script's argparse.Namespace) are left out, with a note. Those
+entries may name classes that weights_only=True refuses: each such class is read as an inert
+placeholder, never imported or called, so that no code of the file runs and the tensors still read;
+a placeholder where a tensor should be is refused.
 
 BatchNorm's `num_batches_tracked` counters are dropped on reading, with a note (they are not
 canonical: the zoo's momentum is fixed, so they change no output), and never written: torch's
@@ -142,7 +148,7 @@ def _load(path: Path, zipped: bool) -> tuple[object, list[str]]:
     """torch.load(weights_only=True), each class or function that it does not allow read as a _Placeholder:
     (the object, the names placeheld). A bare (pre-zip) pickle gets no placeholders."""
     names = []
-    if zipped:
+    if zipped and hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):  # torch >= 2.5; before, refused
         try:
             names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
         except Exception:  # a damaged archive: torch.load says how
