@@ -236,8 +236,9 @@ def _unwrap(path: Path, obj, key: str | None, placeholders: list[str]) -> tuple[
         notes.append(f"left out the checkpoint's other entries: {', '.join(map(str, others[:8]))}"
                      f"{' ...' if len(others) > 8 else ''}")
     if placeholders:
-        notes.append(f"never unpickled the objects of the classes it names ({', '.join(placeholders[:4])}"
-                     f"{' ...' if len(placeholders) > 4 else ''}), which no tensor of the state_dict needs")
+        notes.append(f"read what it builds with the classes and functions it names ({', '.join(placeholders[:4])}"
+                     f"{' ...' if len(placeholders) > 4 else ''}) as inert placeholders, never unpickled: no "
+                     f"tensor of the state_dict needs them")
     return state, notes
 
 
