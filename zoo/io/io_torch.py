@@ -143,6 +143,9 @@ class _Placeholder:
     def __setstate__(self, state):
         pass
 
+    def __repr__(self) -> str:
+        return f"<a pickled {self.name} object>"
+
 
 def _load(path: Path, zipped: bool) -> tuple[object, list[str]]:
     """torch.load(weights_only=True), each class or function that it does not allow read as a _Placeholder:
