@@ -9,8 +9,16 @@ import numpy as np
 
 import zoo
 from zoo import reference
+from zoo._checks import negative_variances
 from zoo.io import FLOAT_DTYPES, keymaps, load, read  # noqa: F401  (re-exported by conversion)
-from zoo.io.checkpoint import ConversionError, atomic_output, check_finite, check_output_path, one_line
+from zoo.io.checkpoint import (
+    ConversionError,
+    atomic_output,
+    check_finite,
+    check_output_path,
+    check_variances,
+    one_line,
+)
 from zoo.io.formats import detect, function, is_previous_output, sniff
 from zoo.io.infer import infer_spec, resolve_spec
 from zoo.spec import ModelSpec
@@ -74,14 +82,18 @@ def _run(framework: str, spec: ModelSpec, weights: dict[str, np.ndarray], x: np.
         model = zoo.load(spec, framework)
     except zoo.FrameworkNotInstalled:
         return reference.forward(spec, weights, x), "numpy float64 reference"
-    zoo.set_weights(model, weights)
+    zoo.set_weights(model, weights, allow_nonfinite=True)  # convert refused them unless allowed; outputs are judged
     return zoo.predict(model, x, layout="NCHW"), framework
 
 
 def convert(src, dst, *, model: str | None = None, overrides: dict | None = None, spec: ModelSpec | None = None,
             src_format: str | None = None, dst_format: str | None = None, dtype: str | None = None,
-            verify: bool = True, force: bool = False, allow_nonfinite: bool = False) -> Report:
+            verify: bool = True, force: bool = False, allow_nonfinite: bool = False,
+            state_dict_key: str | None = None) -> Report:
     """Convert a weight file to another format, through canonical weights; verify it by running both.
+
+    `state_dict_key` names the entry of a .pt training checkpoint that holds the state_dict, where it holds
+    several (a model and its moving average).
 
     >>> print(conversion.convert('model.pt', 'model.weights.h5'))
     """
@@ -99,10 +111,11 @@ def convert(src, dst, *, model: str | None = None, overrides: dict | None = None
     if dtype and dfmt.float32_only and dtype != "float32":
         raise ConversionError(f"{dfmt.name} files hold float32 weights only; --dtype {dtype} is possible for "
                               f".pt and .safetensors outputs")
-    ckpt = read(src, sfmt.name, model=model, spec=spec)
+    ckpt = read(src, sfmt.name, model=model, spec=spec, state_dict_key=state_dict_key)
     spec, origin = resolve_spec(ckpt, model, overrides, spec)
     weights = zoo.check_weights(spec, ckpt.weights, dtypes=FLOAT_DTYPES)
     check_finite(weights, allow_nonfinite)
+    check_variances(src, spec, weights)
     notes = list(ckpt.notes)
     if dtype:
         if dtype not in FLOAT_DTYPES:
@@ -133,7 +146,7 @@ def convert(src, dst, *, model: str | None = None, overrides: dict | None = None
 def _verify(report: Report, src: Path, sfmt, src_weights, written, tmp: Path, dfmt) -> None:
     back = read(tmp, dfmt.name, spec=report.spec)
     bad = [k for k in written if back.weights.get(k) is None or back.weights[k].dtype != written[k].dtype
-           or not np.array_equal(back.weights[k], written[k])]
+           or back.weights[k].shape != written[k].shape or back.weights[k].tobytes() != written[k].tobytes()]
     if bad or set(back.weights) != set(written):
         raise ConversionError(f"verification failed: tensors read back from the output differ: {', '.join(bad)}")
     spec = report.spec
@@ -145,11 +158,17 @@ def _verify(report: Report, src: Path, sfmt, src_weights, written, tmp: Path, df
     if a.shape != b.shape:
         raise ConversionError(f"verification failed: the source gives outputs of shape {a.shape}, the destination "
                               f"{b.shape}; nothing was written")
+    # NaN or Inf outputs compare as nothing (NaN - NaN is NaN, Inf - Inf too, and Inf passes an Inf tolerance)
+    bad = {side: int(np.size(out) - np.isfinite(out).sum()) for side, out in (("source", a), ("destination", b))}
+    if any(bad.values()):
+        raise ConversionError(f"verification failed: on the probe, the source gives {bad['source']} and the "
+                              f"destination {bad['destination']} NaN or Inf output(s), which prove nothing; nothing "
+                              f"was written (pass --no-verify / verify=False to convert without verifying)")
     scale = float(np.abs(a).max())
     report.max_abs = float(np.abs(a.astype(np.float64) - b).max())
     report.max_rel = report.max_abs / max(scale, 1e-30)
     report.probe_shape, report.runners = x.shape, (ran_a, ran_b)
-    if report.max_abs > 1e-5 * max(1.0, scale):
+    if not report.max_abs <= 1e-5 * max(1.0, scale):  # written so that NaN fails
         raise ConversionError(f"verification failed: outputs differ by {report.max_abs:.3e} (scale {scale:.3g}); "
                               f"nothing was written")
 
@@ -170,12 +189,12 @@ def _what(path: Path) -> str:
     return "a folder of other files" if path.is_dir() else sniff(path)
 
 
-def inspect(path, format: str | None = None, model: str | None = None) -> str:
+def inspect(path, format: str | None = None, model: str | None = None, state_dict_key: str | None = None) -> str:
     """What a file holds: format, tensors, dtype, foreign keys recognised, and the spec it fits (or why none).
 
     >>> print(conversion.inspect('resnet18.pt'))
     """
-    ckpt = read(path, format, model=model)
+    ckpt = read(path, format, model=model, state_dict_key=state_dict_key)
     lines = [f"{path}: {ckpt.format} format, {len(ckpt.weights)} tensors, {ckpt.num_params:,} values, "
              f"{ckpt.dtype}"]
     lines += [f"  {n}" for n in ckpt.notes]
@@ -191,6 +210,10 @@ def inspect(path, format: str | None = None, model: str | None = None) -> str:
         if buffers:
             lines.append(f"  BatchNorm running statistics: present ({len(buffers)} tensors, running_mean and "
                          f"running_var of {len(buffers) // 2} layers); inference uses them as they are")
+        negative = negative_variances(spec, ckpt.weights)
+        if negative:
+            lines.append(f"  negative BatchNorm running variance in: {', '.join(negative)}; zoo.load and zoo convert "
+                         f"refuse the file")
     except (ConversionError, ValueError) as e:
         lines.append(f"fits no model: {e}")
         missing = [k for k in spec.param_shapes() if k not in ckpt.weights] if spec is not None else []

@@ -47,6 +47,22 @@ def nonfinite_tensors(weights: Mapping[str, np.ndarray]) -> list[str]:
     return [f"{k} ({int(f.size - f.sum())} values)" for k, f in finite.items() if not f.all()]
 
 
+def negative_variances(spec: ModelSpec, weights: Mapping[str, np.ndarray]) -> list[str]:
+    """'name (N of M values, minimum V)' for each BatchNorm running variance holding a negative value.
+
+    A variance is never negative; BatchNorm divides by sqrt(var + eps), so one that is gives NaN outputs.
+    """
+    bad = []
+    for path, op in spec.ops().items():
+        name = f"{path}.running_var"
+        if "running_var" in op.buffers() and name in weights:
+            a = np.asarray(weights[name]).astype(np.float32, copy=False)
+            n = int((a < 0).sum())
+            if n:
+                bad.append(f"{name} ({n} of {a.size} values, minimum {float(a.min()):.4g})")
+    return bad
+
+
 def check_finite(weights: Mapping[str, np.ndarray]) -> None:
     """Refuse weights holding NaN or Inf, as files holding them are refused."""
     bad = nonfinite_tensors(weights)

@@ -25,7 +25,8 @@ from zoo.spec import (
 )
 
 
-def load(name, framework: str, *, seed: int = 0, weights=None, allow_nonfinite: bool = False, **overrides):
+def load(name, framework: str, *, seed: int = 0, weights=None, allow_nonfinite: bool = False,
+         state_dict_key: str | None = None, **overrides):
     """A model ready for inference: torch.nn.Module (NCHW), flax.nnx.Module or keras.Model (NHWC).
 
     The same `seed` gives the same parameters in every framework. `name` may also be a spec.
@@ -34,13 +35,16 @@ def load(name, framework: str, *, seed: int = 0, weights=None, allow_nonfinite: 
     or a dict of canonical arrays. A string is a tag only when the manifest lists it for
     this model; a tag that is also a file or folder here is refused as ambiguous (write
     './fashion_mnist' for the file); a pathlib.Path is always a path. Weights holding
-    NaN or Inf are refused unless `allow_nonfinite`.
+    NaN or Inf are refused unless `allow_nonfinite`. A .pt training checkpoint gives its
+    state_dict; `state_dict_key` names the entry where it holds several ('model_ema').
 
     >>> model = zoo.load('nin', framework='torch', num_classes=100)
     >>> model = zoo.load('nin', framework='flax', weights='fashion_mnist')
     >>> model = zoo.load('nin', framework='keras', weights='model.pt')
     """
     mod = adapter(framework)  # fails here, before any work, if the framework is missing
+    if state_dict_key is not None and (weights is None or isinstance(weights, Mapping)):
+        raise TypeError("state_dict_key names an entry of a .pt weights file; pass one as weights=")
     if weights is None:
         spec = get_spec(name, **overrides)
         return mod.build(spec, init_weights(spec, seed))
@@ -62,7 +66,8 @@ def load(name, framework: str, *, seed: int = 0, weights=None, allow_nonfinite: 
         if overrides:
             raise TypeError(f"pretrained weights fix the spec; drop the overrides {sorted(overrides)}")
         weights, _ = pretrained.resolve(name, weights)
-    spec, arrays, _ = io.load(weights, name, overrides, allow_nonfinite=allow_nonfinite)
+    spec, arrays, _ = io.load(weights, name, overrides, allow_nonfinite=allow_nonfinite,
+                              state_dict_key=state_dict_key)
     return mod.build(spec, arrays)
 
 

@@ -75,6 +75,8 @@ def version() -> str:
         return zoo.__version__
 
 
+STATE_DICT_KEY_HELP = "the entry of a .pt training checkpoint to take the state_dict from, where it holds several " \
+                      "(e.g. model_ema)"
 WEIGHTS_HELP = "pretrained tag (e.g. fashion_mnist), or the weights.safetensors of a `zoo train` run"
 
 
@@ -107,10 +109,14 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     c.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip running source and destination on a probe input")
     c.add_argument("--allow-nonfinite", action="store_true", help="convert weights holding NaN or Inf")
+    c.add_argument("--state-dict-key", metavar="KEY",
+                   help=STATE_DICT_KEY_HELP)
     i = sub.add_parser("inspect", help="what a weight file holds and which model it fits")
     i.add_argument("path")
     i.add_argument("--format", help="the file's format, when the suffix does not say")
     i.add_argument("--model", help="the model to fit it to (default: any registered one)")
+    i.add_argument("--state-dict-key", metavar="KEY",
+                   help=STATE_DICT_KEY_HELP)
     d = sub.add_parser("diff", help="run a model two ways layer by layer; show where they part",
                        description="Run MODEL two ways on the same seeded random NCHW input and compare every "
                                    "layer's output: each side is a framework (torch, flax, keras, onnx, "
@@ -253,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             model, src, dst = ([None] + args.paths)[-3:]
             report = conversion.convert(src, dst, model=model, overrides=dict(args.set), dtype=args.dtype,
                                         src_format=args.src_format, dst_format=args.dst_format,
-                                        verify=args.verify, force=args.force, allow_nonfinite=args.allow_nonfinite)
+                                        verify=args.verify, force=args.force, allow_nonfinite=args.allow_nonfinite,
+                                        state_dict_key=args.state_dict_key)
             print(report)
             print(f"wrote {dst}")
         elif args.command == "evaluate":
@@ -279,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "inspect":
             from zoo import conversion
 
-            print(conversion.inspect(args.path, args.format, args.model))
+            print(conversion.inspect(args.path, args.format, args.model, args.state_dict_key))
         elif args.command == "diff":
             rows = zoo.diff(args.model, args.a, args.b, weights=args.weights, input_size=args.input_size,
                             batch=args.batch, seed=args.seed, tol=args.tol, runner=args.runner,

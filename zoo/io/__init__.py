@@ -15,7 +15,7 @@ import numpy as np
 
 from zoo._checks import check_weights
 from zoo.io import keymaps
-from zoo.io.checkpoint import Checkpoint, ConversionError, check_finite
+from zoo.io.checkpoint import Checkpoint, ConversionError, check_finite, check_variances
 from zoo.io.formats import detect, function
 from zoo.io.infer import resolve_spec
 from zoo.spec import ModelSpec
@@ -23,8 +23,12 @@ from zoo.spec import ModelSpec
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
-def read(path, format: str | None = None, *, model: str | None = None, spec: ModelSpec | None = None) -> Checkpoint:
+def read(path, format: str | None = None, *, model: str | None = None, spec: ModelSpec | None = None,
+         state_dict_key: str | None = None) -> Checkpoint:
     """Read a weight file into canonical names and layout (dtype as stored); foreign key maps applied.
+
+    A foreign file's keys lose the wrappers' prefixes they all share (`module.`, `model.`, `_orig_mod.`);
+    a .pt training checkpoint gives its state_dict (`state_dict_key` names the entry, where it holds several).
 
     >>> ckpt = zoo.io.read('model.pt')
     >>> ckpt.weights['blocks.0.conv0.weight'].shape
@@ -32,9 +36,17 @@ def read(path, format: str | None = None, *, model: str | None = None, spec: Mod
     """
     path = Path(path)
     fmt = detect(path, format)
+    if state_dict_key is not None and fmt.name != "torch":
+        raise ConversionError(f"state_dict_key / --state-dict-key picks an entry of a PyTorch .pt checkpoint; "
+                              f"{path} is a {fmt.name} file")
     _check_input_path(path, fmt)
-    ckpt = function(fmt, "reader")(path, spec, model)
-    if ckpt.spec is None and spec is None:  # a file of the zoo's own names its tensors canonically
+    extra = {"state_dict_key": state_dict_key} if state_dict_key is not None else {}  # only the torch reader's
+    ckpt = function(fmt, "reader")(path, spec, model, **extra)
+    if ckpt.spec is None:  # a file of the zoo's own names its tensors canonically
+        ckpt.weights, stripped = keymaps.strip_prefixes(ckpt.weights)
+        if stripped:
+            ckpt.notes.append(keymaps.prefixes_note(stripped))
+    if ckpt.spec is None and spec is None:
         ckpt.weights, keymap, dropped = keymaps.to_canonical(ckpt.weights, model)
         if keymap is not None:
             ckpt.notes.append(f"recognised foreign keys: {keymap.name}")
@@ -45,12 +57,14 @@ def read(path, format: str | None = None, *, model: str | None = None, spec: Mod
 
 
 def load(path, model: str | None = None, overrides: dict | None = None, *, format: str | None = None,
-         allow_nonfinite: bool = False) -> tuple[ModelSpec, dict[str, np.ndarray], Checkpoint]:
+         allow_nonfinite: bool = False, state_dict_key: str | None = None
+         ) -> tuple[ModelSpec, dict[str, np.ndarray], Checkpoint]:
     """Read a file and fit it to a spec: (spec, float32 weights checked against it, the checkpoint as read)."""
-    ckpt = read(path, format, model=model)
+    ckpt = read(path, format, model=model, state_dict_key=state_dict_key)
     spec, _ = resolve_spec(ckpt, model, overrides)
     weights = check_weights(spec, ckpt.weights, dtypes=FLOAT_DTYPES)
     check_finite(weights, allow_nonfinite)
+    check_variances(path, spec, weights)
     if ckpt.dtype == "float64":
         raise ConversionError(f"{path} holds float64 weights; a model holds float32 and casting loses "
                               f"precision: convert it explicitly with --dtype float32")

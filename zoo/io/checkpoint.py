@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo._checks import nonfinite_tensors
+from zoo._checks import negative_variances, nonfinite_tensors
 from zoo.spec import ModelSpec
 
 FORMAT_VERSION = "1"  # of the zoo's canonical safetensors metadata
@@ -66,6 +66,15 @@ def check_finite(weights: dict[str, np.ndarray], allow_nonfinite: bool = False) 
     if bad:
         raise ConversionError(f"NaN or Inf in {len(bad)} tensor(s): {', '.join(bad)}; "
                               f"refused (pass --allow-nonfinite / allow_nonfinite=True to convert them anyway)")
+
+
+def check_variances(path, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:
+    """Refuse a file whose BatchNorm running variances are negative (its model would compute NaN)."""
+    bad = negative_variances(spec, weights)
+    if bad:
+        raise ConversionError(f"{path}: negative BatchNorm running variance in {len(bad)} tensor(s): "
+                              f"{', '.join(bad)}; a variance is never negative (the model would compute NaN): "
+                              f"the file is damaged, or its tensors are not what their names say")
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zoo import _registry as registry  # get_spec, list_models: the registry alone, not zoo.api
+from zoo.io import keymaps
 from zoo.io.checkpoint import Checkpoint, ConversionError
 from zoo.spec import MAX_WIDTH, Conv, Linear, ModelSpec, SpecError, is_int
 
@@ -209,6 +210,23 @@ def _names_gap(expected, shapes) -> str:
     return " and ".join(parts)
 
 
+def _prefix_hint(names: list[str], model: str | None) -> str:
+    """Where every name starts with one component that keeps them from a model's names (a wrapper's
+    attribute, e.g. 'net.', that no key map strips), which model's names they are without it; else ''."""
+    heads = {n.split(".", 1)[0] for n in names}
+    if len(heads) != 1 or not all("." in n for n in names):
+        return ""
+    prefix = heads.pop() + "."
+    renamed, keymap, _ = keymaps.to_canonical(dict.fromkeys(n[len(prefix):] for n in names), model)
+    fits = next((m for m in ([model] if model else registry.list_models())
+                 if set(_default(m).param_shapes()) == set(renamed)), None)
+    if fits is None:
+        return ""
+    via = f", as the key map {keymap.name!r} renames them" if keymap else ""
+    return (f"every key starts with {prefix!r}; without it they are {fits}'s names{via}: save the state_dict "
+            f"again without the prefix")
+
+
 def infer(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> Inferred:
     """The preset (or `model`) whose structure fits `shapes`, and the overrides read from them."""
     shapes = {k: tuple(v) for k, v in shapes.items()}
@@ -255,11 +273,20 @@ def infer(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> Infer
         return found[0]  # the first best, in registry order
     held = f"{', '.join(list(shapes)[:6])}{' ...' if len(shapes) > 6 else ''}"
     if not near:
-        closest = [reason for _, reason in sorted(far, key=lambda f: -f[0])[:2]]
+        ranked = sorted(far, key=lambda f: -f[0])
+        whose = f"these are not {model}'s tensor names" if model else "no registered model has these tensor names"
+        hint = _prefix_hint(list(shapes), model)
+        if hint:
+            why = hint
+        elif ranked and ranked[0][0] > 0:
+            why = f"closest: {'; '.join(reason for _, reason in ranked[:2])}"
+        else:
+            why = f"none of them is one of {model}'s" if model else "none of them is any model's"
         raise ConversionError(
-            f"no registered model has these tensor names, so no spec can be inferred (closest: "
-            f"{'; '.join(closest)}); the file holds {len(shapes)} tensors: {held}. A zoo model's names are "
-            f"listed by `zoo summary MODEL`; another project's need a key map (zoo._registry.register_keymap)"[:900])
+            f"{whose}, so no spec can be inferred ({why}); the file holds {len(shapes)} tensors: {held}"[:900]
+            + ". A zoo model's tensors are named after the layers `zoo summary MODEL` lists (LAYER.weight, "
+              "LAYER.bias, LAYER.running_mean, ...); another project's names need a key map (register_keymap, "
+              "in the model's family file)")
     first = near[0].split(" ", 1)[0].rstrip(":")
     raise ConversionError(
         ("the tensors fit no registered model: " + "; ".join(r[:240] for r in near[:4])

@@ -23,6 +23,37 @@ import numpy as np
 from zoo import _registry
 from zoo._registry import KeyMap
 
+# ----------------------------------------------------------------------------- wrappers' prefixes
+
+# What wraps a model in training puts before every key; a model's own names never start so.
+PREFIXES = {
+    "module.": "DataParallel or DistributedDataParallel",
+    "model.": "a Lightning module's or a training script's model attribute",
+    "_orig_mod.": "torch.compile",
+}
+
+
+def strip_prefixes(weights: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Strip the wrappers' prefixes that every key shares, outermost first: (weights, prefixes stripped).
+
+    >>> strip_prefixes({'module._orig_mod.conv1.weight': w})
+    ({'conv1.weight': w}, ['module.', '_orig_mod.'])
+    """
+    stripped = []
+    while weights:
+        prefix = next((p for p in PREFIXES if all(k.startswith(p) and len(k) > len(p) for k in weights)), None)
+        if prefix is None:
+            break
+        weights = {k[len(prefix):]: v for k, v in weights.items()}
+        stripped.append(prefix)
+    return weights, stripped
+
+
+def prefixes_note(stripped: list[str]) -> str:
+    return (f"stripped the prefix {''.join(stripped)!r} shared by every key (written by "
+            f"{', then '.join(PREFIXES[p] for p in stripped)})")
+
+
 # ----------------------------------------------------------------------------- applying the maps
 
 def rename(keymap: KeyMap, names) -> tuple[dict[str, str], list[str]] | None:
