@@ -25,7 +25,8 @@ from zoo.spec import (
 )
 
 
-def load(name, framework: str, *, seed: int = 0, weights=None, allow_nonfinite: bool = False, **overrides):
+def load(name, framework: str, *, seed: int = 0, weights=None, pretrained: bool = False, allow_nonfinite: bool = False,
+         **overrides):
     """A model ready for inference: torch.nn.Module (NCHW), flax.nnx.Module or keras.Model (NHWC).
 
     The same `seed` gives the same parameters in every framework. `name` may also be a spec.
@@ -34,13 +35,23 @@ def load(name, framework: str, *, seed: int = 0, weights=None, allow_nonfinite: 
     or a dict of canonical arrays. A string is a tag only when the manifest lists it for
     this model; a tag that is also a file or folder here is refused as ambiguous (write
     './fashion_mnist' for the file); a pathlib.Path is always a path. Weights holding
-    NaN or Inf are refused unless `allow_nonfinite`.
+    NaN or Inf are refused unless `allow_nonfinite`. `pretrained=True` loads the weights the
+    model ships with (its first tag; `zoo.list_pretrained()` lists them), as timm's does.
 
     >>> model = zoo.load('nin', framework='torch', num_classes=100)
+    >>> model = zoo.load('nin', framework='torch', pretrained=True)   # = weights='fashion_mnist'
     >>> model = zoo.load('nin', framework='flax', weights='fashion_mnist')
     >>> model = zoo.load('nin', framework='keras', weights='model.pt')
     """
     mod = adapter(framework)  # fails here, before any work, if the framework is missing
+    if pretrained:
+        from zoo import pretrained as shipped
+
+        if weights is not None:
+            raise TypeError("pass either pretrained=True (the shipped weights) or weights=, not both")
+        if not isinstance(name, str):
+            raise TypeError("pretrained=True takes a model name ('nin'), not a spec")
+        weights = shipped.default_tag(name)
     if weights is None:
         spec = get_spec(name, **overrides)
         return mod.build(spec, init_weights(spec, seed))
@@ -57,11 +68,15 @@ def load(name, framework: str, *, seed: int = 0, weights=None, allow_nonfinite: 
     if not isinstance(weights, (str, os.PathLike)):
         raise TypeError(f"weights must be a pretrained tag, a path or a dict of arrays, got {type(weights).__name__}")
     if isinstance(weights, str) and _is_tag(name, weights):
-        from zoo import pretrained
+        from zoo import pretrained as shipped
 
         if overrides:
             raise TypeError(f"pretrained weights fix the spec; drop the overrides {sorted(overrides)}")
-        weights, _ = pretrained.resolve(name, weights)
+        weights, _ = shipped.resolve(name, weights)
+    elif isinstance(weights, str) and not os.path.lexists(weights):
+        from zoo import pretrained as shipped
+
+        raise shipped.not_a_file(name, weights)
     spec, arrays, _ = io.load(weights, name, overrides, allow_nonfinite=allow_nonfinite)
     return mod.build(spec, arrays)
 

@@ -53,16 +53,22 @@ def _list(pattern: str) -> None:
     names = zoo.list_models(pattern)
     if not names:
         raise ValueError(f"no model matches {pattern!r}; `zoo list` shows them all")
-    rows = [("Model", "Family", "Params", "GFLOPs", "Input", "Classes")]
+    tags = {}
+    for key in zoo.list_pretrained():
+        model, tag = key.split(".", 1)
+        tags.setdefault(model, []).append(tag)
+    rows = [("Model", "Family", "Params", "GFLOPs", "Input", "Classes", "Pretrained")]
     for name in names:
         spec = zoo.get_spec(name)
         h, w = spec.input_size
         rows.append((name, spec.family, f"{spec.num_params:,}", f"{spec.flops() / 1e9:.3g}",
-                     f"{spec.in_channels}x{h}x{w}", str(spec.num_classes)))
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+                     f"{spec.in_channels}x{h}x{w}", str(spec.num_classes), ", ".join(tags.get(name, ["-"]))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(wd) if i < 2 else c.rjust(wd) for i, (c, wd) in enumerate(zip(r, widths))).rstrip())
-    print("GFLOPs of one image at its nominal input (C x H x W); params without BatchNorm statistics")
+        print("  ".join(c.ljust(wd) if i < 2 or i == 6 else c.rjust(wd)
+                        for i, (c, wd) in enumerate(zip(r, widths))).rstrip())
+    print("GFLOPs of one image at its nominal input (C x H x W); params without BatchNorm statistics; "
+          "Pretrained: the tags of shipped weights (zoo.load(name, framework, pretrained=True) loads the first)")
 
 
 WEIGHTS_HELP = "pretrained tag (e.g. fashion_mnist), or the weights.safetensors of a `zoo train` run"
@@ -220,10 +226,20 @@ def _interrupted(args, argv: list[str]) -> str:
     return f"zoo: interrupted; {kept}. Resume with: {again}"
 
 
+def _check_model_name(args) -> None:
+    """A mistyped model name is said first, with the closest name, before any file is read or framework imported."""
+    name = getattr(args, "model", None)
+    if args.command == "convert":
+        name = args.paths[0] if len(args.paths) == 3 else None
+    if name is not None and name not in zoo.list_models():
+        zoo.get_spec(name)  # raises UnknownModelError: "unknown model 'nim'. Did you mean 'nin'? ..."
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
+        _check_model_name(args)
         if args.command == "list":
             _list(args.pattern)
         elif args.command == "summary":
