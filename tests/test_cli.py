@@ -144,7 +144,7 @@ def test_list_shows_family_params_gflops_and_input(capsys):
         tags = [key.split(".", 1)[1] for key in zoo.list_pretrained(name)]
         assert row[1:] == [spec.family, f"{spec.num_params:,}", f"{spec.flops() / 1e9:.3g}",
                            f"{spec.in_channels}x{h}x{w}", str(spec.num_classes), ", ".join(tags) or "-"], row
-    assert rows["nin"][1:] == ["nin", "1,992,166", "1.52", "1x224x224", "10"]
+    assert rows["nin"][1:] == ["nin", "1,992,166", "1.52", "1x224x224", "10", "fashion_mnist"]
     assert lines[-1].startswith("GFLOPs of one image at its nominal input")
 
 
