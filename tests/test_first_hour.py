@@ -129,3 +129,14 @@ def test_keras_import_prints_nothing(tmp_path):
         loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                               env={**env, "ZOO_VERBOSE": "1"})
         assert loud.returncode == 0 and "oneDNN" in loud.stderr
+
+
+def test_summary_refuses_a_small_input_before_importing_the_framework(tmp_path):
+    code = ("import sys, zoo\n"
+            "try:\n    zoo.summary('nin', framework='keras', input_size=40)\n"
+            "except ValueError as e:\n    print(e)\n"
+            "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    said, imported = r.stdout.strip().splitlines()
+    assert "67" in said and imported == "[]", r.stdout

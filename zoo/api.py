@@ -8,7 +8,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from zoo._checks import WeightsError, check_finite, check_weights, nonfinite_tensors  # noqa: F401
-from zoo._frameworks import FRAMEWORKS, adapter, adapter_for
+from zoo._frameworks import adapter, adapter_for
+from zoo._frameworks import framework as framework_info
 from zoo._registry import get_spec, preset_overrides
 from zoo.spec import (
     Act,
@@ -207,10 +208,10 @@ def summary(name, framework: str | None = None, *, input_size: int | tuple[int, 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     h, w = input_size or spec.input_size
-    mod = adapter(framework) if framework else None  # also refuses an unknown framework
-    layout = FRAMEWORKS[framework].layout if framework else "NCHW"
+    layout = framework_info(framework).layout if framework else "NCHW"  # refuses an unknown framework
     shape = (batch_size, spec.in_channels, h, w) if layout == "NCHW" else (batch_size, h, w, spec.in_channels)
-    spec.check_input(shape, layout)
+    spec.check_input(shape, layout)  # before the framework's import (seconds): a wrong size is said at once
+    mod = adapter(framework) if framework else None
     if mod:
         model = mod.build(spec, init_weights(spec))
         shapes = mod.trace(model, np.zeros(shape, np.float32))  # (path, output)
