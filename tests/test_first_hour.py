@@ -140,3 +140,20 @@ def test_summary_refuses_a_small_input_before_importing_the_framework(tmp_path):
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     said, imported = r.stdout.strip().splitlines()
     assert "67" in said and imported == "[]", r.stdout
+
+
+@pytest.mark.torch
+@pytest.mark.onnx
+def test_bench_prints_each_framework_as_it_is_measured(tmp_path):
+    """`zoo bench` with its defaults printed nothing for 540 s on a busy machine: it says how long a run takes,
+    then each framework's table as soon as that framework is done."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    cmd = [sys.executable, "-m", "zoo.cli", "bench", "lenet", "--frameworks", "onnx", "torch", "--cases", "2x28",
+           "--rounds", "1", "--min-time", "0.01", "--only", "zoo.predict(model, x)"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    err = r.stderr
+    assert err.startswith("zoo bench: 2 framework(s) x 1 case(s) x 1 rounds of at least 0.01 s: about")
+    assert err.index("onnx: measured in") < err.index("\ntorch ...") < err.index("torch: measured in")
+    assert "Against onnxruntime" in r.stdout

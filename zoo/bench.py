@@ -346,14 +346,23 @@ def run(args: argparse.Namespace) -> None:
     cases = [f"{b}x{s}" for b, s in args.cases]
     only = ["--only", *args.only] if args.only else []
     results = []
+    per_alternative = args.rounds * len(cases) * args.min_time * 1.5  # the warm-up: half a stretch per case
+    print(f"zoo bench: {len(targets)} framework(s) x {len(cases)} case(s) x {args.rounds} rounds of at least "
+          f"{args.min_time:g} s: about {per_alternative:.0f} s per alternative (each framework has several), "
+          f"plus imports and compiling; each framework's table is printed as soon as it is measured",
+          file=sys.stderr, flush=True)
+    machine = _machine()
     for text, framework, env in targets:
+        started = time.perf_counter()
         print(f"{text} ...", file=sys.stderr, flush=True)
         res = _worker([args.model, "--worker", framework, "--cases", *cases, "--rounds", str(args.rounds),
                        "--min-time", str(args.min_time), *only], env)
         res["first"] = _worker([args.model, "--first", framework], env)
         res["target"], res["nominal"] = text, "x".join(map(str, spec.input_size))
         results.append(res)
-    machine = _machine()
+        if len(targets) > 1:  # the whole table, every framework side by side, follows at the end
+            print(format_results([res], machine, args.markdown), file=sys.stderr)
+            print(f"{text}: measured in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     print(format_results(results, machine, args.markdown))
     if args.json:
         with open(args.json, "w") as f:
