@@ -157,3 +157,21 @@ def test_bench_prints_each_framework_as_it_is_measured(tmp_path):
     assert err.startswith("zoo bench: 2 framework(s) x 1 case(s) x 1 rounds of at least 0.01 s: about")
     assert err.index("onnx: measured in") < err.index("\ntorch ...") < err.index("torch: measured in")
     assert "Against onnxruntime" in r.stdout
+
+
+@pytest.mark.keras
+def test_keras_training_prints_only_the_zoo(tmp_path):
+    """TensorFlow's "Memory patch applied" INFO line split the progress bar, and its import lines came first."""
+    pytest.importorskip("keras")
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        pytest.skip("TensorFlow's lines: the tensorflow backend")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("ZOO_VERBOSE", None)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    r = subprocess.run([sys.executable, "-m", "zoo.cli", "train", "lenet", "--framework", "keras", "--out", "run",
+                        "--limit", "128", "--epochs", "1", "--batch-size", "64"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    foreign = [line for line in r.stderr.replace("\r", "\n").splitlines()
+               if line.strip() and not line.startswith("epoch ")]
+    assert not foreign, foreign

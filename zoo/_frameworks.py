@@ -56,10 +56,7 @@ def adapter(name: str) -> ModuleType:
     """Import a framework's adapter, or say which pip extra installs what is missing."""
     fw = framework(name)
     try:
-        if fw.module in sys.modules:
-            return sys.modules[fw.module]
-        with _held_stderr():
-            return importlib.import_module(fw.module)
+        return quiet_import(fw.module)
     except ImportError as e:
         missing = (getattr(e, "name", None) or "").split(".")[0]
         if missing == fw.module.split(".")[0]:  # a bug of ours, not a missing package
@@ -74,6 +71,25 @@ def adapter(name: str) -> ModuleType:
         ) from e
 
 
+def quiet_import(module: str) -> ModuleType:
+    """Import a zoo module that imports a framework, without the framework's start-up chatter.
+
+    Unless ZOO_VERBOSE=1: TensorFlow's INFO lines are turned off (TF_CPP_MIN_LOG_LEVEL=1, where the user
+    set no level: its "Memory patch applied" line split `zoo train`'s progress bar), and what the native
+    libraries print while they load is held back, and shown only if the import fails.
+    """
+    if module in sys.modules:
+        return sys.modules[module]
+    if not _verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    with _held_stderr():
+        return importlib.import_module(module)
+
+
+def _verbose() -> bool:
+    return os.environ.get("ZOO_VERBOSE", "") not in ("", "0")
+
+
 @contextlib.contextmanager
 def _held_stderr():
     """Hold back what the frameworks' native libraries print while they load.
@@ -82,7 +98,7 @@ def _held_stderr():
     lines) and no Python setting or TF_CPP_MIN_LOG_LEVEL silences all of it. The output is shown when
     the import fails, or always with ZOO_VERBOSE=1.
     """
-    if os.environ.get("ZOO_VERBOSE", "") not in ("", "0"):
+    if _verbose():
         yield
         return
     try:

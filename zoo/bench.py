@@ -39,7 +39,7 @@ import time
 import numpy as np
 
 import zoo
-from zoo._frameworks import FRAMEWORKS
+from zoo._frameworks import FRAMEWORKS, quiet_import
 
 CASES = ((1, 96), (32, 96), (1, 224), (32, 224))  # (batch, input size)
 # A time per call that varies by more than this between rounds (slowest / fastest - 1) means the
@@ -108,7 +108,7 @@ def _ratio(base: list[float] | None, times: list[float]) -> float | None:
 def measure(framework: str, model_name: str, cases, rounds: int, min_time: float,
             only: list[str] | None = None, seed: int = 0) -> dict:
     """Every alternative of one framework on every case; runs in that framework's process."""
-    bench = importlib.import_module(f"zoo.frameworks.{framework}_bench")
+    bench = quiet_import(f"zoo.frameworks.{framework}_bench")
     model = zoo.load(model_name, framework, seed=seed)
     spec = zoo.spec_of(model)
     # the framework's rows are also timed against onnxruntime's: the onnx framework's own default,

@@ -187,8 +187,7 @@ def _train(args) -> None:
     for k in ("epochs", "input_size", "batch_size", "limit", "devices"):  # before: --batch-size 0 divided by zero
         if getattr(args, k) is not None and getattr(args, k) < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
-    import importlib
-
+    from zoo._frameworks import quiet_import
     from zoo.training import Recipe, default_recipe
 
     if args.devices and args.devices > 1 and args.framework in ("flax", "keras") and "jax" not in sys.modules:
@@ -201,7 +200,7 @@ def _train(args) -> None:
     recipe = Recipe.from_dict({**dataclasses.asdict(default_recipe(args.model)), **chosen})
     spec = zoo.get_spec(args.model, input_size=recipe.input_size, **dict(args.set))
     # after the argument checks: a mistyped option costs no framework import
-    trainer_module = importlib.import_module(f"zoo.frameworks.{args.framework}_train")
+    trainer_module = quiet_import(f"zoo.frameworks.{args.framework}_train")
     trainer = trainer_module.train(spec, recipe, args.out, resume=args.resume, data_root=args.data,
                                    limit=args.limit, devices=args.devices)
     if trainer.rank:
