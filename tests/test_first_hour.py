@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -175,3 +176,29 @@ def test_keras_training_prints_only_the_zoo(tmp_path):
     foreign = [line for line in r.stderr.replace("\r", "\n").splitlines()
                if line.strip() and not line.startswith("epoch ")]
     assert not foreign, foreign
+
+
+@pytest.mark.keras
+def test_ctrl_c_in_keras_training_exits_cleanly(tmp_path):
+    """Ctrl-C printed TensorFlow's GeneratorDataset FAILED_PRECONDITION line as the interpreter shut down
+    (and the shutdown took seconds); the zoo's own message is the last line."""
+    import signal
+
+    pytest.importorskip("keras")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("ZOO_VERBOSE", None)
+    p = subprocess.Popen([sys.executable, "-m", "zoo.cli", "train", "lenet", "--framework", "keras", "--out", "run",
+                          "--limit", "20000", "--epochs", "20", "--batch-size", "32"],
+                         stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    seen = ""
+    while "epoch 2/20" not in seen:  # TensorFlow's line came once its data iterator had run an epoch
+        ch = p.stderr.read(1)
+        assert ch, f"training ended before it could be interrupted: {seen[-2000:]}"
+        seen += ch
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    rest = p.communicate(timeout=120)[1]
+    assert p.returncode == 130, rest[-2000:]
+    last = rest.replace("\r", "\n").strip().splitlines()[-1]
+    assert "zoo: interrupted;" in last and "Resume with: zoo train lenet" in last, rest[-2000:]
+    assert "FAILED_PRECONDITION" not in rest

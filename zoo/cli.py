@@ -292,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if rows.diverged else 0
     except KeyboardInterrupt:
         print(_interrupted(args, argv), file=sys.stderr)
+        if args.command == "train" and "tensorflow" in sys.modules:
+            # The checkpoints are on disk (each written atomically). Interpreter shutdown would take seconds
+            # and print a FAILED_PRECONDITION line as TensorFlow finalizes Keras' data iterator: skip it.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     except (ValueError, TypeError, KeyError, ImportError, OSError, SideFailed, bench.BenchError) as e:
         print(f"zoo: error: {e}", file=sys.stderr)
