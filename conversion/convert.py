@@ -98,6 +98,8 @@ def convert(src, dst, *, model: str | None = None, overrides: dict | None = None
     >>> print(conversion.convert('model.pt', 'model.weights.h5'))
     """
     src, dst = Path(src), Path(dst)
+    if not (src.exists() or src.is_symlink()):  # first: a missing input matters more than an existing output
+        raise ConversionError(f"{src} does not exist: nothing to convert")
     sfmt, dfmt = detect(src, src_format), detect(dst, dst_format, writing=True)
     check_output_path(dst)  # before any work
     if dst.exists() or dst.is_symlink():

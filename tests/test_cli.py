@@ -135,15 +135,16 @@ def test_keras_file_names_keras_accepts(capsys, tmp_path):
 def test_list_shows_family_params_gflops_and_input(capsys):
     assert cli.main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["Model", "Family", "Params", "GFLOPs", "Input", "Classes"]
+    assert lines[0].split() == ["Model", "Family", "Params", "GFLOPs", "Input", "Classes", "Pretrained"]
     rows = {line.split()[0]: line.split() for line in lines[1:-1]}
     assert sorted(rows) == zoo.list_models()
     for name, row in rows.items():  # every registered model, its numbers from its spec
         spec = zoo.get_spec(name)
         h, w = spec.input_size
+        tags = [key.split(".", 1)[1] for key in zoo.list_pretrained(name)]
         assert row[1:] == [spec.family, f"{spec.num_params:,}", f"{spec.flops() / 1e9:.3g}",
-                           f"{spec.in_channels}x{h}x{w}", str(spec.num_classes)], row
-    assert rows["nin"][1:] == ["nin", "1,992,166", "1.52", "1x224x224", "10"]
+                           f"{spec.in_channels}x{h}x{w}", str(spec.num_classes), ", ".join(tags) or "-"], row
+    assert rows["nin"][1:] == ["nin", "1,992,166", "1.52", "1x224x224", "10", "fashion_mnist"]
     assert lines[-1].startswith("GFLOPs of one image at its nominal input")
 
 

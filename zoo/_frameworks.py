@@ -14,9 +14,11 @@ Every adapter module (zoo/frameworks/*_model.py) offers the same few functions:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -54,7 +56,7 @@ def adapter(name: str) -> ModuleType:
     """Import a framework's adapter, or say which pip extra installs what is missing."""
     fw = framework(name)
     try:
-        return importlib.import_module(fw.module)
+        return quiet_import(fw.module)
     except ImportError as e:
         missing = (getattr(e, "name", None) or "").split(".")[0]
         if missing == fw.module.split(".")[0]:  # a bug of ours, not a missing package
@@ -67,6 +69,57 @@ def adapter(name: str) -> ModuleType:
             f"framework {name!r} is not available: {detail}. "
             f"Install it with: pip install 'multizoo[{fw.extra}]' (from a checkout: pip install '.[{fw.extra}]')"
         ) from e
+
+
+def quiet_import(module: str) -> ModuleType:
+    """Import a zoo module that imports a framework, without the framework's start-up chatter.
+
+    Unless ZOO_VERBOSE=1: TensorFlow's INFO lines are turned off (TF_CPP_MIN_LOG_LEVEL=1, where the user
+    set no level: its "Memory patch applied" line split `zoo train`'s progress bar), and what the native
+    libraries print while they load is held back, and shown only if the import fails.
+    """
+    if module in sys.modules:
+        return sys.modules[module]
+    if not _verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    with _held_stderr():
+        return importlib.import_module(module)
+
+
+def _verbose() -> bool:
+    return os.environ.get("ZOO_VERBOSE", "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def _held_stderr():
+    """Hold back what the frameworks' native libraries print while they load.
+
+    TensorFlow's C++ side logs to file descriptor 2 at import (absl's preamble, oneDNN and CPU-feature
+    lines) and no Python setting or TF_CPP_MIN_LOG_LEVEL silences all of it. The output is shown when
+    the import fails, or always with ZOO_VERBOSE=1.
+    """
+    if _verbose():
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no file descriptor 2 (an embedded interpreter): nothing to hold
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
 
 
 def adapter_for(model) -> tuple[Framework, ModuleType]:

@@ -27,13 +27,22 @@ def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names, sorted; `pattern` takes shell wildcards.
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Registered model names, sorted; `pattern` takes shell wildcards; `pretrained=True` keeps the models
+    that ship trained weights (`zoo.list_pretrained()` names them with their tags).
 
     >>> list_models('nin*')
     ['nin', 'nin_cifar10', 'nin_imagenet']
+    >>> list_models(pretrained=True)
+    ['nin', 'resnet18_d2l']
     """
-    return sorted(n for n in _PRESETS if fnmatch.fnmatchcase(n, pattern))
+    names = sorted(n for n in _PRESETS if fnmatch.fnmatchcase(n, pattern))
+    if pretrained:
+        from zoo.pretrained import manifest  # the manifest names registered models: imported when asked
+
+        shipped = {cfg.model for cfg in manifest().values()}
+        names = [n for n in names if n in shipped]
+    return names
 
 
 def _preset(name: str) -> Callable[..., Any]:

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from zoo._checks import WeightsError, check_finite, check_weights, nonfinite_tensors  # noqa: F401
-from zoo._frameworks import FRAMEWORKS, adapter, adapter_for
+from zoo._frameworks import adapter, adapter_for
+from zoo._frameworks import framework as framework_info
 from zoo._registry import get_spec, preset_overrides
 from zoo.spec import (
     Act,
@@ -25,7 +26,7 @@ from zoo.spec import (
 )
 
 
-def load(name, framework: str, *, seed: int = 0, weights=None, allow_nonfinite: bool = False,
+def load(name, framework: str, *, seed: int = 0, weights=None, pretrained: bool = False, allow_nonfinite: bool = False,
          state_dict_key: str | None = None, **overrides):
     """A model ready for inference: torch.nn.Module (NCHW), flax.nnx.Module or keras.Model (NHWC).
 
@@ -37,12 +38,23 @@ def load(name, framework: str, *, seed: int = 0, weights=None, allow_nonfinite: 
     './fashion_mnist' for the file); a pathlib.Path is always a path. Weights holding
     NaN or Inf are refused unless `allow_nonfinite`. A .pt training checkpoint gives its
     state_dict; `state_dict_key` names the entry where it holds several ('model_ema').
+    `pretrained=True` loads the weights the model ships with (its first tag;
+    `zoo.list_pretrained()` lists them), as timm's does.
 
     >>> model = zoo.load('nin', framework='torch', num_classes=100)
+    >>> model = zoo.load('nin', framework='torch', pretrained=True)   # = weights='fashion_mnist'
     >>> model = zoo.load('nin', framework='flax', weights='fashion_mnist')
     >>> model = zoo.load('nin', framework='keras', weights='model.pt')
     """
     mod = adapter(framework)  # fails here, before any work, if the framework is missing
+    if pretrained:
+        from zoo import pretrained as shipped
+
+        if weights is not None:
+            raise TypeError("pass either pretrained=True (the shipped weights) or weights=, not both")
+        if not isinstance(name, str):
+            raise TypeError("pretrained=True takes a model name ('nin'), not a spec")
+        weights = shipped.default_tag(name)
     if state_dict_key is not None and (weights is None or isinstance(weights, Mapping)):
         raise TypeError("state_dict_key names an entry of a .pt weights file; pass one as weights=")
     if weights is None:
@@ -61,11 +73,15 @@ def load(name, framework: str, *, seed: int = 0, weights=None, allow_nonfinite: 
     if not isinstance(weights, (str, os.PathLike)):
         raise TypeError(f"weights must be a pretrained tag, a path or a dict of arrays, got {type(weights).__name__}")
     if isinstance(weights, str) and _is_tag(name, weights):
-        from zoo import pretrained
+        from zoo import pretrained as shipped
 
         if overrides:
             raise TypeError(f"pretrained weights fix the spec; drop the overrides {sorted(overrides)}")
-        weights, _ = pretrained.resolve(name, weights)
+        weights, _ = shipped.resolve(name, weights)
+    elif isinstance(weights, str) and not os.path.lexists(weights):
+        from zoo import pretrained as shipped
+
+        raise shipped.not_a_file(name, weights)
     spec, arrays, _ = io.load(weights, name, overrides, allow_nonfinite=allow_nonfinite,
                               state_dict_key=state_dict_key)
     return mod.build(spec, arrays)
@@ -197,10 +213,10 @@ def summary(name, framework: str | None = None, *, input_size: int | tuple[int, 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     h, w = input_size or spec.input_size
-    mod = adapter(framework) if framework else None  # also refuses an unknown framework
-    layout = FRAMEWORKS[framework].layout if framework else "NCHW"
+    layout = framework_info(framework).layout if framework else "NCHW"  # refuses an unknown framework
     shape = (batch_size, spec.in_channels, h, w) if layout == "NCHW" else (batch_size, h, w, spec.in_channels)
-    spec.check_input(shape, layout)
+    spec.check_input(shape, layout)  # before the framework's import (seconds): a wrong size is said at once
+    mod = adapter(framework) if framework else None
     if mod:
         model = mod.build(spec, init_weights(spec))
         shapes = mod.trace(model, np.zeros(shape, np.float32))  # (path, output)

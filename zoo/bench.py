@@ -39,7 +39,7 @@ import time
 import numpy as np
 
 import zoo
-from zoo._frameworks import FRAMEWORKS
+from zoo._frameworks import FRAMEWORKS, quiet_import
 
 CASES = ((1, 96), (32, 96), (1, 224), (32, 224))  # (batch, input size)
 # A time per call that varies by more than this between rounds (slowest / fastest - 1) means the
@@ -108,7 +108,7 @@ def _ratio(base: list[float] | None, times: list[float]) -> float | None:
 def measure(framework: str, model_name: str, cases, rounds: int, min_time: float,
             only: list[str] | None = None, seed: int = 0) -> dict:
     """Every alternative of one framework on every case; runs in that framework's process."""
-    bench = importlib.import_module(f"zoo.frameworks.{framework}_bench")
+    bench = quiet_import(f"zoo.frameworks.{framework}_bench")
     model = zoo.load(model_name, framework, seed=seed)
     spec = zoo.spec_of(model)
     # the framework's rows are also timed against onnxruntime's: the onnx framework's own default,
@@ -346,14 +346,23 @@ def run(args: argparse.Namespace) -> None:
     cases = [f"{b}x{s}" for b, s in args.cases]
     only = ["--only", *args.only] if args.only else []
     results = []
+    per_alternative = args.rounds * len(cases) * args.min_time * 1.5  # the warm-up: half a stretch per case
+    print(f"zoo bench: {len(targets)} framework(s) x {len(cases)} case(s) x {args.rounds} rounds of at least "
+          f"{args.min_time:g} s: about {per_alternative:.0f} s per alternative (each framework has several), "
+          f"plus imports and compiling; each framework's table is printed as soon as it is measured",
+          file=sys.stderr, flush=True)
+    machine = _machine()
     for text, framework, env in targets:
+        started = time.perf_counter()
         print(f"{text} ...", file=sys.stderr, flush=True)
         res = _worker([args.model, "--worker", framework, "--cases", *cases, "--rounds", str(args.rounds),
                        "--min-time", str(args.min_time), *only], env)
         res["first"] = _worker([args.model, "--first", framework], env)
         res["target"], res["nominal"] = text, "x".join(map(str, spec.input_size))
         results.append(res)
-    machine = _machine()
+        if len(targets) > 1:  # the whole table, every framework side by side, follows at the end
+            print(format_results([res], machine, args.markdown), file=sys.stderr)
+            print(f"{text}: measured in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     print(format_results(results, machine, args.markdown))
     if args.json:
         with open(args.json, "w") as f:

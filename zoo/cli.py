@@ -53,16 +53,22 @@ def _list(pattern: str) -> None:
     names = zoo.list_models(pattern)
     if not names:
         raise ValueError(f"no model matches {pattern!r}; `zoo list` shows them all")
-    rows = [("Model", "Family", "Params", "GFLOPs", "Input", "Classes")]
+    tags = {}
+    for key in zoo.list_pretrained():
+        model, tag = key.split(".", 1)
+        tags.setdefault(model, []).append(tag)
+    rows = [("Model", "Family", "Params", "GFLOPs", "Input", "Classes", "Pretrained")]
     for name in names:
         spec = zoo.get_spec(name)
         h, w = spec.input_size
         rows.append((name, spec.family, f"{spec.num_params:,}", f"{spec.flops() / 1e9:.3g}",
-                     f"{spec.in_channels}x{h}x{w}", str(spec.num_classes)))
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+                     f"{spec.in_channels}x{h}x{w}", str(spec.num_classes), ", ".join(tags.get(name, ["-"]))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(wd) if i < 2 else c.rjust(wd) for i, (c, wd) in enumerate(zip(r, widths))).rstrip())
-    print("GFLOPs of one image at its nominal input (C x H x W); params without BatchNorm statistics")
+        print("  ".join(c.ljust(wd) if i < 2 or i == 6 else c.rjust(wd)
+                        for i, (c, wd) in enumerate(zip(r, widths))).rstrip())
+    print("GFLOPs of one image at its nominal input (C x H x W); params without BatchNorm statistics; "
+          "Pretrained: the tags of shipped weights (zoo.load(name, framework, pretrained=True) loads the first)")
 
 
 def version() -> str:
@@ -198,8 +204,7 @@ def _train(args) -> None:
     for k in ("epochs", "input_size", "batch_size", "limit", "devices"):  # before: --batch-size 0 divided by zero
         if getattr(args, k) is not None and getattr(args, k) < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
-    import importlib
-
+    from zoo._frameworks import quiet_import
     from zoo.training import Recipe, default_recipe
 
     if args.devices and args.devices > 1 and args.framework in ("flax", "keras") and "jax" not in sys.modules:
@@ -212,7 +217,7 @@ def _train(args) -> None:
     recipe = Recipe.from_dict({**dataclasses.asdict(default_recipe(args.model)), **chosen})
     spec = zoo.get_spec(args.model, input_size=recipe.input_size, **dict(args.set))
     # after the argument checks: a mistyped option costs no framework import
-    trainer_module = importlib.import_module(f"zoo.frameworks.{args.framework}_train")
+    trainer_module = quiet_import(f"zoo.frameworks.{args.framework}_train")
     trainer = trainer_module.train(spec, recipe, args.out, resume=args.resume, data_root=args.data,
                                    limit=args.limit, devices=args.devices)
     if trainer.rank:
@@ -237,10 +242,20 @@ def _interrupted(args, argv: list[str]) -> str:
     return f"zoo: interrupted; {kept}. Resume with: {again}"
 
 
+def _check_model_name(args) -> None:
+    """A mistyped model name is said first, with the closest name, before any file is read or framework imported."""
+    name = getattr(args, "model", None)
+    if args.command == "convert":
+        name = args.paths[0] if len(args.paths) == 3 else None
+    if name is not None and name not in zoo.list_models():
+        zoo.get_spec(name)  # raises UnknownModelError: "unknown model 'nim'. Did you mean 'nin'? ..."
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
+        _check_model_name(args)
         if args.command == "list":
             _list(args.pattern)
         elif args.command == "summary":
@@ -295,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if rows.diverged else 0
     except KeyboardInterrupt:
         print(_interrupted(args, argv), file=sys.stderr)
+        if args.command == "train" and "tensorflow" in sys.modules:
+            # The checkpoints are on disk (each written atomically). Interpreter shutdown would take seconds
+            # and print a FAILED_PRECONDITION line as TensorFlow finalizes Keras' data iterator: skip it.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     except (ValueError, TypeError, KeyError, ImportError, OSError, SideFailed, bench.BenchError) as e:
         print(f"zoo: error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ canonical safetensors file whose metadata repeats the entry.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -67,6 +68,29 @@ def list_pretrained(model: str | None = None) -> list[str]:
     return sorted(k for k, c in manifest().items() if model in (None, c.model))
 
 
+def default_tag(model: str) -> str:
+    """The tag `zoo.load(model, ..., pretrained=True)` loads: the model's first entry in the manifest."""
+    get_spec(model)
+    tags = [c.tag for c in manifest().values() if c.model == model]
+    if not tags:
+        raise PretrainedError(f"{model} ships no pretrained weights; models that do: "
+                              f"{', '.join(list_pretrained()) or 'none'} (pass weights= a file of yours instead)")
+    return tags[0]
+
+
+def _did_you_mean(text: str, choices) -> str:
+    close = difflib.get_close_matches(text, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def not_a_file(model: str, text: str) -> PretrainedError:
+    """The error for weights named by a string that is neither a file here nor a tag of `model`."""
+    tags = [c.tag for c in manifest().values() if c.model == model]
+    shipped = f"{model}'s pretrained tags: {', '.join(tags)}" if tags else f"{model} ships no pretrained weights"
+    return PretrainedError(f"no file or folder {text!r} exists here, and it is not a pretrained tag of {model} "
+                           f"({shipped}).{_did_you_mean(text, tags)}")
+
+
 def resolve(model: str, tag: str) -> tuple[Path, PretrainedCfg]:
     """The verified file and entry for `model` with `tag`."""
     get_spec(model)  # an unknown model is named as such, with the close matches, before its weights
@@ -74,7 +98,7 @@ def resolve(model: str, tag: str) -> tuple[Path, PretrainedCfg]:
     key = f"{model}.{tag}"
     if key not in entries:
         known = ", ".join(entries) or "none"
-        raise PretrainedError(f"no pretrained weights {key!r}; shipped: {known}")
+        raise PretrainedError(f"no pretrained weights {key!r}; shipped: {known}.{_did_you_mean(key, entries)}")
     cfg = entries[key]
     path = _folder() / cfg.file
     if not path.is_file():
@@ -93,6 +117,8 @@ def cfg_for(model: str, weights) -> PretrainedCfg:
 
     if isinstance(weights, str) and _is_tag(model, weights):
         return resolve(model, weights)[1]
+    if isinstance(weights, str) and not os.path.lexists(weights):
+        raise not_a_file(model, weights)
     path = Path(weights)
     hint = "evaluate and predict take a pretrained tag or the weights.safetensors that `zoo train` wrote"
     if path.suffix != ".safetensors" or not path.is_file():

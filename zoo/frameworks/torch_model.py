@@ -114,7 +114,9 @@ class ZooModel(nn.Module):
         return steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, num_classes]
-        if not torch.compiler.is_compiling():  # torch.compile re-traces for each new shape anyway
+        # Tracing (torch.jit.trace, torch.onnx.export) would record the check's Python comparisons as
+        # TracerWarnings, and torch.compile re-traces for each new shape anyway: check only when run.
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             self.spec.check_input(tuple(x.shape), LAYOUT)
         return _chain(self._plan, x.contiguous(memory_format=torch.channels_last))
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo._frameworks import FRAMEWORKS, FrameworkNotInstalled
+from zoo._frameworks import FRAMEWORKS, FrameworkNotInstalled, quiet_import
 from zoo.io.checkpoint import ConversionError
 
 
@@ -80,7 +79,7 @@ def detect(path: Path | str, explicit: str | None = None, writing: bool = False)
 def function(fmt: Format, which: str) -> Callable:
     """A format's reader or writer, importing its framework now."""
     try:
-        module = importlib.import_module(fmt.module)
+        module = quiet_import(fmt.module)
     except ImportError as e:
         missing = (getattr(e, "name", None) or "?").split(".")[0]
         if missing in ("conversion", "zoo"):
