@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -127,3 +128,12 @@ def test_nox_session_descriptions_are_whole_sentences():
     for f in sessions:
         lines = (ast.get_docstring(f) or "").splitlines()
         assert lines and lines[0].endswith(".") and (len(lines) == 1 or not lines[1].strip()), (f.name, lines)
+
+
+def test_the_tree_imports_conversion_under_zoo():
+    """Installed, there is no top-level `conversion` (or `weights`): a test or module that imports it passes in a
+    checkout and fails in nox's installed environment."""
+    pattern = re.compile(r"^\s*(import (conversion|weights)\b|from (conversion|weights)\b)", re.M)
+    offenders = [str(p.relative_to(ROOT)) for folder in ("zoo", "conversion", "tests", "weights")
+                 for p in (ROOT / folder).rglob("*.py") if pattern.search(p.read_text())]
+    assert not offenders, offenders
