@@ -63,6 +63,7 @@ class Report:
     max_rel: float | None = None
     probe_shape: tuple[int, ...] | None = None
     runners: tuple[str, str] | None = None
+    rounding: tuple[str, float, float] | None = None  # (dtype, max abs, relative): what a narrowing cast changed
 
     def __str__(self) -> str:
         lines = [f"{self.src_format} -> {self.dst_format}: {self.spec.name}, {self.spec.num_params:,} parameters, "
@@ -72,6 +73,11 @@ class Report:
             lines.append(f"  verified: {self.runners[0]} (source) vs {self.runners[1]} (destination) on a "
                          f"{list(self.probe_shape)} probe: max abs error {self.max_abs:.3e}, "
                          f"relative {self.max_rel:.3e}; tensors read back bit-identical")
+        if self.rounding is not None:
+            dtype, err, rel = self.rounding
+            lines[-1] += " (the source run with its weights rounded the same way)"
+            lines.append(f"  the rounding to {dtype} asked for moves the outputs on the probe by up to {err:.3e} "
+                         f"(relative {rel:.3e}) from the source's own")
         return "\n".join(lines)
 
 
@@ -167,11 +173,20 @@ def _verify(report: Report, src: Path, sfmt, src_weights, written, tmp: Path, df
                               f"destination {bad['destination']} NaN or Inf output(s), which prove nothing; nothing "
                               f"was written (pass --no-verify / verify=False to convert without verifying)")
     scale = float(np.abs(a).max())
+    report.probe_shape, report.runners = x.shape, (ran_a, ran_b)
+    narrower = sorted({str(written[k].dtype) for k in written
+                       if written[k].dtype.itemsize < np.asarray(src_weights[k]).dtype.itemsize})
+    if narrower:
+        # The cast asked for (--dtype float16, say) changes the outputs by itself: that change is measured and
+        # reported, and the destination is verified against the source run with the same rounded weights.
+        rounding = float(np.abs(a.astype(np.float64) - b).max())
+        report.rounding = (", ".join(narrower), rounding, rounding / max(scale, 1e-30))
+        a, _ = _run(sfmt.framework, spec, written, x)
     report.max_abs = float(np.abs(a.astype(np.float64) - b).max())
     report.max_rel = report.max_abs / max(scale, 1e-30)
-    report.probe_shape, report.runners = x.shape, (ran_a, ran_b)
     if not report.max_abs <= 1e-5 * max(1.0, scale):  # written so that NaN fails
-        raise ConversionError(f"verification failed: outputs differ by {report.max_abs:.3e} (scale {scale:.3g}); "
+        raise ConversionError(f"verification failed: outputs differ by {report.max_abs:.3e} (scale {scale:.3g})"
+                              f"{' with the same rounded weights on both sides' if narrower else ''}; "
                               f"nothing was written")
 
 

@@ -202,3 +202,24 @@ def test_ctrl_c_in_keras_training_exits_cleanly(tmp_path):
     last = rest.replace("\r", "\n").strip().splitlines()[-1]
     assert "zoo: interrupted;" in last and "Resume with: zoo train lenet" in last, rest[-2000:]
     assert "FAILED_PRECONDITION" not in rest
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype, dst", [("float16", "b.safetensors"), ("bfloat16", "b.pt")])
+def test_a_narrowing_cast_is_verified_and_its_rounding_reported(dtype, dst, tmp_path):
+    """`--dtype float16` failed verification ("outputs differ by 2.3e-04") without saying that the rounding
+    asked for was the cause: the destination is verified against the source with the same rounded weights,
+    and what the rounding changes is measured and said."""
+    pytest.importorskip("torch")
+    from zoo import conversion
+    from zoo.io import io_safetensors
+
+    spec = zoo.get_spec("lenet")
+    io_safetensors.write(zoo.init_weights(spec), spec, tmp_path / "a.safetensors")
+    report = conversion.convert(tmp_path / "a.safetensors", tmp_path / dst, dtype=dtype)
+    assert report.max_abs <= 1e-5
+    rounded, err, rel = report.rounding
+    assert rounded == dtype and 1e-5 < err < 0.1 and rel < 0.1, report.rounding
+    assert f"the rounding to {dtype} asked for moves the outputs on the probe by up to {err:.3e}" in str(report)
+    plain = conversion.convert(tmp_path / "a.safetensors", tmp_path / "c.safetensors")
+    assert plain.rounding is None and "rounding" not in str(plain)
