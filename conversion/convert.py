@@ -130,7 +130,7 @@ def convert(src, dst, *, model: str | None = None, overrides: dict | None = None
             raise ConversionError(f"--dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
         if dtype != ckpt.dtype:
             notes.append(f"cast from {ckpt.dtype} to {dtype}, as asked")
-            weights = {k: v.astype(dtype) for k, v in weights.items()}
+            weights = {k: v.astype(_numpy_dtype(dtype)) for k, v in weights.items()}
     elif dfmt.float32_only and ckpt.dtype != "float32":
         raise ConversionError(f"{src} holds {ckpt.dtype} weights and {dfmt.name} files hold float32: "
                               f"pass --dtype float32 to cast them")
@@ -149,6 +149,17 @@ def convert(src, dst, *, model: str | None = None, overrides: dict | None = None
         if verify:
             _verify(report, src, sfmt, ckpt.weights, weights, tmp, dfmt)
     return report
+
+
+def _numpy_dtype(name: str):
+    """numpy's dtype for a FLOAT_DTYPES name: bfloat16 is ml_dtypes' (NumPy has none of its own)."""
+    if name != "bfloat16":
+        return np.dtype(name)
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ConversionError("--dtype bfloat16 needs the ml_dtypes package: pip install ml_dtypes") from None
+    return ml_dtypes.bfloat16
 
 
 def _verify(report: Report, src: Path, sfmt, src_weights, written, tmp: Path, dfmt) -> None:
