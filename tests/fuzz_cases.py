@@ -859,3 +859,82 @@ def run_cases(cases, ops=("inspect", "convert", "load"), log=None, formats=FORMA
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         worker(tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else ("torch", "flax", "keras"))
+
+
+# --------------------------------------------------------------------------- ONNX graph edits (issue 19)
+# Edits of a zoo-written .onnx's graph, its weights and metadata untouched (the digest still holds): each makes the
+# graph compute something else than its spec, or something onnxruntime cannot run. tests/test_onnx_files.py
+# runs each through zoo.load and zoo convert; `graph_edit_case` makes them, and random ones, for the harness.
+
+def _node(proto, op_type: str, index: int = 0):
+    return [n for n in proto.graph.node if n.op_type == op_type][index]
+
+
+def _attr(node, name: str, value) -> None:
+    from onnx import helper
+
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend([*kept, helper.make_attribute(name, value)])
+
+
+def _swap_conv_weights(proto) -> None:  # two 3x3 convolutions of the same shape
+    a, b = _node(proto, "Conv", 1), _node(proto, "Conv", 2)
+    a.input[1], b.input[1] = b.input[1], a.input[1]
+
+
+def _mul_before_logits(proto) -> None:
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    last = next(n for n in proto.graph.node if n.output[0] == proto.graph.output[0].name)
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(2, np.float32), "two"))
+    proto.graph.node.insert(len(proto.graph.node) - 1, helper.make_node("Mul", [last.input[0], "two"], ["doubled"]))
+    last.input[0] = "doubled"
+
+
+def _duplicate_initializer(proto) -> None:  # onnxruntime takes the first of two equal names
+    import numpy as np
+    from onnx import numpy_helper
+
+    t = next(t for t in proto.graph.initializer if t.name == "conv1.weight")
+    proto.graph.initializer.insert(0, numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(3), t.name))
+
+
+def _constant_shadowing(proto) -> None:
+    from onnx import helper, numpy_helper
+
+    t = next(t for t in proto.graph.initializer if t.name == "conv1.weight")
+    value = numpy_helper.from_array(-numpy_helper.to_array(t), t.name)
+    proto.graph.node.insert(0, helper.make_node("Constant", [], [t.name], value=value))
+
+
+def _cycle(proto) -> None:
+    proto.graph.node[0].input[0] = proto.graph.node[3].output[0]
+
+
+def _undefined_input(proto) -> None:
+    proto.graph.node[2].input[0] = "nowhere"
+
+
+def _two_default_opsets(proto) -> None:
+    from onnx import helper
+
+    proto.opset_import.append(helper.make_opsetid("ai.onnx", 13))
+
+
+ONNX_GRAPH_EDITS = {  # name -> edit of a zoo-written ResNet-18 (tests/conftest.py TINY) in place
+    "swap_conv_weights": _swap_conv_weights,
+    "stride": lambda p: _attr(_node(p, "Conv", 0), "strides", [1, 1]),
+    "relu_to_sigmoid": lambda p: setattr(_node(p, "Relu", 0), "op_type", "Sigmoid"),
+    "mul_before_logits": _mul_before_logits,
+    "batchnorm_epsilon": lambda p: _attr(_node(p, "BatchNormalization", 0), "epsilon", 0.1),
+    "duplicate_initializer": _duplicate_initializer,
+    "constant_shadowing": _constant_shadowing,
+    "gemm_transB_0": lambda p: _attr(_node(p, "Gemm"), "transB", 0),
+    "gemm_alpha_2": lambda p: _attr(_node(p, "Gemm"), "alpha", 2.0),
+    "cycle": _cycle,
+    "undefined_input": _undefined_input,
+    "two_default_opsets": _two_default_opsets,
+    "ir_version_99": lambda p: setattr(p, "ir_version", 99),
+}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import fuzz_cases
 import numpy as np
 import pytest
 from conftest import TINY, random_weights
@@ -52,6 +53,11 @@ def _edit(path, change):
     change(proto)
     onnx.save(proto, str(path))
     return path
+
+
+def _foreign(proto):
+    """The zoo's file as a file from elsewhere: without its metadata."""
+    del proto.metadata_props[:]
 
 
 # --------------------------------------------------------------------------- files of torch.onnx.export
@@ -248,7 +254,7 @@ def _relocate(location, offset=None):
     return change
 
 
-@pytest.mark.parametrize("case", ["absolute", "parent", "symlink", "past_end", "missing"])
+@pytest.mark.parametrize("case", ["absolute", "parent", "symlink", "past_end", "missing", "folder"])
 def test_external_data_outside_the_folder_or_the_file_is_refused(case, tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
@@ -274,6 +280,11 @@ def test_external_data_outside_the_folder_or_the_file_is_refused(case, tmp_path)
         _edit(path, _relocate("m.onnx.data", offset=size - 100))
         expected = (f"{where} 'm.onnx.data' at bytes {size - 100:,} to {size - 100 + 8 * 11 * 11 * 4:,}, past its "
                     f"end ({size:,} bytes): truncated, or not this model's data")
+    elif case == "folder":  # was "[Errno 21] Is a directory: 6", naming a file descriptor
+        (folder / "sub").mkdir()
+        _edit(path, _relocate("sub"))
+        expected = (f"{where} 'sub', which resolves to {(folder / 'sub').resolve()}, a folder; refused: external data "
+                    f"is a regular file beside the model")
     else:
         _edit(path, _relocate("gone.data"))
         expected = f"{where} 'gone.data', which cannot be read beside the model (No such file or directory): " \
@@ -332,7 +343,9 @@ def test_a_graph_that_would_ask_for_gigabytes_is_refused_before_it_runs(tmp_path
         next(a for a in conv.attribute if a.name == "pads").ints[:] = [5000] * 4
 
     _edit(path, pad)
-    assert conversion.read(path).spec == NIN  # reading needs no graph run
+    with pytest.raises(ConversionError, match="its graph is not the one the zoo writes for its spec"):
+        conversion.read(path)  # a zoo file: its graph is compared with the spec's, without running it
+    _edit(path, _foreign)  # a file from elsewhere: its graph runs, bounded
     expected = (f"{path}: on a [2, 1, 224, 224] input its graph makes blocks.0.conv0/Conv:1 of shape [2, 8, 2554, "
                 f"2554], over 33,554,432 values; refused (a zoo model of this size makes none so large)")
     with pytest.raises(ConversionError, match=f"^{re.escape(expected)}$"):
@@ -346,6 +359,7 @@ def test_a_graph_whose_input_size_the_spec_does_not_take(tmp_path):
         for d in proto.graph.input[0].type.tensor_type.shape.dim[2:]:
             d.dim_value = 20
 
+    _edit(path, _foreign)
     _edit(path, resize)
     with pytest.raises(ConversionError, match=r"^the source file's graph takes 20x20 inputs \(batch 2\), at which nin "
                                               r"does not run \(.+\); check that the file holds this model, or pass "
@@ -440,3 +454,26 @@ def test_cli_as_a_user_types_it(tmp_path, monkeypatch, capsys):
     assert "onnx -> flax: resnet18" in out and "spec: inferred from the tensor shapes: resnet18 with width=4" in out
     assert "verified: onnxruntime, the file's own graph (source) vs flax (destination) on a [2, 3, 32, 32]" in out
     assert (tmp_path / "exported" / "flax_ckpt").is_dir()
+
+
+# --------------------------------------------------------------------------- graphs edited after they were written
+
+@pytest.mark.parametrize("origin", ["zoo", "foreign"])
+@pytest.mark.parametrize("edit", sorted(fuzz_cases.ONNX_GRAPH_EDITS))
+def test_a_graph_edited_after_it_was_written_is_refused_by_load_as_by_convert(edit, origin, tmp_path):
+    """The weights and metadata untouched, the graph computes something else (or nothing onnxruntime runs):
+    zoo.load used to read the initializers and run the spec, ignoring the graph; zoo convert refused."""
+    spec = zoo.get_spec("resnet18", **TINY["resnet18"])
+    path, _ = _zoo_file(tmp_path / "m.onnx", spec)
+    if origin == "foreign":
+        _edit(path, _foreign)
+    _edit(path, fuzz_cases.ONNX_GRAPH_EDITS[edit])
+    expected = "its graph is not the one the zoo writes for its spec" if origin == "zoo" else ""
+    if edit == "two_default_opsets":
+        expected = "declares the ONNX opset 2 times"
+    with pytest.raises(ConversionError, match=expected) as e:
+        zoo.load("resnet18", "onnx", weights=path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConversionError, match=expected):
+        conversion.convert(path, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
