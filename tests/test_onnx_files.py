@@ -84,7 +84,8 @@ def test_seed_post_nin_exported_by_torch(tmp_path):
     np.testing.assert_allclose(zoo.predict(model, x.numpy()), want, rtol=1e-4, atol=1e-5)
     conversion.convert(path, tmp_path / "zoo.onnx")  # onnx -> onnx: now the zoo's graph, with its spec
     back = conversion.read(tmp_path / "zoo.onnx")
-    assert back.spec == report.spec and "zoo ONNX file, format version 1, SHA-256 of its tensors checked" in back.notes
+    assert back.spec == report.spec
+    assert "zoo ONNX file, format version 2, SHA-256 of its tensors and spec checked" in back.notes
 
 
 @pytest.mark.parametrize("options", [{"do_constant_folding": False}, {"training": "PRESERVE"}],
@@ -236,7 +237,7 @@ def test_external_data_inside_the_folder_reads(tmp_path):
     _external(path)
     assert (tmp_path / "m.onnx.data").stat().st_size > 0
     ckpt = conversion.read(path)
-    assert "zoo ONNX file, format version 1, SHA-256 of its tensors checked" in ckpt.notes
+    assert "zoo ONNX file, format version 2, SHA-256 of its tensors and spec checked" in ckpt.notes
     assert all(np.array_equal(ckpt.weights[k], w[k]) for k in w) and sorted(ckpt.weights) == sorted(w)
     report = conversion.convert(path, tmp_path / "out.onnx")  # verified against its own graph, data read in
     assert "onnxruntime, the file's own graph (source)" in str(report)
@@ -326,7 +327,7 @@ def test_broken_file(case, tmp_path):
         at = data.index(np.float32(random_weights(NIN, 0)["blocks.2.conv1.weight"][0, 0, 0, 0]).tobytes())
         data[at] ^= 0x10
         path.write_bytes(bytes(data))
-        expected = f"{path}: its tensors do not match the SHA-256 stored beside them ("
+        expected = f"{path}: its tensors and spec do not match the SHA-256 stored beside them ("
     with pytest.raises(ConversionError) as e:
         conversion.convert(path, tmp_path / "out.pt")
     assert str(e.value).startswith(expected), str(e.value)
@@ -441,7 +442,7 @@ def test_cli_as_a_user_types_it(tmp_path, monkeypatch, capsys):
     assert out.rstrip().endswith("wrote model.onnx")
     assert main(["inspect", "model.onnx"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("model.onnx: onnx format, 24 tensors") and "zoo ONNX file, format version 1" in out
+    assert out.startswith("model.onnx: onnx format, 24 tensors") and "zoo ONNX file, format version 2" in out
     assert "ONNX opset 17, IR version 8, written by multizoo; input 'input' [batch, 1, 224, 224], dynamic batch" in out
     assert f"fits: nin (family nin), {NIN.num_params:,} parameters" in out
 

@@ -32,7 +32,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from zoo.frameworks import onnx_model
-from zoo.io.checkpoint import DIGEST_KEY, FORMAT_VERSION, Checkpoint, ConversionError, check_digest, digest, one_line
+from zoo.io.checkpoint import DIGEST_KEY, Checkpoint, ConversionError, check_digest, digest, digest_note, one_line
 from zoo.io.io_safetensors import FORMAT_TAG, metadata, spec_from_metadata
 from zoo.spec import ModelSpec
 
@@ -59,13 +59,16 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 def write(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
     weights = {k: np.asarray(weights[k], np.float32) for k in spec.param_shapes()}
-    proto = onnx_model.to_onnx(spec, weights, metadata=metadata(spec, {DIGEST_KEY: digest(weights)}))
+    proto = onnx_model.to_onnx(spec, weights, metadata=metadata(spec, {DIGEST_KEY: digest(weights, spec.to_json())}))
     Path(path).write_bytes(proto.SerializeToString())
 
 
 # --------------------------------------------------------------------------- reading
 
-def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) -> Checkpoint:
+def read(path: Path, spec: ModelSpec | None = None, model: str | None = None, *,
+         check_graph: bool = True) -> Checkpoint:
+    """The file's weights, and a zoo file's spec; a zoo file whose graph is not its spec's is refused (unless not
+    `check_graph`: `zoo diff` runs such a file's own graph, layer by layer, to show where it parts)."""
     path = Path(path)
     proto = load(path)
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -80,10 +83,12 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
         if DIGEST_KEY not in meta:  # every zoo .onnx has one: its key was damaged
             raise ConversionError(f"{path}: its zoo metadata lacks the SHA-256 of its tensors ({DIGEST_KEY}): the "
                                   f"file is damaged; copy or write it again")
-        check_structure(path, proto, ckpt.spec)
+        if check_graph:
+            check_structure(path, proto, ckpt.spec)
         ckpt.weights = {k: _array(path, k, tensors[k]) for k in ckpt.spec.param_shapes() if k in tensors}
-        check_digest(path, ckpt.weights, meta[DIGEST_KEY])
-        ckpt.notes.append(f"zoo ONNX file, format version {FORMAT_VERSION}, SHA-256 of its tensors checked")
+        version = meta["format_version"]
+        check_digest(path, ckpt.weights, meta[DIGEST_KEY], meta["spec"], version)
+        ckpt.notes.append(f"zoo ONNX file, {digest_note(version)}")
     else:
         names = _weight_names(proto.graph, tensors)
         if not names:
@@ -546,6 +551,30 @@ def check_graph(path: Path, spec: ModelSpec, weights: dict[str, np.ndarray], tol
         raise ConversionError(f"{path}: its own graph and {spec.name} (read from its weights) differ by {err:.3e} "
                               f"(scale {scale:.3g}) on a {list(x.shape)} probe: the graph computes something other "
                               f"than that model, between the layers that hold weights; refused")
+
+
+def trace_file(path: Path, spec: ModelSpec, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(layer path, output) of a zoo file's own graph on `x` [B, C, H, W]: each of the spec's layers is the tensor
+    the zoo's graph names its output; the last one is the file's logits. A layer whose tensor the file lacks
+    is left out (`zoo diff` shows it as diverged)."""
+    graph = Graph(path)
+    graph._check_activations(tuple(x.shape))
+    proto = load(path)
+    _, outputs = onnx_model._proto(spec, {k: np.zeros(s, np.float32) for k, s in spec.param_shapes().items()},
+                                   tuple(x.shape[2:]))
+    made = {o for n in proto.graph.node for o in n.output}
+    logits = proto.graph.output[0].name
+    last = outputs[-1][1] if outputs else None
+    wanted = [(layer, logits if name == last else name) for layer, name in outputs if name == last or name in made]
+    known = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+                              for name in dict.fromkeys(n for _, n in wanted) if name not in known)
+    try:
+        values = onnx_model.session(proto).run([n for _, n in wanted], {graph.input: np.ascontiguousarray(x)})
+    except Exception as e:
+        raise ConversionError(f"{path}: onnxruntime could not run its graph on a {list(x.shape)} input: "
+                              f"{one_line(e)}") from None
+    return [(layer, v) for (layer, _), v in zip(wanted, values)]
 
 
 def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
