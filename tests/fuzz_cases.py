@@ -859,3 +859,247 @@ def run_cases(cases, ops=("inspect", "convert", "load"), log=None, formats=FORMA
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         worker(tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else ("torch", "flax", "keras"))
+
+
+# --------------------------------------------------------------------------- ONNX graph edits (issue 19)
+# Edits of a zoo-written .onnx's graph, its weights and metadata untouched (the digest still holds): each makes the
+# graph compute something else than its spec, or something onnxruntime cannot run. tests/test_onnx_files.py
+# runs each through zoo.load and zoo convert; `graph_edit_case` makes them, and random ones, for the harness.
+
+def _node(proto, op_type: str, index: int = 0):
+    return [n for n in proto.graph.node if n.op_type == op_type][index]
+
+
+def _attr(node, name: str, value) -> None:
+    from onnx import helper
+
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend([*kept, helper.make_attribute(name, value)])
+
+
+def _swap_conv_weights(proto) -> None:  # two 3x3 convolutions of the same shape
+    a, b = _node(proto, "Conv", 1), _node(proto, "Conv", 2)
+    a.input[1], b.input[1] = b.input[1], a.input[1]
+
+
+def _mul_before_logits(proto) -> None:
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    last = next(n for n in proto.graph.node if n.output[0] == proto.graph.output[0].name)
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(2, np.float32), "two"))
+    proto.graph.node.insert(len(proto.graph.node) - 1, helper.make_node("Mul", [last.input[0], "two"], ["doubled"]))
+    last.input[0] = "doubled"
+
+
+def _duplicate_initializer(proto) -> None:  # onnxruntime takes the first of two equal names
+    import numpy as np
+    from onnx import numpy_helper
+
+    t = next(t for t in proto.graph.initializer if t.name == "conv1.weight")
+    proto.graph.initializer.insert(0, numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(3), t.name))
+
+
+def _constant_shadowing(proto) -> None:
+    from onnx import helper, numpy_helper
+
+    t = next(t for t in proto.graph.initializer if t.name == "conv1.weight")
+    value = numpy_helper.from_array(-numpy_helper.to_array(t), t.name)
+    proto.graph.node.insert(0, helper.make_node("Constant", [], [t.name], value=value))
+
+
+def _cycle(proto) -> None:
+    proto.graph.node[0].input[0] = proto.graph.node[3].output[0]
+
+
+def _undefined_input(proto) -> None:
+    proto.graph.node[2].input[0] = "nowhere"
+
+
+def _two_default_opsets(proto) -> None:
+    from onnx import helper
+
+    proto.opset_import.append(helper.make_opsetid("ai.onnx", 13))
+
+
+ONNX_GRAPH_EDITS = {  # name -> edit of a zoo-written ResNet-18 (tests/conftest.py TINY) in place
+    "swap_conv_weights": _swap_conv_weights,
+    "stride": lambda p: _attr(_node(p, "Conv", 0), "strides", [1, 1]),
+    "relu_to_sigmoid": lambda p: setattr(_node(p, "Relu", 0), "op_type", "Sigmoid"),
+    "mul_before_logits": _mul_before_logits,
+    "batchnorm_epsilon": lambda p: _attr(_node(p, "BatchNormalization", 0), "epsilon", 0.1),
+    "duplicate_initializer": _duplicate_initializer,
+    "constant_shadowing": _constant_shadowing,
+    "gemm_transB_0": lambda p: _attr(_node(p, "Gemm"), "transB", 0),
+    "gemm_alpha_2": lambda p: _attr(_node(p, "Gemm"), "alpha", 2.0),
+    "cycle": _cycle,
+    "undefined_input": _undefined_input,
+    "two_default_opsets": _two_default_opsets,
+    "ir_version_99": lambda p: setattr(p, "ir_version", 99),
+}
+
+# Random edits: one node of the graph changed as an editor of the file could (its op, an attribute, its inputs).
+_OP_SWAPS = {"Relu": "Sigmoid", "Sigmoid": "Relu", "MaxPool": "AveragePool", "AveragePool": "MaxPool", "Add": "Mul",
+             "GlobalAveragePool": "GlobalMaxPool", "Identity": "Relu"}
+
+
+def _random_graph_edit(proto, rng: random.Random) -> str:
+    from onnx import AttributeProto, helper
+
+    node = rng.choice(list(proto.graph.node))
+    where = f"{node.op_type} {node.name or node.output[0]}"
+    ints = [a for a in node.attribute if a.type in (AttributeProto.INT, AttributeProto.INTS)]
+    floats = [a for a in node.attribute if a.type == AttributeProto.FLOAT]
+    choices = ["op"] * (node.op_type in _OP_SWAPS) + ["int"] * bool(ints) + ["float"] * bool(floats) + \
+        ["inputs"] * (len(node.input) > 1) + ["drop"] * (len(node.input) >= 1) + ["attribute"]
+    how = rng.choice(choices)
+    if how == "op":
+        node.op_type = _OP_SWAPS[node.op_type]
+        return f"{where}: op {node.op_type}"
+    if how == "int":
+        a = rng.choice(ints)
+        value = helper.get_attribute_value(a)
+        if isinstance(value, list):
+            i = rng.randrange(len(value))
+            value[i] += rng.choice((-1, 1))
+        else:
+            value += rng.choice((-1, 1))
+        _attr(node, a.name, value)
+        return f"{where}: {a.name}={value}"
+    if how == "float":
+        a = rng.choice(floats)
+        _attr(node, a.name, a.f * rng.choice((0.5, 2.0, 100.0)))
+        return f"{where}: {a.name} scaled"
+    if how == "inputs":
+        i, j = rng.sample(range(len(node.input)), 2)
+        node.input[i], node.input[j] = node.input[j], node.input[i]
+        return f"{where}: inputs {i} and {j} swapped"
+    if how == "drop":  # its consumers read its first input instead
+        for other in proto.graph.node:
+            for k, name in enumerate(other.input):
+                if name == node.output[0]:
+                    other.input[k] = node.input[0]
+        for out in proto.graph.output:
+            if out.name == node.output[0]:
+                return f"{where}: not dropped (it makes the graph's output)"
+        proto.graph.node.remove(node)
+        return f"{where}: dropped"
+    name = rng.choice(("strides", "pads", "dilations", "group", "alpha", "epsilon", "axis", "ceil_mode"))
+    _attr(node, name, 2.0 if name in ("alpha", "epsilon") else 2 if name in ("group", "axis", "ceil_mode") else [2, 2])
+    return f"{where}: attribute {name} added"
+
+
+def graph_edit_cases(random_edits: int = 12) -> list[str]:
+    """'unedited' (the control: every operation succeeds), the named edits, then `random_edits` seeded random ones
+    ('random:SEED')."""
+    return ["unedited", *sorted(ONNX_GRAPH_EDITS), *(f"random:{i}" for i in range(random_edits))]
+
+
+def make_graph_edit_case(case: str, folder: Path) -> tuple[Path, str]:
+    """A zoo-written ResNet-18 (tests/conftest.py TINY) in `folder`, its graph edited by `case`."""
+    import onnx
+    from conftest import TINY, random_weights
+
+    import zoo
+
+    spec_ = zoo.get_spec("resnet18", **TINY["resnet18"])
+    path = write_seed("onnx", folder, spec_, random_weights(spec_, 0))
+    proto = onnx.load(str(path))
+    if case == "unedited":
+        what = "as written"
+    elif case.startswith("random:"):
+        what = _random_graph_edit(proto, random.Random(f"onnx-graph/{case}"))
+    else:
+        ONNX_GRAPH_EDITS[case](proto)
+        what = case
+    path.write_bytes(proto.SerializeToString())
+    return path, what
+
+
+def _ort_logits(path: Path, x):
+    """What onnxruntime computes running the file as it is (None: it cannot)."""
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(path.read_bytes(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    except Exception:
+        return None
+
+
+def _agrees(got, want) -> bool:
+    import numpy as np
+
+    return want is not None and got.shape == want.shape and \
+        float(np.abs(got.astype(np.float64) - want).max()) <= 1e-4 * max(1.0, float(np.abs(want).max()))
+
+
+def run_graph_edit_case(case: str, folder: Path) -> list[dict]:
+    """One edited file through `zoo inspect`, `zoo convert` (to .safetensors) and zoo.load: each outcome 'ok' or
+    'error' as in `run_op`, but a conversion or load that succeeds must compute what onnxruntime computes running
+    the file itself on a probe (else 'wrong'); each operation under signal.alarm(CASE_SECONDS)."""
+    import numpy as np
+
+    def on_alarm(signum, frame):
+        raise CaseTimeout()
+
+    from conftest import TINY
+
+    import zoo
+
+    path, what = make_graph_edit_case(case, folder)
+    spec_ = zoo.get_spec("resnet18", **TINY["resnet18"])
+    x = np.random.default_rng(0).standard_normal((2, spec_.in_channels, *spec_.input_size)).astype(np.float32)
+    want = _ort_logits(path, x)
+    out = folder / "out.safetensors"
+    results = []
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        for op in ("inspect", "convert", "load"):
+            results.append(_graph_edit_op(op, case, what, path, out, x, want))
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    return results
+
+
+def _graph_edit_op(op: str, case: str, what: str, path: Path, out: Path, x, want) -> dict:
+    import zoo
+    from zoo import cli
+
+    outcome, detail = "ok", ""
+    signal.alarm(CASE_SECONDS)
+    try:
+        if op == "load":
+            try:
+                got = zoo.predict(zoo.load("resnet18", "onnx", weights=path), x)
+            except Exception as e:
+                outcome = "error" if _one_line_error(e) else "bad-error"
+                detail = f"{type(e).__name__}: {str(e)[:300]}"
+        else:
+            err = io.StringIO()
+            argv = ["inspect", str(path)] if op == "inspect" else ["convert", str(path), str(out)]
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    rc = cli.main(argv)
+                except BaseException as e:  # noqa: BLE001 - anything escaping main is a bug
+                    if isinstance(e, CaseTimeout):
+                        raise
+                    rc, detail = -1, f"escaped main: {type(e).__name__}: {str(e)[:300]}"
+            lines = err.getvalue().strip().splitlines()
+            if rc == 2 and len(lines) == 1 and lines[0].startswith("zoo: error: "):
+                outcome, detail = "error", lines[0]
+            elif rc != 0:
+                outcome, detail = "bad-error", detail or err.getvalue()[-600:]
+            elif op == "convert":
+                got = zoo.predict(zoo.load("resnet18", "onnx", weights=out), x)
+        signal.alarm(0)
+        if outcome == "ok" and op != "inspect" and not _agrees(got, want):
+            outcome, detail = "wrong", "its logits are not what onnxruntime computes running the file"
+    except CaseTimeout:
+        outcome, detail = "timeout", f"over {CASE_SECONDS} s"
+    finally:
+        signal.alarm(0)
+        if out.exists():
+            out.unlink()
+    return {"case": case, "what": what, "op": op, "outcome": outcome, "detail": detail[:500]}

@@ -313,7 +313,7 @@ def test_orbax_round_trip_with_batchnorm_statistics(name, tmp_path):
     spec, weights, _ = _case(name)
     io_flax.write(weights, spec, tmp_path / "ckpt")
     ckpt = io_flax.read(tmp_path / "ckpt")
-    assert ckpt.spec == spec and "SHA-256 of its tensors checked" in ckpt.notes
+    assert ckpt.spec == spec and "format version 2, SHA-256 of its tensors and spec checked" in ckpt.notes
     assert set(ckpt.weights) == set(weights)
     for k, v in weights.items():
         assert ckpt.weights[k].dtype == np.float32, k
@@ -344,7 +344,7 @@ def test_orbax_reads_nin_checkpoints_of_the_nin_only_module(tmp_path):
         node[leaf] = {"value": jnp.asarray(a.transpose(2, 3, 1, 0) if a.ndim == 4 else a)}
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
         ck.save(tmp_path / "old", args=ocp.args.StandardSave(tree),
-                custom_metadata={"zoo_spec": _v1_nin_json(), "zoo_sha256": digest(weights)})
+                custom_metadata={"zoo_spec": _v1_nin_json(), "zoo_sha256": digest(weights, version="1")})
     ckpt = io_flax.read(tmp_path / "old")
     assert ckpt.spec == zoo.get_spec("nin", widths=(8, 16, 16), input_size=96)
     for k, v in weights.items():

@@ -313,3 +313,25 @@ def test_channels_last_outputs_come_back_in_nchw():
     ChannelsLast.trace = staticmethod(lambda model, x: list(broken.items()))
     back = dict(diff_module._model_trace(ChannelsLast, model, spec, x, "NHWC"))
     assert not np.array_equal(back["head.2"], dict(nchw)["head.2"])
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("edit, layer", [("relu_to_sigmoid", "relu"), ("batchnorm_epsilon", "bn1"),
+                                         ("mul_before_logits", "fc"), ("stride", "conv1")])
+def test_an_onnx_side_is_the_files_own_graph(edit, layer, tmp_path):
+    """`zoo diff resnet18 edited.onnx reference`: the .onnx side runs the file's graph (which zoo.load refuses,
+    as it is not its spec's), not a model rebuilt from its spec, so the diff shows where the edit is."""
+    if not _has("onnx", "onnxruntime"):
+        pytest.skip("onnx not installed")
+    import fuzz_cases
+    import onnx
+
+    spec = zoo.get_spec("resnet18", **TINY["resnet18"])
+    path = _write("onnx", random_weights(spec, 0), spec, tmp_path / "m.onnx")
+    assert zoo.diff("resnet18", path, "reference").first is None
+    proto = onnx.load(str(path))
+    fuzz_cases.ONNX_GRAPH_EDITS[edit](proto)
+    onnx.save(proto, str(path))
+    rows = zoo.diff("resnet18", path, "reference")
+    assert rows.a == "m.onnx (onnx)" and rows.first is not None and rows.first.layer == layer, str(rows)
+    assert cli.main(["diff", "resnet18", str(path), "reference"]) == 1

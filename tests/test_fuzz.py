@@ -55,3 +55,23 @@ def test_fuzz_corpus(group, capsys):
             json.dump({"summary": summary, "rows": rows}, f, indent=1)
     assert set(counts) == set(formats)  # every format's cases ran
     assert not failures, f"{len(failures)} operation(s) failed:\n" + "\n".join(failures[:60])
+
+
+@pytest.mark.fuzz
+@pytest.mark.onnx
+def test_onnx_graph_edits(tmp_path, capsys):
+    """A zoo-written .onnx whose graph was edited (tests/fuzz_cases.py ONNX_GRAPH_EDITS, and seeded random edits of
+    one node): inspect, convert and load each end in an error, or compute what onnxruntime computes on the file."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    rows = []
+    for i, case in enumerate(fuzz_cases.graph_edit_cases(int(os.environ.get("ZOO_FUZZ_GRAPH_EDITS", "30")))):
+        (tmp_path / str(i)).mkdir()
+        rows += fuzz_cases.run_graph_edit_case(case, tmp_path / str(i))
+    counts = collections.Counter(r["outcome"] for r in rows)
+    with capsys.disabled():
+        print(f"\nfuzz (onnx graph edits): {len(rows) // 3} cases, {len(rows)} operations; outcomes: {dict(counts)}")
+    failures = [f"{r['case']} ({r['what']}): {r['op']}: {r['outcome']}: {r['detail']}" for r in rows
+                if r["outcome"] not in ("ok", "error")]
+    assert not failures, f"{len(failures)} operation(s) failed:\n" + "\n".join(failures)
+    assert [r["outcome"] for r in rows if r["case"] == "unedited"] == ["ok"] * 3, rows[:3]

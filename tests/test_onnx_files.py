@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import fuzz_cases
 import numpy as np
 import pytest
 from conftest import TINY, random_weights
@@ -54,6 +55,11 @@ def _edit(path, change):
     return path
 
 
+def _foreign(proto):
+    """The zoo's file as a file from elsewhere: without its metadata."""
+    del proto.metadata_props[:]
+
+
 # --------------------------------------------------------------------------- files of torch.onnx.export
 
 def test_seed_post_nin_exported_by_torch(tmp_path):
@@ -78,7 +84,8 @@ def test_seed_post_nin_exported_by_torch(tmp_path):
     np.testing.assert_allclose(zoo.predict(model, x.numpy()), want, rtol=1e-4, atol=1e-5)
     conversion.convert(path, tmp_path / "zoo.onnx")  # onnx -> onnx: now the zoo's graph, with its spec
     back = conversion.read(tmp_path / "zoo.onnx")
-    assert back.spec == report.spec and "zoo ONNX file, format version 1, SHA-256 of its tensors checked" in back.notes
+    assert back.spec == report.spec
+    assert "zoo ONNX file, format version 2, SHA-256 of its tensors and spec checked" in back.notes
 
 
 @pytest.mark.parametrize("options", [{"do_constant_folding": False}, {"training": "PRESERVE"}],
@@ -230,7 +237,7 @@ def test_external_data_inside_the_folder_reads(tmp_path):
     _external(path)
     assert (tmp_path / "m.onnx.data").stat().st_size > 0
     ckpt = conversion.read(path)
-    assert "zoo ONNX file, format version 1, SHA-256 of its tensors checked" in ckpt.notes
+    assert "zoo ONNX file, format version 2, SHA-256 of its tensors and spec checked" in ckpt.notes
     assert all(np.array_equal(ckpt.weights[k], w[k]) for k in w) and sorted(ckpt.weights) == sorted(w)
     report = conversion.convert(path, tmp_path / "out.onnx")  # verified against its own graph, data read in
     assert "onnxruntime, the file's own graph (source)" in str(report)
@@ -248,7 +255,7 @@ def _relocate(location, offset=None):
     return change
 
 
-@pytest.mark.parametrize("case", ["absolute", "parent", "symlink", "past_end", "missing"])
+@pytest.mark.parametrize("case", ["absolute", "parent", "symlink", "past_end", "missing", "folder"])
 def test_external_data_outside_the_folder_or_the_file_is_refused(case, tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
@@ -274,6 +281,11 @@ def test_external_data_outside_the_folder_or_the_file_is_refused(case, tmp_path)
         _edit(path, _relocate("m.onnx.data", offset=size - 100))
         expected = (f"{where} 'm.onnx.data' at bytes {size - 100:,} to {size - 100 + 8 * 11 * 11 * 4:,}, past its "
                     f"end ({size:,} bytes): truncated, or not this model's data")
+    elif case == "folder":  # was "[Errno 21] Is a directory: 6", naming a file descriptor
+        (folder / "sub").mkdir()
+        _edit(path, _relocate("sub"))
+        expected = (f"{where} 'sub', which resolves to {(folder / 'sub').resolve()}, a folder; refused: external data "
+                    f"is a regular file beside the model")
     else:
         _edit(path, _relocate("gone.data"))
         expected = f"{where} 'gone.data', which cannot be read beside the model (No such file or directory): " \
@@ -315,7 +327,7 @@ def test_broken_file(case, tmp_path):
         at = data.index(np.float32(random_weights(NIN, 0)["blocks.2.conv1.weight"][0, 0, 0, 0]).tobytes())
         data[at] ^= 0x10
         path.write_bytes(bytes(data))
-        expected = f"{path}: its tensors do not match the SHA-256 stored beside them ("
+        expected = f"{path}: its tensors and spec do not match the SHA-256 stored beside them ("
     with pytest.raises(ConversionError) as e:
         conversion.convert(path, tmp_path / "out.pt")
     assert str(e.value).startswith(expected), str(e.value)
@@ -332,7 +344,9 @@ def test_a_graph_that_would_ask_for_gigabytes_is_refused_before_it_runs(tmp_path
         next(a for a in conv.attribute if a.name == "pads").ints[:] = [5000] * 4
 
     _edit(path, pad)
-    assert conversion.read(path).spec == NIN  # reading needs no graph run
+    with pytest.raises(ConversionError, match="its graph is not the one the zoo writes for its spec"):
+        conversion.read(path)  # a zoo file: its graph is compared with the spec's, without running it
+    _edit(path, _foreign)  # a file from elsewhere: its graph runs, bounded
     expected = (f"{path}: on a [2, 1, 224, 224] input its graph makes blocks.0.conv0/Conv:1 of shape [2, 8, 2554, "
                 f"2554], over 33,554,432 values; refused (a zoo model of this size makes none so large)")
     with pytest.raises(ConversionError, match=f"^{re.escape(expected)}$"):
@@ -346,6 +360,7 @@ def test_a_graph_whose_input_size_the_spec_does_not_take(tmp_path):
         for d in proto.graph.input[0].type.tensor_type.shape.dim[2:]:
             d.dim_value = 20
 
+    _edit(path, _foreign)
     _edit(path, resize)
     with pytest.raises(ConversionError, match=r"^the source file's graph takes 20x20 inputs \(batch 2\), at which nin "
                                               r"does not run \(.+\); check that the file holds this model, or pass "
@@ -427,7 +442,7 @@ def test_cli_as_a_user_types_it(tmp_path, monkeypatch, capsys):
     assert out.rstrip().endswith("wrote model.onnx")
     assert main(["inspect", "model.onnx"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("model.onnx: onnx format, 24 tensors") and "zoo ONNX file, format version 1" in out
+    assert out.startswith("model.onnx: onnx format, 24 tensors") and "zoo ONNX file, format version 2" in out
     assert "ONNX opset 17, IR version 8, written by multizoo; input 'input' [batch, 1, 224, 224], dynamic batch" in out
     assert f"fits: nin (family nin), {NIN.num_params:,} parameters" in out
 
@@ -440,3 +455,26 @@ def test_cli_as_a_user_types_it(tmp_path, monkeypatch, capsys):
     assert "onnx -> flax: resnet18" in out and "spec: inferred from the tensor shapes: resnet18 with width=4" in out
     assert "verified: onnxruntime, the file's own graph (source) vs flax (destination) on a [2, 3, 32, 32]" in out
     assert (tmp_path / "exported" / "flax_ckpt").is_dir()
+
+
+# --------------------------------------------------------------------------- graphs edited after they were written
+
+@pytest.mark.parametrize("origin", ["zoo", "foreign"])
+@pytest.mark.parametrize("edit", sorted(fuzz_cases.ONNX_GRAPH_EDITS))
+def test_a_graph_edited_after_it_was_written_is_refused_by_load_as_by_convert(edit, origin, tmp_path):
+    """The weights and metadata untouched, the graph computes something else (or nothing onnxruntime runs):
+    zoo.load used to read the initializers and run the spec, ignoring the graph; zoo convert refused."""
+    spec = zoo.get_spec("resnet18", **TINY["resnet18"])
+    path, _ = _zoo_file(tmp_path / "m.onnx", spec)
+    if origin == "foreign":
+        _edit(path, _foreign)
+    _edit(path, fuzz_cases.ONNX_GRAPH_EDITS[edit])
+    expected = "its graph is not the one the zoo writes for its spec" if origin == "zoo" else ""
+    if edit == "two_default_opsets":
+        expected = "declares the ONNX opset 2 times"
+    with pytest.raises(ConversionError, match=expected) as e:
+        zoo.load("resnet18", "onnx", weights=path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConversionError, match=expected):
+        conversion.convert(path, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()

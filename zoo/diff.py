@@ -116,6 +116,7 @@ class _Side:
     model: object = None  # a zoo model built by the caller
     spec: ModelSpec | None = None
     weights: dict | None = None
+    own_graph: bool = False  # a zoo .onnx run as its own graph, not as a model rebuilt from its spec
 
 
 def _framework(text: str) -> tuple[str, dict] | None:
@@ -152,6 +153,28 @@ def _side(value, which: str, runner: str | None) -> _Side:
                  run_in, {}, path=path)
 
 
+def _own_graph(side: _Side, name: str | None, overrides: dict) -> bool:
+    """Put a zoo .onnx's spec and weights on a side that runs in onnxruntime, to run the file's own graph (even one
+    edited after it was written, which zoo.load refuses: the diff shows where it parts); False for other files.
+    A foreign .onnx runs as the model read from it, which zoo.load has checked against its graph on a probe."""
+    from zoo import io
+    from zoo.io.formats import detect
+
+    fmt = detect(side.path)
+    if side.runner != "onnx" or fmt.name != "onnx":
+        return False
+    from zoo.io import io_onnx
+    from zoo.io.infer import resolve_spec
+
+    io._check_input_path(side.path, fmt)
+    ckpt = io_onnx.read(side.path, check_graph=False)
+    if ckpt.spec is None:
+        return False
+    side.spec, _ = resolve_spec(ckpt, name, overrides or None)
+    side.weights, side.own_graph = check_weights(side.spec, ckpt.weights), True
+    return True
+
+
 def _same_model(a: ModelSpec, b: ModelSpec) -> bool:
     return a.in_channels == b.in_channels and a.layers() == b.layers()
 
@@ -167,9 +190,10 @@ def _resolve(model, sides: list[_Side], weights, seed: int, overrides: dict) -> 
     from_files = None
     for s in sides:
         if s.path is not None:
-            from zoo import io
+            if not _own_graph(s, name, overrides):
+                from zoo import io
 
-            s.spec, s.weights, _ = io.load(s.path, name, overrides or None)
+                s.spec, s.weights, _ = io.load(s.path, name, overrides or None)
             from_files = from_files or (s.spec, s.weights)
     # the spec: the one given, else a file side's, else the weights file's, else the preset's
     spec = model if isinstance(model, ModelSpec) else from_files[0] if from_files else None
@@ -263,6 +287,10 @@ def _run(side: _Side, spec: ModelSpec, x: np.ndarray) -> list[tuple[str, np.ndar
         out = []
         reference.forward(spec, side.weights, x, trace=out)
         return out
+    if side.own_graph:
+        from zoo.io import io_onnx
+
+        return io_onnx.trace_file(side.path, spec, x)
     if side.model is not None:
         fw, mod = _frameworks.adapter_for(side.model)
         return _model_trace(mod, side.model, spec, x, fw.layout)

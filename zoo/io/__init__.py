@@ -60,7 +60,8 @@ def load(path, model: str | None = None, overrides: dict | None = None, *, forma
          allow_nonfinite: bool = False, state_dict_key: str | None = None
          ) -> tuple[ModelSpec, dict[str, np.ndarray], Checkpoint]:
     """Read a file and fit it to a spec: (spec, float32 weights checked against it, the checkpoint as read)."""
-    ckpt = read(path, format, model=model, state_dict_key=state_dict_key)
+    fmt = detect(Path(path), format)
+    ckpt = read(path, fmt.name, model=model, state_dict_key=state_dict_key)
     spec, _ = resolve_spec(ckpt, model, overrides)
     weights = check_weights(spec, ckpt.weights, dtypes=FLOAT_DTYPES)
     check_finite(weights, allow_nonfinite)
@@ -71,6 +72,8 @@ def load(path, model: str | None = None, overrides: dict | None = None, *, forma
     if ckpt.dtype != "float32":
         warnings.warn(f"{path} holds {ckpt.dtype} weights; loading them as float32 (exact)", stacklevel=2)
         weights = {k: v.astype(np.float32) for k, v in weights.items()}
+    if fmt.check_graph and ckpt.spec is None:  # a file from elsewhere that holds a graph: the model must be it, as
+        function(fmt, "check_graph")(path, spec, weights)  # `zoo convert` verifies (a zoo file's reader compared)
     return spec, weights, ckpt
 
 

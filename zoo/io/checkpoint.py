@@ -19,7 +19,11 @@ import numpy as np
 from zoo._checks import negative_variances, nonfinite_tensors
 from zoo.spec import ModelSpec
 
-FORMAT_VERSION = "1"  # of the zoo's canonical safetensors metadata
+# Of the zoo's metadata (safetensors, .onnx, .weights.h5, Orbax). Version 2's digest covers the spec and the
+# version besides the tensors; version 1's (multizoo before it, and the shipped weights, whose whole files the
+# manifest's hashes cover) covers the tensors only, and still reads.
+FORMAT_VERSION = "2"
+READ_VERSIONS = ("1", "2")
 
 
 class ConversionError(ValueError):
@@ -250,16 +254,22 @@ def one_line(e: BaseException, limit: int = 400) -> str:
     return f"{type(e).__name__}: {text}"
 
 
-DIGEST_KEY = "zoo_sha256"  # metadata key of `digest` in the zoo's safetensors, .weights.h5 and Orbax files
+DIGEST_KEY = "zoo_sha256"  # metadata key of `digest` in the zoo's safetensors, .onnx, .weights.h5 and Orbax files
+VERSION_KEY = "zoo_format_version"  # FORMAT_VERSION in a .weights.h5's attributes and Orbax's custom metadata
 
 
-def digest(weights: dict[str, np.ndarray]) -> str:
-    """SHA-256 of canonical weights (names, dtypes, shapes and values, in name order).
+def digest(weights: dict[str, np.ndarray], spec_text: str | None = None, version: str = FORMAT_VERSION) -> str:
+    """SHA-256 of canonical weights (names, dtypes, shapes and values, in name order), and from format version 2 on
+    of the format version and the spec's JSON as the file stores it (`spec_text`; None: the file stores none).
 
     Written beside the weights in formats without checksums of their own, so that a flipped
-    byte in a tensor's data is caught instead of read as a different weight.
+    byte in a tensor's data, or an edited spec, is caught instead of read as a different model.
     """
     h = hashlib.sha256()
+    if version != "1":
+        text = str(spec_text if spec_text is not None else "").encode("utf-8", "surrogatepass")
+        h.update(f"multizoo format {version}|spec {len(text)}|".encode())
+        h.update(text)
     for k in sorted(weights):
         a = np.ascontiguousarray(weights[k])
         h.update(f"{k}|{a.dtype.str if a.dtype.name != 'bfloat16' else 'bf16'}|{a.shape}|".encode())
@@ -267,11 +277,28 @@ def digest(weights: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def check_digest(path, weights: dict[str, np.ndarray], expected: str | None) -> None:
-    """Refuse weights whose digest differs from the one their file holds (None: the file holds none)."""
+def check_version(path, version) -> str:
+    """The zoo format version a file states, when this zoo reads it."""
+    if version not in READ_VERSIONS:
+        raise ConversionError(f"{path} has zoo format version {version!r}; this zoo reads versions "
+                              f"{', '.join(READ_VERSIONS)}: upgrade multizoo")
+    return version
+
+
+def check_digest(path, weights: dict[str, np.ndarray], expected: str | None, spec_text: str | None = None,
+                 version: str = "1") -> None:
+    """Refuse weights (and, from version 2 on, a spec) whose digest differs from the one their file holds
+    (None: the file holds none)."""
     if expected is None:
         return
-    got = digest(weights)
+    got = digest(weights, spec_text, version)
     if got != str(expected):
-        raise ConversionError(f"{path}: its tensors do not match the SHA-256 stored beside them ({got[:12]}... "
-                              f"instead of {str(expected)[:12]}...): the file is damaged; copy or write it again")
+        what = "its tensors do not" if version == "1" else "its tensors and spec do not"
+        raise ConversionError(f"{path}: {what} match the SHA-256 stored beside them ({got[:12]}... "
+                              f"instead of {str(expected)[:12]}...): the file is damaged or was edited; copy or "
+                              f"write it again")
+
+
+def digest_note(version: str) -> str:
+    return ("format version 1, SHA-256 of its tensors checked (version 1's does not cover the spec)" if version == "1"
+            else f"format version {version}, SHA-256 of its tensors and spec checked")

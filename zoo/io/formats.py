@@ -23,6 +23,9 @@ class Format:
     extra: str  # pip extra that installs what `module` needs
     description: str
     graph: str = ""  # class in `module` that runs the file's own graph (a format that holds one), else ""
+    # function(path, spec, weights) in `module` refusing a file whose own graph computes another model than the
+    # spec read from it (a format that holds a graph); a zoo file's reader compares its graph with the spec's
+    check_graph: str = ""
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
@@ -38,7 +41,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "keras", "whole Keras model archive (model.save)"),
     Format("onnx", (".onnx",), "onnx", "zoo.io.io_onnx", "read", "write", True, "onnx",
            "ONNX model: the zoo's graph, canonical weights as its initializers (torch.onnx.export's files read too)",
-           graph="Graph"),
+           graph="Graph", check_graph="check_graph"),
 )}
 ALIASES = {"pt": "torch", "pytorch": "torch", "orbax": "flax", "h5": "keras"}
 

@@ -18,7 +18,18 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from zoo.frameworks import flax_model
-from zoo.io.checkpoint import DIGEST_KEY, Checkpoint, ConversionError, check_digest, digest, one_line
+from zoo.io.checkpoint import (
+    DIGEST_KEY,
+    FORMAT_VERSION,
+    VERSION_KEY,
+    Checkpoint,
+    ConversionError,
+    check_digest,
+    check_version,
+    digest,
+    digest_note,
+    one_line,
+)
 from zoo.io.infer import infer_spec
 from zoo.spec import ModelSpec, SpecError
 
@@ -121,10 +132,11 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
                                                                                 "float64")}
     if bad:
         raise ConversionError(f"{path}: tensors of non-float dtypes: {bad}"[:400])
-    check_digest(path, weights, custom.get(DIGEST_KEY))
+    version = check_version(path, custom.get(VERSION_KEY, "1"))  # absent: written before version 2
+    check_digest(path, weights, custom.get(DIGEST_KEY), custom.get("zoo_spec"), version)
     ckpt = Checkpoint(weights, "flax", spec=stored)
     if DIGEST_KEY in custom:
-        ckpt.notes.append("SHA-256 of its tensors checked")
+        ckpt.notes.append(digest_note(version))
     if stored is None and spec is None and layout_spec is not None:
         ckpt.spec, ckpt.spec_origin = layout_spec, "inferred from the tensor shapes (the checkpoint carries none)"
     return ckpt
@@ -137,4 +149,5 @@ def write(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
     # traceback before raising it; the caller reports it in one line, so its log is silenced here.
     with _quiet_log(), ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
         ck.save(Path(path).absolute(), args=ocp.args.StandardSave(nnx.state(model, (nnx.Param, nnx.BatchStat))),
-                custom_metadata={"zoo_spec": spec.to_json(), DIGEST_KEY: digest(weights)})
+                custom_metadata={"zoo_spec": spec.to_json(), VERSION_KEY: FORMAT_VERSION,
+                                 DIGEST_KEY: digest(weights, spec.to_json())})

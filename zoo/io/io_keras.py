@@ -19,7 +19,18 @@ import keras
 import numpy as np
 
 from zoo.frameworks import keras_model
-from zoo.io.checkpoint import DIGEST_KEY, Checkpoint, ConversionError, check_digest, digest, one_line
+from zoo.io.checkpoint import (
+    DIGEST_KEY,
+    FORMAT_VERSION,
+    VERSION_KEY,
+    Checkpoint,
+    ConversionError,
+    check_digest,
+    check_version,
+    digest,
+    digest_note,
+    one_line,
+)
 from zoo.io.formats import sniff
 from zoo.io.infer import infer_spec
 from zoo.spec import ModelSpec, SpecError
@@ -147,6 +158,7 @@ def read_weights(path: Path, spec: ModelSpec | None = None, model: str | None = 
             layers = _h5_layers(f, path)
             text = f.attrs.get(SPEC_ATTR)
             stored = f.attrs.get(DIGEST_KEY)
+            version = f.attrs.get(VERSION_KEY, "1")  # absent: written before version 2
             if spec is None and text is not None:
                 try:
                     spec = ModelSpec.from_json(text)
@@ -162,10 +174,12 @@ def read_weights(path: Path, spec: ModelSpec | None = None, model: str | None = 
     except Exception as e:  # h5py raises OSError, ValueError, KeyError, ...
         raise ConversionError(f"{path} is not a readable Keras weights file for this model (truncated, corrupt, "
                               f"or of another model?): {one_line(e)}") from None
-    check_digest(path, weights, None if stored is None else str(stored))
+    version = check_version(path, version.decode() if isinstance(version, bytes) else str(version))
+    text = text.decode() if isinstance(text, bytes) else None if text is None else str(text)
+    check_digest(path, weights, None if stored is None else str(stored), text, version)
     ckpt = Checkpoint(weights, "keras", spec=spec, spec_origin=origin)
     if stored is not None:
-        ckpt.notes.append("SHA-256 of its tensors checked")
+        ckpt.notes.append(digest_note(version))
     return ckpt
 
 
@@ -241,7 +255,8 @@ def write_weights(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -
     keras_model.build(spec, weights).save_weights(path)
     with h5py.File(path, "a") as f:  # the spec beside the weights: Keras ignores root attributes
         f.attrs[SPEC_ATTR] = spec.to_json()
-        f.attrs[DIGEST_KEY] = digest(weights)
+        f.attrs[VERSION_KEY] = FORMAT_VERSION
+        f.attrs[DIGEST_KEY] = digest(weights, spec.to_json())
 
 
 def write_archive(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:

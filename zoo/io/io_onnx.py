@@ -32,7 +32,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from zoo.frameworks import onnx_model
-from zoo.io.checkpoint import DIGEST_KEY, FORMAT_VERSION, Checkpoint, ConversionError, check_digest, digest, one_line
+from zoo.io.checkpoint import DIGEST_KEY, Checkpoint, ConversionError, check_digest, digest, digest_note, one_line
 from zoo.io.io_safetensors import FORMAT_TAG, metadata, spec_from_metadata
 from zoo.spec import ModelSpec
 
@@ -59,13 +59,16 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 def write(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
     weights = {k: np.asarray(weights[k], np.float32) for k in spec.param_shapes()}
-    proto = onnx_model.to_onnx(spec, weights, metadata=metadata(spec, {DIGEST_KEY: digest(weights)}))
+    proto = onnx_model.to_onnx(spec, weights, metadata=metadata(spec, {DIGEST_KEY: digest(weights, spec.to_json())}))
     Path(path).write_bytes(proto.SerializeToString())
 
 
 # --------------------------------------------------------------------------- reading
 
-def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) -> Checkpoint:
+def read(path: Path, spec: ModelSpec | None = None, model: str | None = None, *,
+         check_graph: bool = True) -> Checkpoint:
+    """The file's weights, and a zoo file's spec; a zoo file whose graph is not its spec's is refused (unless not
+    `check_graph`: `zoo diff` runs such a file's own graph, layer by layer, to show where it parts)."""
     path = Path(path)
     proto = load(path)
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -80,9 +83,12 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
         if DIGEST_KEY not in meta:  # every zoo .onnx has one: its key was damaged
             raise ConversionError(f"{path}: its zoo metadata lacks the SHA-256 of its tensors ({DIGEST_KEY}): the "
                                   f"file is damaged; copy or write it again")
+        if check_graph:
+            check_structure(path, proto, ckpt.spec)
         ckpt.weights = {k: _array(path, k, tensors[k]) for k in ckpt.spec.param_shapes() if k in tensors}
-        check_digest(path, ckpt.weights, meta[DIGEST_KEY])
-        ckpt.notes.append(f"zoo ONNX file, format version {FORMAT_VERSION}, SHA-256 of its tensors checked")
+        version = meta["format_version"]
+        check_digest(path, ckpt.weights, meta[DIGEST_KEY], meta["spec"], version)
+        ckpt.notes.append(f"zoo ONNX file, {digest_note(version)}")
     else:
         names = _weight_names(proto.graph, tensors)
         if not names:
@@ -153,6 +159,10 @@ def _check_opset(path: Path, proto: onnx.ModelProto) -> None:
     if not versions:
         raise ConversionError(f"{path} declares no ONNX opset (its opset_import lacks the default domain), which "
                               f"every runtime needs: export it again")
+    if len(versions) > 1:
+        listed = ", ".join(map(str, versions))
+        raise ConversionError(f"{path} declares the ONNX opset {len(versions)} times ({listed}); a model has one "
+                              f"version of each domain: damaged, export it again")
     version, newest = versions[0], newest_opset()
     if MIN_OPSET <= version <= newest:
         return
@@ -221,10 +231,14 @@ def _read_external(path: Path, graph: onnx.GraphProto) -> None:
         except OSError as e:
             raise ConversionError(f"{where}, which cannot be read beside the model ({e.strerror}): copy it into "
                                   f"{path.parent}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # a folder opens too, and only reading it fails ("Is a directory: 6")
+            os.close(fd)
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise ConversionError(f"{where}, which resolves to {real}, {kind}; refused: external data is a regular "
+                                  f"file beside the model")
         with os.fdopen(fd, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ConversionError(f"{where}, which is not a regular file; refused")
+            size = info.st_size
             if offset + nbytes > size:
                 raise ConversionError(f"{where} at bytes {offset:,} to {offset + nbytes:,}, past its end ({size:,} "
                                       f"bytes): truncated, or not this model's data")
@@ -267,6 +281,77 @@ def _float_tensors(path: Path, graph: onnx.GraphProto) -> dict[str, TensorProto]
         elif node.op_type == "Identity" and len(node.input) == 1 and len(node.output) == 1 and node.input[0] in found:
             found[node.output[0]] = found[node.input[0]]
     return found
+
+
+def check_structure(path: Path, proto: onnx.ModelProto, spec: ModelSpec) -> None:
+    """Refuse a zoo file whose graph is not, node for node, the one the zoo writes for its spec.
+
+    The zoo reads a file of its own as its spec and weights, and runs the spec: that is right only when the
+    file's graph is the spec's. Ops, their order, inputs, outputs and attributes, the graph's inputs and
+    outputs, every initializer's name, type and shape (the values of those that are not weights: the digest
+    covers the weights), the opsets and the IR version are compared with the graph `write` makes (at the
+    file's input size); intermediate tensors may be named otherwise. Nothing runs.
+    """
+    dims = _dims(proto.graph.input[0]) if len(proto.graph.input) == 1 else None
+    size = tuple(dims[2:]) if dims and len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]) else None
+    zeros = {k: np.zeros(s, np.float32) for k, s in spec.param_shapes().items()}
+    expected = onnx_model.to_onnx(spec, zeros, size)
+    weights = set(zeros)
+    file, want = _outline(path, proto, weights), _outline(path, expected, weights)
+    for part in want:
+        got, wanted = file[part], want[part]
+        if got == wanted:
+            continue
+        i = next((i for i, (a, b) in enumerate(zip(got, wanted)) if a != b), min(len(got), len(wanted)))
+        shown = (f"{part} {i + 1} is {_shown(str(got[i]), 160) if i < len(got) else 'missing'} where the zoo writes "
+                 f"{_shown(str(wanted[i]), 160) if i < len(wanted) else 'nothing'}")
+        if len(got) != len(wanted):
+            shown += f" ({len(got)} {part}s, the zoo writes {len(wanted)})"
+        raise ConversionError(f"{path}: its graph is not the one the zoo writes for its spec ({spec.name}): {shown}. "
+                              f"It was edited after it was written, and would not compute what its spec and weights "
+                              f"do; refused. Write it again from the original (zoo convert)")
+
+
+def _outline(path: Path, proto: onnx.ModelProto, weights: set[str]) -> dict[str, list]:
+    """What a zoo graph computes, part by part, with its intermediate tensors named by the order they are made."""
+    names = {t.name: t.name for t in proto.graph.initializer} | {v.name: v.name for v in proto.graph.input}
+    names[""] = ""  # an optional input left out
+    outputs = {o.name for o in proto.graph.output}
+    nodes, made = [], 0
+    for node in proto.graph.node:
+        inputs = [names.get(n, f"undefined {n!r}") for n in node.input]  # a cycle, too, uses what is not made yet
+        for n in node.output:
+            names[n] = n if n in outputs else f"t{made}"
+            made += 1
+        attrs = {a.name: _attribute(a) for a in sorted(node.attribute, key=lambda a: a.name)}
+        domain = "" if node.domain in _DEFAULT_DOMAINS else node.domain
+        nodes.append(f"{domain + '.' if domain else ''}{node.op_type}({', '.join(inputs)}) -> "
+                     f"{', '.join(names[n] for n in node.output)} {attrs}")
+
+    def value(v: onnx.ValueInfoProto) -> str:
+        return f"{v.name}: {_type_name(v.type.tensor_type.elem_type)} {_dims(v)}"
+
+    def initializer(t: TensorProto) -> str:
+        text = f"{t.name}: {_type_name(t.data_type)} {list(t.dims)}"
+        return text if t.name in weights else f"{text} = {_array(path, t.name, t).tolist()}"
+
+    return {"IR version": [str(proto.ir_version)],
+            "opset": [f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import],
+            "local function": [f.name for f in proto.functions],
+            "training graph": [str(len(proto.training_info))] if len(proto.training_info) else [],
+            "input": [value(v) for v in proto.graph.input],
+            "output": [value(v) for v in proto.graph.output],
+            "initializer": [initializer(t) for t in proto.graph.initializer],
+            "node": nodes}
+
+
+def _attribute(a: onnx.AttributeProto):
+    if a.type == onnx.AttributeProto.TENSOR:
+        return f"tensor {_type_name(a.t.data_type)} {list(a.t.dims)}"  # a Constant: the nodes differ already
+    if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) or a.ref_attr_name:
+        return f"{onnx.AttributeProto.AttributeType.Name(a.type).lower()} {a.ref_attr_name}"
+    value = helper.get_attribute_value(a)
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def _weight_names(graph: onnx.GraphProto, tensors: dict[str, TensorProto]) -> list[str]:
@@ -437,6 +522,59 @@ class Graph:
                 raise ConversionError(f"{made}, over {self.max_elements:,} values; refused (a zoo model of this "
                                       f"size makes none so large)")
         self._checked.add(shape)
+
+
+def check_graph(path: Path, spec: ModelSpec, weights: dict[str, np.ndarray], tol: float = 1e-5) -> None:
+    """Refuse a file from elsewhere whose own graph does not compute what `spec` with `weights` does.
+
+    Its weights were read by the ops that take them and its spec inferred from their shapes; the glue between
+    them (strides, activations, pools, ...) is the file's own. So the graph runs on a seeded probe, as
+    `zoo convert` verifies it, against the spec's model in onnxruntime: within `tol` of the logits' scale.
+    """
+    graph = Graph(path)
+    if graph.channels not in (None, spec.in_channels):
+        raise ConversionError(f"{path}: its graph takes {graph.channels} input channel(s), {spec.name} "
+                              f"{spec.in_channels}: the file holds another model")
+    batch, size = max(2, graph.batch or 2), graph.size or tuple(spec.input_size)
+    reason = spec.fits(size)
+    if reason is None and max(math.prod(s) for _, s in spec.layer_shapes(size, batch)) > graph.max_elements:
+        reason = f"its activations would exceed {graph.max_elements:,} values"
+    if reason is not None:
+        raise ConversionError(f"{path}: its graph takes {size[0]}x{size[1]} inputs, at which {spec.name} (read from "
+                              f"its weights) does not run ({reason}); check that the file holds this model")
+    x = np.random.default_rng(0).standard_normal((batch, spec.in_channels, *size)).astype(np.float32)
+    a = graph(x).astype(np.float64)
+    b = onnx_model.OnnxModel(spec, weights)(x)
+    scale = float(np.abs(a[np.isfinite(a)]).max(initial=0.0))
+    err = float(np.where(np.isnan(a) & np.isnan(b), 0.0, np.abs(a - b)).max()) if a.shape == b.shape else math.inf
+    if not err <= tol * max(1.0, scale):  # NaN fails
+        raise ConversionError(f"{path}: its own graph and {spec.name} (read from its weights) differ by {err:.3e} "
+                              f"(scale {scale:.3g}) on a {list(x.shape)} probe: the graph computes something other "
+                              f"than that model, between the layers that hold weights; refused")
+
+
+def trace_file(path: Path, spec: ModelSpec, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(layer path, output) of a zoo file's own graph on `x` [B, C, H, W]: each of the spec's layers is the tensor
+    the zoo's graph names its output; the last one is the file's logits. A layer whose tensor the file lacks
+    is left out (`zoo diff` shows it as diverged)."""
+    graph = Graph(path)
+    graph._check_activations(tuple(x.shape))
+    proto = load(path)
+    _, outputs = onnx_model._proto(spec, {k: np.zeros(s, np.float32) for k, s in spec.param_shapes().items()},
+                                   tuple(x.shape[2:]))
+    made = {o for n in proto.graph.node for o in n.output}
+    logits = proto.graph.output[0].name
+    last = outputs[-1][1] if outputs else None
+    wanted = [(layer, logits if name == last else name) for layer, name in outputs if name == last or name in made]
+    known = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+                              for name in dict.fromkeys(n for _, n in wanted) if name not in known)
+    try:
+        values = onnx_model.session(proto).run([n for _, n in wanted], {graph.input: np.ascontiguousarray(x)})
+    except Exception as e:
+        raise ConversionError(f"{path}: onnxruntime could not run its graph on a {list(x.shape)} input: "
+                              f"{one_line(e)}") from None
+    return [(layer, v) for (layer, _), v in zip(wanted, values)]
 
 
 def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:

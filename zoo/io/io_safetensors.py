@@ -20,8 +20,10 @@ from zoo.io.checkpoint import (
     Checkpoint,
     ConversionError,
     check_digest,
+    check_version,
     counters_note,
     digest,
+    digest_note,
     is_counter,
     one_line,
 )
@@ -59,17 +61,16 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
         ckpt.notes.append(counters_note(len(counters)))
     if meta.get("format") == FORMAT_TAG:
         ckpt.spec = spec_from_metadata(path, meta)
-        check_digest(path, weights, meta.get(DIGEST_KEY))
-        ckpt.notes.append(f"zoo canonical file, format version {FORMAT_VERSION}"
-                          + (", SHA-256 of its tensors checked" if DIGEST_KEY in meta else ""))
+        version = meta["format_version"]
+        check_digest(path, weights, meta.get(DIGEST_KEY), meta["spec"], version)
+        ckpt.notes.append("zoo canonical file, " + (digest_note(version) if DIGEST_KEY in meta else
+                                                      f"format version {version}"))
     return ckpt
 
 
 def spec_from_metadata(path: Path, meta: dict[str, str]) -> ModelSpec:
     """The spec in the zoo's metadata (of a .safetensors or a .onnx), after its format version."""
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ConversionError(f"{path} has zoo format version {meta.get('format_version')!r}; "
-                              f"this zoo reads version {FORMAT_VERSION}: upgrade multizoo")
+    check_version(path, meta.get("format_version"))
     try:
         return ModelSpec.from_json(meta["spec"])
     except (KeyError, SpecError) as e:
@@ -83,4 +84,4 @@ def metadata(spec: ModelSpec, extra: dict[str, str] | None = None) -> dict[str, 
 
 def write(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
     save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(path),
-              metadata=metadata(spec, {DIGEST_KEY: digest(weights)}))
+              metadata=metadata(spec, {DIGEST_KEY: digest(weights, spec.to_json())}))
