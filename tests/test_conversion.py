@@ -356,6 +356,7 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
 
 
 def test_unknown_suffix_lists_known(tmp_path):
+    (tmp_path / "model.bin").write_bytes(b"weights")  # a missing input is said first
     with pytest.raises(ConversionError, match=r"cannot tell the format of .*model.bin from its suffix '.bin'; "
                                               r"known: .pt, .pth \(torch\); .safetensors"):
         conversion.convert(tmp_path / "model.bin", tmp_path / "out.pt")
