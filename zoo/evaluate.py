@@ -26,6 +26,9 @@ def logits(model, images: np.ndarray, cfg: PretrainedCfg, batch: int = 500, prog
         for i in range(0, len(images), batch):
             x = data.preprocess(images[i:i + batch], cfg.input_size, cfg.mean, cfg.std)
             out.append(predict(model, x, layout="NCHW"))
+            if out[-1].shape[1] != cfg.num_classes:
+                raise ValueError(f"the model gives {out[-1].shape[1]} logits but its pretrained entry names "
+                                 f"{cfg.num_classes} classes")
             b.update(len(x))
     return np.concatenate(out)
 
@@ -182,12 +185,29 @@ class Prediction:
     path: str
     top: list[tuple[str, float]]  # (label, softmax probability), the most probable first
     unlike: list[str]  # the statistics outside the training images' ranges; empty when it looks like them
+    error: str = ""  # why the file could not be read (predict_files(errors='report')); then `top` is empty
 
 
-def predict_files(name: str, tag: str, framework: str, paths, top: int = 3, invert: str = "auto") -> list[Prediction]:
-    """The top classes by softmax probability for each image file, and how it is unlike the training images."""
+def predict_files(name: str, tag: str, framework: str, paths, top: int = 3, invert: str = "auto",
+                  errors: str = "raise") -> list[Prediction]:
+    """The top classes by softmax probability for each image file, and how it is unlike the training images.
+    An unreadable image raises ValueError, or with `errors='report'` gets a Prediction holding only its `error`."""
+    if not isinstance(top, int) or top < 1:
+        raise ValueError(f"top must be at least 1 class, got {top!r}")
     cfg = cfg_for(name, tag)
-    images = load_images(paths, invert, cfg.fit)
-    probs = softmax(logits(load(name, framework, weights=tag), images, cfg).astype(np.float64))
-    return [Prediction(str(p), [(cfg.label_names[j], float(row[j])) for j in np.argsort(-row)[:top]], unlike)
-            for p, row, unlike in zip(paths, probs, unlike_training(images))]
+    model = load(name, framework, weights=tag)
+    read, failed = [], {}
+    for p in paths:
+        try:
+            read.append((p, load_image(p, invert, cfg.fit)))
+        except ValueError as e:
+            if errors != "report":
+                raise
+            failed[str(p)] = str(e)
+    good = {}
+    if read:
+        images = np.stack([a for _, a in read])
+        probs = softmax(logits(model, images, cfg).astype(np.float64))
+        good = {str(p): Prediction(str(p), [(cfg.label_names[j], float(row[j])) for j in np.argsort(-row)[:top]],
+                                   unlike) for (p, _), row, unlike in zip(read, probs, unlike_training(images))}
+    return [good.get(str(p)) or Prediction(str(p), [], [], failed[str(p)]) for p in paths]
