@@ -352,3 +352,30 @@ def test_orbax_reads_nin_checkpoints_of_the_nin_only_module(tmp_path):
     err, tol = _error(flax_model.predict(flax_model.build(ckpt.spec, ckpt.weights), _nhwc(x)),
                       reference.forward(spec, weights, x))
     assert err <= tol
+
+
+def wide_spec(branches: int) -> zoo.ModelSpec:
+    """`branches` parallel one-conv branches, concatenated: the widest tree for its node count."""
+    from zoo.spec import Conv, Flatten, Linear, ModelSpec, Parallel, Seq
+
+    par = Parallel("concat", *[(f"b{i}", Seq(("conv", Conv(1, 1, 1)))) for i in range(branches)])
+    body = Seq(("par", par), ("pool", AdaptivePool(1)), ("flat", Flatten()), ("fc", Linear(branches, 10)))
+    return ModelSpec(name="wide", family="wide", in_channels=1, num_classes=10, body=body, input_size=8)
+
+
+def test_build_makes_its_modules_without_tracing(monkeypatch):
+    """build() made its modules under nnx.eval_shape, whose trace cost grew with every module made: quadratic,
+    400 one-conv branches took 6.4 s and 1500 about 90 s. It makes them eagerly, as shapes, then sets the weights."""
+
+    def no_trace(*args, **kwargs):
+        raise AssertionError("build traced the model's construction")
+
+    monkeypatch.setattr(nnx, "eval_shape", no_trace)
+    monkeypatch.setattr(jax, "eval_shape", no_trace)
+    spec = wide_spec(12)
+    weights = weights_for(spec, 0)
+    x = np.random.default_rng(1).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    model = flax_model.build(spec, weights)
+    assert all(isinstance(v.get_value(), jax.Array) for v in flax_model._variables(model).values())
+    err, tol = _error(flax_model.predict(model, _nhwc(x)), reference.forward(spec, weights, x))
+    assert err <= tol

@@ -133,3 +133,44 @@ def test_predict_command_states_the_domain_and_warns(tmp_path, capsys):
     assert lines[2].startswith(f"{noise}: ")
     assert lines[3].startswith(f"  warning: {noise} is unlike the training images (border mean 12")
     assert lines[3].endswith("): its labels mean little") and len(lines) == 4
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A photo stored rotated with EXIF Orientation 8 (view it turned 90 degrees clockwise) is read upright:
+    before, it was read as stored, sideways."""
+    upright = _garment()
+    exif = Image.Exif()
+    exif[0x0112] = 8  # Orientation
+    stored = Image.fromarray(np.rot90(upright, -1).copy())  # turned clockwise; the reader turns it back
+    path = str(tmp_path / "rotated.png")
+    stored.save(path, exif=exif)
+    np.testing.assert_array_equal(load_images([path])[0], load_images([_save(tmp_path, "upright.png", upright)])[0])
+
+
+def test_huge_and_elongated_images_are_bounded(tmp_path, monkeypatch):
+    """A 1 x 80,000 image is padded after downscaling (it built an 80,000^2 array, 6.4 GB, before); an image over
+    MAX_PIXELS is refused from its header (a 20,000^2 PNG ended in Pillow's DecompressionBombError)."""
+    from zoo import evaluate
+
+    line = np.zeros((1, 80_000), np.uint8)
+    line[0, 30_000:50_000] = 255
+    got = load_images([_save(tmp_path, "line.png", line)], invert="no")[0]
+    assert got.shape == (28, 28) and got[:13].max() == 0 and got[14:].max() == 0 and got[13, 12:17].min() > 0
+    monkeypatch.setattr(evaluate, "MAX_PIXELS", 1000)
+    with pytest.raises(ValueError, match=r"big\.png is 40 x 30 pixels, more than the 1,000 read; downscale it$"):
+        load_images([_save(tmp_path, "big.png", np.zeros((30, 40), np.uint8))])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow's own bomb check, at open
+    with pytest.raises(ValueError, match=r"bomb\.png has more than 1,000 pixels, the most read; downscale it$"):
+        load_images([_save(tmp_path, "bomb.png", np.zeros((30, 40), np.uint8))])
+
+
+def test_only_regular_files_are_read(tmp_path):
+    """A FIFO named x.png blocked `zoo predict` forever; a folder gave a traceback-free but vague error."""
+    import os
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"x\.png: it is not a regular file \(a FIFO, socket or device\?\)"):
+        load_images([str(fifo)])
+    with pytest.raises(ValueError, match="it is a folder; an image is a regular file"):
+        load_images([str(tmp_path)])

@@ -211,3 +211,72 @@ def test_release_writes_into_the_checkout_and_refuses_to_overwrite(tmp_path, mon
         pretrained.release(path, "nin", "v2", folder=tmp_path)
     pretrained.release(path, "nin", "v2", folder=tmp_path, force=True)
     assert list(json.loads((tmp_path / "manifest.json").read_text())) == ["nin.v2"]
+
+
+def _run_weights(tmp_path, **changes):
+    """The shipped NiN weights as a `zoo train` run writes them, its pretrained entry changed by `changes`."""
+    import dataclasses
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    path, cfg = _cfg()
+    with safe_open(str(path), "np") as f:
+        meta = dict(f.metadata())
+    entry = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("model", "tag", "file", "sha256")}
+    meta["pretrained"] = json.dumps({**entry, **changes})
+    out = tmp_path / "weights.safetensors"
+    save_file(load_file(str(path)), str(out), metadata=meta)
+    return out
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(std=0), r"std must be a number in \(0, 1\], got 0$"),
+    (dict(mean=float("nan")), r"mean must be a number in \[0, 1\] \(of pixels scaled to \[0, 1\]\), got nan$"),
+    (dict(input_size=0), r"input_size must be an integer in \[1, 16384\], got 0$"),
+    (dict(input_size=100_000), r"input_size must be an integer in \[1, 16384\], got 100000$"),
+    (dict(input_size="28"), r"input_size must be an integer in \[1, 16384\], got '28'$"),
+    (dict(label_names=["a", "b", "c"]), r"has 3 label_names for 10 classes \(num_classes\): one name per class$"),
+    (dict(fit="squash"), r"fit must be 'pad' or 'crop', got 'squash'$"),
+])
+def test_a_runs_entry_is_checked_field_by_field(tmp_path, changes, message):
+    """Before: probabilities of nan, a ZeroDivisionError, a 74.5 GiB allocation, a TypeError or an IndexError."""
+    path = _run_weights(tmp_path, **changes)
+    with pytest.raises(zoo.PretrainedError, match=f"^{path}: the pretrained entry's {message}|^{path}: .*{message}"):
+        pretrained.cfg_for("nin", str(path))
+    assert pretrained.cfg_for("nin", str(_run_weights(tmp_path))).std == 0.353  # unchanged, it reads
+
+
+def test_a_manifest_entry_is_checked(tmp_path, monkeypatch):
+    shipped = json.loads((pretrained._folder() / pretrained.MANIFEST).read_text())
+    bad = {"nin.fashion_mnist": {**shipped["nin.fashion_mnist"], "std": 0.0}}
+    (tmp_path / pretrained.MANIFEST).write_text(json.dumps(bad))
+    monkeypatch.setattr(pretrained, "_folder", lambda: tmp_path)
+    with pytest.raises(zoo.PretrainedError, match=r"entry 'nin.fashion_mnist': the pretrained entry's std must be"):
+        pretrained.manifest()
+    (tmp_path / pretrained.MANIFEST).write_text(json.dumps({"nin.x": {**shipped["nin.fashion_mnist"], "stdd": 1}}))
+    with pytest.raises(zoo.PretrainedError, match=r"the pretrained entry has unknown fields \['stdd'\]$"):
+        pretrained.manifest()
+
+
+def test_predict_refuses_before_its_banner_and_goes_on_past_a_bad_image(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pil = pytest.importorskip("PIL.Image", reason="predict: Pillow not installed (pip install '.[data]')")
+    from zoo.cli import main
+
+    good = str(tmp_path / "good.png")
+    pil.fromarray(np.zeros((28, 28), np.uint8)).save(good)
+    (tmp_path / "notes.txt").write_text("notes")
+    for argv in (["nin", "--weights", str(tmp_path / "notes.txt")], ["resnet18", "--weights", "fashion_mnist"],
+                 ["nin", "--weights", "fashion_mnist", "--top", "0"]):
+        assert main(["predict", *argv, good]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("zoo: error: ") and err.count("\n") == 1, (argv, out, err)
+    assert "--top must be at least 1, got 0" in err
+    missing = str(tmp_path / "missing.png")
+    assert main(["predict", "nin", "--weights", "fashion_mnist", missing, good, "--top", "1"]) == 2
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith("nin fashion_mnist knows") and lines[1].startswith(f"{good}: ") and len(lines) >= 2
+    assert err.splitlines() == [f"zoo: error: cannot read {missing} as an image (PNG or JPEG): [Errno 2] No such file "
+                                f"or directory: '{missing}'", "zoo: error: 1 of 2 images could not be read"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 
 import zoo
 from zoo import reference
-from zoo.spec import AdaptivePool, Conv, ModelSpec, Pool
+from zoo.spec import MAX_NODES, MAX_SPEC_CHARS, Act, AdaptivePool, Conv, Flatten, Linear, ModelSpec, Parallel, Pool, Seq
 
 
 def test_import_zoo_imports_no_framework():
@@ -135,6 +136,47 @@ def test_json_damage_is_a_spec_error():
         ModelSpec.from_dict({**zoo.get_spec("nin").to_dict(), "body": wide})
     with pytest.raises(zoo.SpecError, match="Conv has no field"):
         ModelSpec.from_dict({**zoo.get_spec("nin").to_dict(), "body": {"seq": [["c", {"op": "Conv", "evil": 1}]]}})
+
+
+def _spec(*children) -> ModelSpec:
+    """`children`, then a pool to 1 x 1 and a linear layer to 10 classes, on 1-channel 8 x 8 images."""
+    body = Seq(*children, ("pool", AdaptivePool(1)), ("flat", Flatten()), ("fc", Linear(1, 10)))
+    return ModelSpec(name="t", family="t", in_channels=1, num_classes=10, body=body, input_size=8)
+
+
+def test_layer_paths_are_unique_and_none_prefixes_another():
+    relu = Act("relu")
+    with pytest.raises(zoo.SpecError, match="layer paths must be unique; repeated: a$"):
+        _spec(("a", relu), ("a", relu))
+    with pytest.raises(zoo.SpecError, match=r"may not also prefix other layers' paths: a, a\.b$"):
+        _spec(("a", relu), ("a", Seq(("b", relu), ("c", Seq(("d", relu))))), ("a.b.c", Seq(("e", relu))))
+    _spec(("a", relu), ("ab", relu), ("a_b", relu), ("a0", Seq(("b", relu))), ("b", Seq(("a", relu))))
+
+
+def _wide(branches: int) -> ModelSpec:
+    par = Parallel("concat", *[(f"branch{i}", Seq(("conv", Conv(1, 1, 1)))) for i in range(branches)])
+    body = Seq(("par", par), ("pool", AdaptivePool(1)), ("flat", Flatten()), ("fc", Linear(branches, 10)))
+    return ModelSpec(name="wide", family="wide", in_channels=1, num_classes=10, body=body, input_size=8)
+
+
+def test_json_limit_admits_every_tree_the_node_limit_does():
+    """The widest tree of about MAX_NODES nodes reads back from its JSON; a longer text is refused by its length."""
+    spec = _wide((MAX_NODES - 5) // 2)  # a Seq and a conv per branch
+    text = spec.to_json()
+    assert len(text) < MAX_SPEC_CHARS / 2 and ModelSpec.from_json(text) == spec
+    with pytest.raises(zoo.SpecError, match="^the spec is not a JSON string of at most 1,000,000 characters$"):
+        ModelSpec.from_json(" " * (MAX_SPEC_CHARS + 1))
+
+
+def test_docs_state_the_spec_json_limit():
+    """README.md said at most 100,000 characters while the code allowed 1,000,000 (MAX_SPEC_CHARS)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("**/*.md"))]
+    stated = [(p.name, m) for p in pages if p.is_file()
+              for m in re.findall(r"JSON of at most\s+([\d,]+)\s+characters", p.read_text())]
+    assert stated and all(int(m.replace(",", "")) == MAX_SPEC_CHARS for _, m in stated), stated
 
 
 def test_v1_json_still_reads():

@@ -288,12 +288,23 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "predict":
             from zoo.evaluate import DOMAIN, predict_files
 
+            if args.top < 1:
+                raise ValueError(f"--top must be at least 1, got {args.top}")
+            results = predict_files(args.model, args.weights, args.framework, args.images, args.top, args.invert,
+                                    errors="report")  # weights, model and options refused before anything prints
             print(f"{args.model} {args.weights} knows {DOMAIN}")
-            for r in predict_files(args.model, args.weights, args.framework, args.images, args.top, args.invert):
+            for r in results:
+                if r.error:
+                    print(f"zoo: error: {r.error}", file=sys.stderr)
+                    continue
                 print(f"{r.path}: " + ", ".join(f"{label} {p:.3f}" for label, p in r.top))
                 if r.unlike:
                     print(f"  warning: {r.path} is unlike the training images ({'; '.join(r.unlike)}): "
                           f"its labels mean little")
+            failed = sum(bool(r.error) for r in results)
+            if failed:
+                print(f"zoo: error: {failed} of {len(results)} images could not be read", file=sys.stderr)
+                return 2
         elif args.command == "train":
             _train(args)
         elif args.command == "bench":

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,9 @@ def logits(model, images: np.ndarray, cfg: PretrainedCfg, batch: int = 500, prog
         for i in range(0, len(images), batch):
             x = data.preprocess(images[i:i + batch], cfg.input_size, cfg.mean, cfg.std)
             out.append(predict(model, x, layout="NCHW"))
+            if out[-1].shape[1] != cfg.num_classes:
+                raise ValueError(f"the model gives {out[-1].shape[1]} logits but its pretrained entry names "
+                                 f"{cfg.num_classes} classes")
             b.update(len(x))
     return np.concatenate(out)
 
@@ -89,52 +94,84 @@ def unlike_training(images: np.ndarray, ranges=None) -> list[list[str]]:
              if not lo <= stats[k][i] <= hi] for i in range(len(images))]
 
 
+MAX_PIXELS = 50_000_000  # an image file's pixels, read from its header before decoding: a 48-megapixel photo fits
+
+
 def load_images(paths, invert: str = "auto", fit: str = "pad") -> np.ndarray:
     """uint8 [N, 28, 28] grayscale from PNG/JPEG files, made like Fashion-MNIST's images.
 
+    The EXIF orientation is applied, so a photo stored rotated is read upright.
     Transparent pixels become the background: white, as in the product photos Fashion-MNIST was made
     from, so that 'auto' inverts them to black like the data set's (black with `invert='no'`).
     A non-square image is made square keeping its aspect ratio: `fit='pad'` pads it with its border's
     colour (median), as Fashion-MNIST's own images were made; 'crop' keeps its centre square.
     Fashion-MNIST shows light garments on black; `invert='auto'` inverts an image whose
     border is light (a product photo on white), 'yes' and 'no' force it.
+    Only regular files of at most MAX_PIXELS pixels are read.
     """
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise ImportError("reading images needs Pillow: pip install 'multizoo[data]'") from None
     if fit not in ("pad", "crop"):
         raise ValueError(f"fit must be 'pad' or 'crop', got {fit!r}")
-    out = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-                    bg = 0 if invert == "no" else 255
-                    im = Image.alpha_composite(Image.new("RGBA", im.size, (bg, bg, bg, 255)), im.convert("RGBA"))
-                a = np.asarray(im.convert("L"), np.uint8)
-        except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"cannot read {p} as an image (PNG or JPEG): {e}") from None
-        a = _square(a, fit)
-        a = np.asarray(Image.fromarray(a).resize((28, 28), Image.BILINEAR), np.uint8)
-        border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-        if invert == "yes" or (invert == "auto" and border.mean() > 127):
-            a = 255 - a
-        out.append(a)
-    return np.stack(out)
+    return np.stack([load_image(p, invert, fit) for p in paths])
 
 
-def _square(a: np.ndarray, fit: str) -> np.ndarray:
-    h, w = a.shape
-    if h == w:
-        return a
-    if fit == "crop":
-        n = min(h, w)
-        return a[(h - n) // 2:(h - n) // 2 + n, (w - n) // 2:(w - n) // 2 + n]
-    n = max(h, w)
+def load_image(path, invert: str = "auto", fit: str = "pad") -> np.ndarray:
+    """One image file as `load_images` reads it: uint8 [28, 28]; ValueError naming the file when it can't."""
+    try:
+        from PIL import Image, ImageOps, UnidentifiedImageError
+    except ImportError:
+        raise ImportError("reading images needs Pillow: pip install 'multizoo[data]'") from None
+    try:
+        with _open_regular(path) as f, Image.open(f) as im:
+            w, h = im.size  # from the header: nothing is decoded yet
+            if w * h > MAX_PIXELS:
+                raise ValueError(f"{path} is {w} x {h} pixels, more than the {MAX_PIXELS:,} read; downscale it")
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                bg = 0 if invert == "no" else 255
+                im = Image.alpha_composite(Image.new("RGBA", im.size, (bg, bg, bg, 255)), im.convert("RGBA"))
+            a = _fit(np.asarray(im.convert("L"), np.uint8), fit)
+    except Image.DecompressionBombError:
+        raise ValueError(f"{path} has more than {MAX_PIXELS:,} pixels, the most read; downscale it") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read {path} as an image (PNG or JPEG): {e}") from None
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    top, left = (n - h) // 2, (n - w) // 2
-    return np.pad(a, ((top, n - h - top), (left, n - w - left)), constant_values=int(np.median(border)))
+    if invert == "yes" or (invert == "auto" and border.mean() > 127):
+        a = 255 - a
+    return a
+
+
+def _open_regular(path):
+    """`path` opened for reading, refused unless a regular file: a FIFO would block, a device never end.
+    Opened without blocking and checked on the open file, as the ONNX reader does."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device?)"
+            raise ValueError(f"cannot read {path}: it is {kind}; an image is a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _fit(a: np.ndarray, fit: str) -> np.ndarray:
+    """uint8 [H, W] -> [28, 28], keeping the aspect ratio. 'pad' downscales first and pads after, so a
+    1 x 80,000 image makes no 80,000 x 80,000 square (3 GB, before)."""
+    from PIL import Image
+
+    h, w = a.shape
+    if fit == "crop" and h != w:
+        n = min(h, w)
+        a = a[(h - n) // 2:(h - n) // 2 + n, (w - n) // 2:(w - n) // 2 + n]
+    if fit == "crop" or h == w:
+        return np.asarray(Image.fromarray(a).resize((28, 28), Image.BILINEAR), np.uint8)
+    n = max(h, w)
+    sh, sw = max(1, round(h * 28 / n)), max(1, round(w * 28 / n))
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    small = np.asarray(Image.fromarray(a).resize((sw, sh), Image.BILINEAR), np.uint8)
+    top, left = (28 - sh) // 2, (28 - sw) // 2
+    return np.pad(small, ((top, 28 - sh - top), (left, 28 - sw - left)), constant_values=int(np.median(border)))
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -148,12 +185,29 @@ class Prediction:
     path: str
     top: list[tuple[str, float]]  # (label, softmax probability), the most probable first
     unlike: list[str]  # the statistics outside the training images' ranges; empty when it looks like them
+    error: str = ""  # why the file could not be read (predict_files(errors='report')); then `top` is empty
 
 
-def predict_files(name: str, tag: str, framework: str, paths, top: int = 3, invert: str = "auto") -> list[Prediction]:
-    """The top classes by softmax probability for each image file, and how it is unlike the training images."""
+def predict_files(name: str, tag: str, framework: str, paths, top: int = 3, invert: str = "auto",
+                  errors: str = "raise") -> list[Prediction]:
+    """The top classes by softmax probability for each image file, and how it is unlike the training images.
+    An unreadable image raises ValueError, or with `errors='report'` gets a Prediction holding only its `error`."""
+    if not isinstance(top, int) or top < 1:
+        raise ValueError(f"top must be at least 1 class, got {top!r}")
     cfg = cfg_for(name, tag)
-    images = load_images(paths, invert, cfg.fit)
-    probs = softmax(logits(load(name, framework, weights=tag), images, cfg).astype(np.float64))
-    return [Prediction(str(p), [(cfg.label_names[j], float(row[j])) for j in np.argsort(-row)[:top]], unlike)
-            for p, row, unlike in zip(paths, probs, unlike_training(images))]
+    model = load(name, framework, weights=tag)
+    read, failed = [], {}
+    for p in paths:
+        try:
+            read.append((p, load_image(p, invert, cfg.fit)))
+        except ValueError as e:
+            if errors != "report":
+                raise
+            failed[str(p)] = str(e)
+    good = {}
+    if read:
+        images = np.stack([a for _, a in read])
+        probs = softmax(logits(model, images, cfg).astype(np.float64))
+        good = {str(p): Prediction(str(p), [(cfg.label_names[j], float(row[j])) for j in np.argsort(-row)[:top]],
+                                   unlike) for (p, _), row, unlike in zip(read, probs, unlike_training(images))}
+    return [good.get(str(p)) or Prediction(str(p), [], [], failed[str(p)]) for p in paths]

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo._registry import get_spec
+from zoo.spec import MAX_INPUT_SIZE
 
 MANIFEST = "manifest.json"
 _PACKAGE = Path(__file__).resolve().parent  # zoo/; its parent is the project root in a checkout
@@ -50,6 +52,66 @@ class PretrainedCfg:
     test_logits_sha256: str = ""
     fit: str = "pad"  # how `zoo predict` makes a non-square image square: 'pad' with its border colour, or 'crop'
 
+    def __post_init__(self):
+        def bad(name: str, want: str):
+            raise PretrainedError(f"the pretrained entry's {name} must be {want}, got {getattr(self, name)!r}")
+
+        for name in ("model", "tag", "file", "sha256", "resize", "trained_in", "dataset", "dataset_license",
+                     "test_logits", "test_logits_sha256"):
+            if not isinstance(getattr(self, name), str):
+                bad(name, "a string")
+        if not _is_int(self.input_size) or not 1 <= self.input_size <= MAX_INPUT_SIZE:
+            bad("input_size", f"an integer in [1, {MAX_INPUT_SIZE}]")
+        if not _is_number(self.mean) or not 0.0 <= self.mean <= 1.0:
+            bad("mean", "a number in [0, 1] (of pixels scaled to [0, 1])")
+        if not _is_number(self.std) or not 0.0 < self.std <= 1.0:
+            bad("std", "a number in (0, 1]")
+        if not _is_int(self.num_classes) or not 1 <= self.num_classes <= 65_536:
+            bad("num_classes", "an integer in [1, 65536]")
+        if not isinstance(self.label_names, tuple) or not all(isinstance(n, str) for n in self.label_names):
+            bad("label_names", "a list of strings")
+        if len(self.label_names) != self.num_classes:
+            raise PretrainedError(f"the pretrained entry has {len(self.label_names)} label_names for "
+                                  f"{self.num_classes} classes (num_classes): one name per class")
+        if not _is_number(self.test_accuracy) or not 0.0 <= self.test_accuracy <= 1.0:
+            bad("test_accuracy", "a number in [0, 1]")
+        if not isinstance(self.recipe, dict):
+            bad("recipe", "a dictionary")
+        if self.fit not in ("pad", "crop"):
+            bad("fit", "'pad' or 'crop'")
+
+    @classmethod
+    def from_dict(cls, entry, where: str, **fixed) -> PretrainedCfg:
+        """An entry read from a file (`where` names it in errors), each field checked; `fixed` fields replace
+        the entry's. Keys that are not fields are refused, except in a run's entry (`fixed` given), which
+        the file's own code wrote."""
+        if not isinstance(entry, dict):
+            raise PretrainedError(f"{where}: the pretrained entry must be a dictionary, got {type(entry).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(entry) - names)
+        if unknown and not fixed:
+            raise PretrainedError(f"{where}: the pretrained entry has unknown fields {unknown}")
+        entry = {k: v for k, v in entry.items() if k in names}
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - set(entry) - set(fixed))
+        if missing:
+            raise PretrainedError(f"{where}: the pretrained entry lacks {', '.join(missing)}")
+        labels = entry.get("label_names")
+        entry = {**entry, **fixed, "label_names": tuple(labels) if isinstance(labels, list) else labels}
+        try:
+            return cls(**entry)
+        except PretrainedError as e:
+            raise PretrainedError(f"{where}: {e}") from None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
 
 def _folder() -> Path:
     return Path(str(resources.files("zoo.weights")))
@@ -60,7 +122,7 @@ def manifest() -> dict[str, PretrainedCfg]:
     if not path.exists():
         return {}
     raw = json.loads(path.read_text())
-    return {k: PretrainedCfg(**{**v, "label_names": tuple(v["label_names"])}) for k, v in raw.items()}
+    return {k: PretrainedCfg.from_dict(v, f"{path}, entry {k!r}") for k, v in raw.items()}
 
 
 def list_pretrained(model: str | None = None) -> list[str]:
@@ -123,19 +185,21 @@ def cfg_for(model: str, weights) -> PretrainedCfg:
     hint = "evaluate and predict take a pretrained tag or the weights.safetensors that `zoo train` wrote"
     if path.suffix != ".safetensors" or not path.is_file():
         raise PretrainedError(f"{path} is not a .safetensors file: {hint}")
+    return PretrainedCfg.from_dict(_run_entry(path, hint), str(path), model=model, tag=str(path), file=str(path),
+                                   sha256=sha256(path))
+
+
+def _run_entry(path: Path, hint: str = "") -> dict:
+    """The raw pretrained entry in a run's weights.safetensors metadata."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), "np") as f:
             meta = f.metadata() or {}
-        entry = json.loads(meta["pretrained"])
-        fields = {f.name for f in dataclasses.fields(PretrainedCfg)} - {"model", "tag", "file", "sha256"}
-        entry = {k: v for k, v in entry.items() if k in fields}
-        return PretrainedCfg(model=model, tag=str(path), file=str(path), sha256=sha256(path),
-                             **{**entry, "label_names": tuple(entry["label_names"])})
+        return json.loads(meta["pretrained"])
     except Exception as e:  # no metadata, no entry, a damaged file
         raise PretrainedError(f"{path} holds no training entry (input size, mean, std, labels: "
-                              f"{type(e).__name__}: {str(e)[:200]}): {hint}") from None
+                              f"{type(e).__name__}: {str(e)[:200]}){': ' + hint if hint else ''}") from None
 
 
 def sha256(path: Path) -> str:
@@ -214,7 +278,8 @@ def release(run_weights: Path, model: str, tag: str, folder: Path | None = None,
                               f"or pass force=True to replace it")
     with safe_open(str(run_weights), "np") as f:
         meta = f.metadata()
-    entry = json.loads(meta["pretrained"])
+    entry = _run_entry(Path(run_weights))
+    PretrainedCfg.from_dict(entry, str(run_weights), model=model, tag=tag, file=name, sha256="")  # checked first
     spec = ModelSpec.from_dict(json.loads(meta["spec"]))
     weights = load_file(str(run_weights))
     images, _ = data.load_fashion_mnist("test")
@@ -228,9 +293,9 @@ def release(run_weights: Path, model: str, tag: str, folder: Path | None = None,
     np.save(folder / logits_name, logits.astype(np.float32))
     data_bytes = Path(run_weights).read_bytes()
     (folder / name).write_bytes(data_bytes)
-    cfg = PretrainedCfg(model=model, tag=tag, file=name, sha256=hashlib.sha256(data_bytes).hexdigest(),
-                        test_logits=logits_name, test_logits_sha256=sha256(folder / logits_name),
-                        **{**entry, "label_names": tuple(entry["label_names"])})
+    cfg = PretrainedCfg.from_dict(entry, str(run_weights), model=model, tag=tag, file=name,
+                                  sha256=hashlib.sha256(data_bytes).hexdigest(), test_logits=logits_name,
+                                  test_logits_sha256=sha256(folder / logits_name))
     raw[key] = dataclasses.asdict(cfg)
     manifest_path.write_text(json.dumps(raw, indent=2) + "\n")
     return cfg

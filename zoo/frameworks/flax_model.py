@@ -48,10 +48,11 @@ class TorchBatchNorm(nnx.Module):
     """PyTorch's BatchNorm2d on the last axis: eps and momentum from the spec, the running variance
     updated with the unbiased batch variance (running = (1 - momentum) * running + momentum * batch)."""
 
-    def __init__(self, op: BatchNorm):
+    def __init__(self, op: BatchNorm, values: bool = True):
         n = op.num_features
-        self.scale, self.bias = nnx.Param(jnp.ones(n)), nnx.Param(jnp.zeros(n))
-        self.mean, self.var = nnx.BatchStat(jnp.zeros(n)), nnx.BatchStat(jnp.ones(n))
+        ones, zeros = (jnp.ones(n), jnp.zeros(n)) if values else (jax.ShapeDtypeStruct((n,), jnp.float32),) * 2
+        self.scale, self.bias = nnx.Param(ones), nnx.Param(zeros)
+        self.mean, self.var = nnx.BatchStat(zeros), nnx.BatchStat(ones)
         self.eps, self.momentum = op.eps, op.momentum
         self.use_running_average = True  # the name model.train() and model.eval() set
 
@@ -67,16 +68,23 @@ class TorchBatchNorm(nnx.Module):
         return (x - mean) * (self.scale[...] / jnp.sqrt(var + self.eps)) + self.bias[...]
 
 
-def _module(op, rngs: nnx.Rngs) -> nnx.Module | None:
-    """The op table's modules: one per op that holds weights or has a training mode."""
+def shape_only(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.ShapeDtypeStruct:
+    """An initializer that draws nothing: the value's shape and dtype, for `build` to set."""
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def _module(op, rngs: nnx.Rngs, values: bool = True) -> nnx.Module | None:
+    """The op table's modules: one per op that holds weights or has a training mode; `values=False`
+    gives their variables shapes only."""
+    inits = {} if values else {"kernel_init": shape_only, "bias_init": shape_only}
     if isinstance(op, Conv):
         (ph, pw) = op.padding  # explicit: 'SAME' pads unevenly under strides, unlike torch
         return nnx.Conv(op.in_channels, op.out_channels, op.kernel_size, op.stride, padding=((ph, ph), (pw, pw)),
-                        use_bias=op.bias, rngs=rngs)
+                        use_bias=op.bias, rngs=rngs, **inits)
     if isinstance(op, BatchNorm):
-        return TorchBatchNorm(op)
+        return TorchBatchNorm(op, values)
     if isinstance(op, Linear):
-        return nnx.Linear(op.in_features, op.out_features, use_bias=op.bias, rngs=rngs)
+        return nnx.Linear(op.in_features, op.out_features, use_bias=op.bias, rngs=rngs, **inits)
     if isinstance(op, Dropout):
         # Its random keys come with each training call (`model(x, rngs=...)`): the model holds no RNG state.
         return nnx.Dropout(op.rate)
@@ -133,10 +141,12 @@ class Children(nnx.Dict):
 
 
 class ZooModel(nnx.Module):
-    def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+    """`values=False`: variables of shapes only (jax.ShapeDtypeStruct), for `build` to set."""
+
+    def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs, values: bool = True):
         self.spec = spec
         for layer in spec.layers():
-            module = None if isinstance(layer.node, Parallel) else _module(layer.node, rngs)
+            module = None if isinstance(layer.node, Parallel) else _module(layer.node, rngs, values)
             if module is not None:
                 self._place(layer.path, module)
 
@@ -231,8 +241,11 @@ def _variables(model: ZooModel) -> dict[str, nnx.Variable]:
 # --------------------------------------------------------------------------- adapter
 
 def build(spec: ModelSpec, weights: dict[str, np.ndarray]) -> ZooModel:
-    # Shapes only: drawing initial values that are overwritten at once took seconds.
-    model = nnx.eval_shape(lambda: ZooModel(spec, rngs=nnx.Rngs(0)))
+    # Shapes only: drawing initial values that are overwritten at once took seconds. Made eagerly, not
+    # under nnx.eval_shape: in its trace each RNG draw built an error message walking every equation
+    # traced so far (a tracer's missing `sharding`, asked for by Variable.set_value), so building took
+    # quadratic time: 400 one-conv branches 6.4 s, 1500 about 90 s; eagerly 1.0 s and 2.6 s.
+    model = ZooModel(spec, rngs=nnx.Rngs(0), values=False)
     set_weights(model, weights)
     model.eval()
     return model
