@@ -164,6 +164,15 @@ def test_huge_and_elongated_images_are_bounded(tmp_path, monkeypatch):
         load_images([_save(tmp_path, "bomb.png", np.zeros((30, 40), np.uint8))])
 
 
+def test_only_the_listed_decoders_are_used(tmp_path):
+    """Pillow hands an EPS file to Ghostscript (a program of its own) and knows dozens of formats: only PNG,
+    JPEG, BMP, GIF and WebP are decoded."""
+    eps = tmp_path / "x.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nshowpage\n%%EOF\n")
+    with pytest.raises(ValueError, match=r"x\.png: it is not a PNG, JPEG, BMP, GIF or WEBP image"):
+        load_images([str(eps)])
+
+
 def test_only_regular_files_are_read(tmp_path):
     """A FIFO named x.png blocked `zoo predict` forever; a folder gave a traceback-free but vague error."""
     import os

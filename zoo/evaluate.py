@@ -114,6 +114,9 @@ def load_images(paths, invert: str = "auto", fit: str = "pad") -> np.ndarray:
     return np.stack([load_image(p, invert, fit) for p in paths])
 
 
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")  # Pillow's names of the formats `zoo predict` decodes
+
+
 def load_image(path, invert: str = "auto", fit: str = "pad") -> np.ndarray:
     """One image file as `load_images` reads it: uint8 [28, 28]; ValueError naming the file when it can't."""
     try:
@@ -121,7 +124,8 @@ def load_image(path, invert: str = "auto", fit: str = "pad") -> np.ndarray:
     except ImportError:
         raise ImportError("reading images needs Pillow: pip install 'multizoo[data]'") from None
     try:
-        with _open_regular(path) as f, Image.open(f) as im:
+        # Only these decoders: Pillow would hand an EPS file to Ghostscript, a program of its own
+        with _open_regular(path) as f, Image.open(f, formats=IMAGE_FORMATS) as im:
             w, h = im.size  # from the header: nothing is decoded yet
             if w * h > MAX_PIXELS:
                 raise ValueError(f"{path} is {w} x {h} pixels, more than the {MAX_PIXELS:,} read; downscale it")
@@ -132,8 +136,13 @@ def load_image(path, invert: str = "auto", fit: str = "pad") -> np.ndarray:
             a = _fit(np.asarray(im.convert("L"), np.uint8), fit)
     except Image.DecompressionBombError:
         raise ValueError(f"{path} has more than {MAX_PIXELS:,} pixels, the most read; downscale it") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read {path} as an image (PNG or JPEG): {e}") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"cannot read {path}: it is not a {', '.join(IMAGE_FORMATS[:-1])} or {IMAGE_FORMATS[-1]} "
+                         f"image") from None
+    except FileNotFoundError:
+        raise ValueError(f"cannot read {path}: it does not exist") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {path} as an image: {e}") from None
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     if invert == "yes" or (invert == "auto" and border.mean() > 127):
         a = 255 - a
