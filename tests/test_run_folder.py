@@ -311,7 +311,7 @@ DAMAGE = [
      "epochs must be an int, got '2'"),
     ("NaN in the recipe", dict(meta=lambda m: m["run"]["recipe"].update(peak_lr=float("nan"))),
      "peak_lr must be a finite number"),
-    ("another limit", dict(meta=_set_run("limit", 32)), "--limit 64 (the run's: 32)"),
+    ("another limit", dict(meta=_set_run("limit", 32)), "(which has --limit 64 (the checkpoint's: 32))"),
 ]
 
 

@@ -268,17 +268,17 @@ class Run:
             raise CheckpointError(f"{where}: {_text(e)}") from None
         return cls(d["framework"], spec, recipe, limit)
 
-    def differences(self, other: Run) -> list[str]:
+    def differences(self, other: Run, mine: str = "the run's") -> list[str]:
         """'option VALUE (the run's: VALUE)' for each way `other` differs from this run."""
-        out = [f"--framework {other.framework} (the run's: {self.framework})"] * (other.framework != self.framework)
-        mine, theirs = dataclasses.asdict(self.recipe), dataclasses.asdict(other.recipe)
-        out += [f"{_option(k)} {theirs[k]} (the run's: {mine[k]})" for k in mine if mine[k] != theirs[k]]
+        out = [f"--framework {other.framework} ({mine}: {self.framework})"] * (other.framework != self.framework)
+        a, b = dataclasses.asdict(self.recipe), dataclasses.asdict(other.recipe)
+        out += [f"{_option(k)} {b[k]} ({mine}: {a[k]})" for k in a if a[k] != b[k]]
         if other.limit != self.limit:
-            out.append(f"--limit {other.limit} (the run's: {self.limit})")
+            out.append(f"--limit {other.limit} ({mine}: {self.limit})")
         if other.spec != self.spec:
             a, b = self.spec.to_dict(), other.spec.to_dict()
             keys = [k for k in a if a.get(k) != b.get(k)] or ["its layers"]
-            out.append(f"the model ({other.spec.name}, differing in {', '.join(keys)}; the run's: {self.spec.name})")
+            out.append(f"the model ({other.spec.name}, differing in {', '.join(keys)}; {mine}: {self.spec.name})")
         return out
 
 
@@ -404,8 +404,8 @@ def read_checkpoint(out: Path) -> tuple[dict, dict[str, np.ndarray]] | None:
         meta = json.loads(raw.tobytes().decode("utf-8"))
     except (ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: its metadata is not JSON ({_text(e)}): the file is damaged") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: its metadata is {type(meta).__name__}, not a JSON object")
+    if not isinstance(meta, dict) or meta.get("zoo_checkpoint") != RUN_VERSION:
+        raise CheckpointError(f"{path}: its metadata is not that of a zoo checkpoint of version {RUN_VERSION}")
     return meta, arrays
 
 
@@ -453,8 +453,8 @@ def _read_npy(f, info: zipfile.ZipInfo, damaged: str) -> np.ndarray:
     if nbytes > info.file_size:  # before allocating: a header may claim any shape
         raise CheckpointError(f"{damaged} ({info.filename} claims {shape}, more than its {info.file_size} bytes)")
     a = np.frombuffer(f.read(nbytes), dtype)
-    if a.size != math.prod(shape):
-        raise CheckpointError(f"{damaged} ({info.filename} is truncated)")
+    if a.size != math.prod(shape) or f.read(1):  # reading to the end checks the entry's CRC-32
+        raise CheckpointError(f"{damaged} ({info.filename} is not the size its header says)")
     return a.reshape(shape, order="F" if fortran else "C").copy()
 
 
@@ -629,8 +629,8 @@ class Loop:
         self.epoch += 1
         self.history.append(record)
         if self.rank == 0:
-            save_checkpoint(out, state, self.run_info(), self.epoch, self.history)
             log_epoch(record, self.recipe.epochs, progress)
+            save_checkpoint(out, state, self.run_info(), self.epoch, self.history)
 
     def diverged(self, out: Path, losses: list) -> None:
         """Raise Diverged, naming the first step whose loss is not finite (else the epoch whose weights are not)."""
@@ -669,9 +669,9 @@ class Loop:
         meta, arrays = found
         if "run" not in meta:
             raise CheckpointError(f"{path}: its metadata lacks 'run': the file is damaged")
-        differ = Run.from_dict(meta["run"], str(path)).differences(self.run_info())
+        differ = Run.from_dict(meta["run"], str(path)).differences(self.run_info(), "the checkpoint's")
         if differ:
-            raise CheckpointError(f"{path} is not the checkpoint of the run in {out / RUN_FILE} (it differs in: "
+            raise CheckpointError(f"{path} is not the checkpoint of the run in {out / RUN_FILE} (which has "
                                   f"{'; '.join(differ)}); the run cannot be resumed")
         epoch, history = check_history(path, meta, self.recipe)
         check_state(out, arrays, self.expected_state())
