@@ -21,8 +21,12 @@ with the gradients first clipped to a global norm of `clip_norm`, and the learni
 peak_lr / 25 to peak_lr over the first `warmup` share of the steps, then falling to peak_lr / 25e3.
 The loss is the mean cross-entropy against labels smoothed by `label_smoothing`.
 
-A run folder holds `metrics.jsonl` (one line per epoch), `checkpoint.npz` + `checkpoint.json`
-(after every epoch, each replaced atomically), `curves.png`, and at the end `weights.safetensors`.
+A run folder holds `run.json` (what the run is: framework, spec, recipe, data subset; written once, it marks
+the folder as the zoo's), `checkpoint.npz` (after every epoch: the arrays and, as one more array, the epoch and
+history they belong to; one file, replaced whole), `metrics.jsonl` (the checkpoint's history, one line per
+epoch), `curves.png`, and at the end `weights.safetensors`. `--resume` takes the run from run.json; a folder
+without it is never written into. A run whose loss or weights stop being finite stops, keeping its last
+checkpoint (`Diverged`).
 """
 
 from __future__ import annotations
