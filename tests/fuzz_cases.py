@@ -856,9 +856,360 @@ def run_cases(cases, ops=("inspect", "convert", "load"), log=None, formats=FORMA
     return results
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--worker"]:
-        worker(tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else ("torch", "flax", "keras"))
+# =========================================================================== training run folders
+#
+# A case is ('run', kind, seed): a torch run of LeNet (ReLU) on 64 images, stopped after epoch 1 of 2, copied and
+# then damaged, or a folder of the user's files; each goes through `zoo train lenet_relu --out DIR --resume`.
+# Kinds: 'truncate', 'flip', 'zero' (checkpoint.npz's bytes), 'meta' (its JSON metadata edited), 'array' (its
+# arrays edited), 'runfile' (run.json edited), and 'crafted:NAME' (RUN_CRAFTED: foreign folders, links).
+# Outcomes as above: 'ok' is a run that finished right (checkpoint at epoch 2, metrics.jsonl [1, 2], its weights
+# exported, no temporaries, nothing outside the run folder touched); 'error' changed nothing at all.
+
+RUN_FMT = "run"
+RUN_MODEL, RUN_ARGS = "lenet_relu", ["--epochs", "2", "--batch-size", "32", "--limit", "64", "--seed", "3"]
+RUN_KINDS = ("truncate", "flip", "zero", "meta", "array", "runfile")
+EVERY = 1000  # seeds from here on take each edit of a kind's list in turn
+_NAN = float("nan")
+# (JSON path into the checkpoint's metadata, new value; DELETE removes the key)
+DELETE = object()
+RUN_META_EDITS = [
+    (("epoch",), 99), (("epoch",), 0), (("epoch",), -1), (("epoch",), "1"), (("epoch",), 1.0), (("epoch",), None),
+    (("epoch",), 2), (("epoch",), True), (("epoch",), DELETE), (("history",), {}), (("history",), []),
+    (("history",), [None]), (("history",), DELETE), (("history", 0, "epoch"), 2), (("history", 0, "test_acc"), "x"),
+    (("run",), []), (("run",), DELETE), (("run", "framework"), "tf"), (("run", "framework"), 5),
+    (("run", "framework"), "flax"), (("run", "limit"), 0), (("run", "limit"), 32), (("run", "limit"), "64"),
+    (("run", "limit"), DELETE), (("run", "recipe"), []), (("run", "recipe", "peak_lr"), _NAN),
+    (("run", "recipe", "peak_lr"), 1e308), (("run", "recipe", "epochs"), 10**9), (("run", "recipe", "batch_size"), 0),
+    (("run", "recipe", "extra"), 1), (("run", "recipe", "seed"), DELETE), (("run", "spec"), "x"),
+    (("run", "spec", "name"), 5), (("run", "spec", "body"), []),
+    (("zoo_checkpoint",), 99), (("zoo_checkpoint",), DELETE),
+]
+RUN_META_GARBAGE = [b"[1]", b"{", b"\xff\xfe", b"null", NESTED.encode(), b""]
+RUN_ARRAY_EDITS = ["nan_weight", "inf_slot", "slot_shape", "rng_garbage", "rng_float", "no_scheduler", "extra_key",
+                   "float64_weight", "step_count", "scalar_weight", "object_array", "huge_header", "compressed"]
+RUN_FILE_EDITS = ["missing", "list", "garbage", "version", "lr", "limit", "framework", "spec", "empty", "nested"]
+RUN_CRAFTED = ["foreign", "foreign_json", "foreign_link", "link_checkpoint", "link_metrics", "link_curves",
+               "link_weights", "empty_npz", "random_npz", "pickle_npz", "folder_npz", "missing_out", "out_is_file",
+               "no_checkpoint", "fifo_npz"]
+
+
+def _seed_run(folder: Path) -> Path:
+    """The seed run folder, trained once per worker: epoch 1 of 2 done."""
+    import zoo
+    from zoo import training
+    from zoo.frameworks import torch_train
+
+    out = folder / "seed_run"
+    recipe = training.Recipe(input_size=28, epochs=2, batch_size=32, peak_lr=1e-3, seed=3)
+    torch_train.train(zoo.get_spec(RUN_MODEL), recipe, out, limit=64, progress=False, stop_after=1)
+    return out
+
+
+def _pick(seed: int, n: int, rng: random.Random) -> int:
+    """Seeds from EVERY on take the edits of a list in turn; others draw one."""
+    return (seed - EVERY) % n if seed >= EVERY else rng.randrange(n)
+
+
+def _run_meta_edit(out: Path, seed: int, rng: random.Random) -> str:
+    import numpy as np
+
+    from zoo import training
+
+    meta, arrays = training.read_checkpoint(out)
+    i = _pick(seed, len(RUN_META_EDITS) + len(RUN_META_GARBAGE), rng)
+    if i < len(RUN_META_EDITS):
+        keys, value = RUN_META_EDITS[i]
+        d = meta
+        for k in keys[:-1]:
+            d = d[k]
+        if value is DELETE:
+            d.pop(keys[-1], None)
+        else:
+            d[keys[-1]] = value
+        raw, what = json.dumps(meta).encode(), f"metadata {'/'.join(map(str, keys))} = {str(value)[:40]}"
+    else:
+        raw = RUN_META_GARBAGE[i - len(RUN_META_EDITS)]
+        what = f"metadata replaced by {raw[:20]!r}"
+    _write_npz(out / training.CHECKPOINT, {**arrays, training.META_KEY: np.frombuffer(raw, np.uint8)})
+    return what
+
+
+def _write_npz(path: Path, arrays: dict, compress: bool = False) -> None:
+    import numpy as np
+
+    with open(path, "wb") as f:
+        (np.savez_compressed if compress else np.savez)(f, **arrays)
+
+
+def _run_array_edit(out: Path, seed: int, rng: random.Random) -> str:
+    import numpy as np
+
+    from zoo import training
+
+    path = out / training.CHECKPOINT
+    edit = RUN_ARRAY_EDITS[_pick(seed, len(RUN_ARRAY_EDITS), rng)]
+    meta, a = training.read_checkpoint(out)
+    a[training.META_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    weight = rng.choice(sorted(k for k in a if k.startswith("model/")))
+    slot = rng.choice(sorted(k for k in a if k.startswith("optimizer/") and a[k].ndim))
+    if edit == "nan_weight":
+        a[weight].reshape(-1)[0] = np.nan
+    elif edit == "inf_slot":
+        a[slot].reshape(-1)[-1] = np.inf
+    elif edit == "slot_shape":
+        a[slot] = np.zeros((3, 2), np.float32)
+    elif edit == "rng_garbage":
+        a["rng/torch"] = np.frombuffer(rng.randbytes(a["rng/torch"].size), np.uint8)
+    elif edit == "rng_float":
+        a["rng/torch"] = a["rng/torch"].astype(np.float32)
+    elif edit == "no_scheduler":
+        del a["scheduler/last_epoch"]
+    elif edit == "extra_key":
+        a["model/extra.weight"] = np.zeros(3, np.float32)
+    elif edit == "float64_weight":
+        a[weight] = a[weight].astype(np.float64)
+    elif edit == "step_count":
+        a["scheduler/last_epoch"] = np.asarray(rng.choice((0, 1, 3, -5, 2**40)))
+    elif edit == "scalar_weight":
+        a[weight] = np.float32(1)
+    elif edit == "object_array":
+        a[weight] = np.array([{"x": 1}], dtype=object)  # np.savez pickles it
+    if edit == "huge_header":  # an entry whose header claims 10^12 floats
+        _write_npz(path, a)
+        header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }"
+        header = header + " " * (-(len(header) + 11) % 64) + "\n"
+        body = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(16)
+        with zipfile.ZipFile(path, "a") as z:
+            z.writestr("model/huge.npy", body)
+    else:
+        _write_npz(path, a, compress=edit == "compressed")
+    return f"arrays: {edit} ({weight if 'weight' in edit else slot})"
+
+
+def _run_file_edit(out: Path, seed: int, rng: random.Random) -> str:
+    path = out / "run.json"
+    edit = RUN_FILE_EDITS[_pick(seed, len(RUN_FILE_EDITS), rng)]
+    d = json.loads(path.read_text())
+    if edit == "missing":
+        path.unlink()
+        return "run.json removed"
+    text = {"list": "[1, 2]", "garbage": "{not json", "empty": "", "nested": NESTED}.get(edit)
+    if text is None:
+        if edit == "version":
+            d["zoo_run"] = 2
+        elif edit == "lr":
+            d["recipe"]["peak_lr"] = 0.5
+        elif edit == "limit":
+            d["limit"] = 32
+        elif edit == "framework":
+            d["framework"] = "flax"
+        elif edit == "spec":
+            d["spec"]["num_classes"] = 7
+        text = json.dumps(d)
+    path.write_text(text)
+    return f"run.json: {edit}"
+
+
+def _run_crafted(name: str, seed_run: Path, case_dir: Path) -> tuple[Path, str]:
+    import numpy as np
+
+    out, outside = case_dir / "run", case_dir / "outside"
+    outside.mkdir()
+    if name.startswith("foreign"):
+        mine = outside / "mine"
+        mine.mkdir()
+        for f in ("weights.safetensors", "metrics.jsonl", "curves.png", "checkpoint.npz") + (
+                ("checkpoint.json",) if name == "foreign_json" else ()):
+            (mine / f).write_text(f"the user's {f}\n")
+        if name == "foreign_link":
+            out.symlink_to(mine)
+        else:
+            shutil.move(mine, out)
+        return out, name
+    if name == "missing_out":
+        return out, name
+    if name == "out_is_file":
+        out.write_text("notes")
+        return out, name
+    shutil.copytree(seed_run, out, symlinks=True)
+    npz = out / "checkpoint.npz"
+    if name.startswith("link_"):
+        target = {"checkpoint": npz, "metrics": out / "metrics.jsonl", "curves": out / "curves.png",
+                  "weights": out / "weights.safetensors"}[name[5:]]
+        kept = outside / target.name
+        if target.exists():
+            shutil.move(target, kept)
+        else:
+            kept.write_text("the user's own file\n")
+        target.symlink_to(kept)
+    elif name == "empty_npz":
+        npz.write_bytes(b"")
+    elif name == "random_npz":
+        npz.write_bytes(random.Random(name).randbytes(4096))
+    elif name == "pickle_npz":
+        with open(npz, "wb") as f:
+            np.save(f, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    elif name == "folder_npz":
+        npz.unlink()
+        npz.mkdir()
+    elif name == "fifo_npz":
+        npz.unlink()
+        os.mkfifo(npz)
+    elif name == "no_checkpoint":
+        npz.unlink()
+    return out, name
+
+
+def make_run_case(kind: str, seed: int, seed_run: Path, case_dir: Path) -> tuple[Path, str]:
+    """Build one run-folder case in `case_dir`; returns (the --out path, what was done)."""
+    rng = random.Random(f"{RUN_FMT}/{kind}/{seed}")
+    if kind.startswith("crafted:"):
+        return _run_crafted(kind[8:], seed_run, case_dir)
+    out = case_dir / "run"
+    (case_dir / "outside").mkdir()
+    shutil.copytree(seed_run, out, symlinks=True)
+    if kind == "meta":
+        return out, _run_meta_edit(out, seed, rng)
+    if kind == "array":
+        return out, _run_array_edit(out, seed, rng)
+    if kind == "runfile":
+        return out, _run_file_edit(out, seed, rng)
+    return out, _mutate_bytes(out / "checkpoint.npz", kind, rng)
+
+
+def run_corpus(per_kind: int) -> list[tuple[str, str, int]]:
+    """Every crafted run folder, every edit of each list once, and `per_kind` x 2 seeded mutants of each kind."""
+    cases = [(RUN_FMT, f"crafted:{name}", 0) for name in RUN_CRAFTED]
+    cases += [(RUN_FMT, kind, seed) for kind in RUN_KINDS for seed in range(2 * per_kind)]
+    for kind, n in (("meta", len(RUN_META_EDITS) + len(RUN_META_GARBAGE)), ("array", len(RUN_ARRAY_EDITS)),
+                    ("runfile", len(RUN_FILE_EDITS))):
+        cases += [(RUN_FMT, kind, EVERY + i) for i in range(n)]
+    return cases
+
+
+def _run_finished(out: Path) -> str:
+    """'' when `out` holds the finished run, else what is wrong with it."""
+    from zoo import training
+
+    if training.checkpoint_epoch(out) != 2:
+        return f"checkpoint epoch {training.checkpoint_epoch(out)}"
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    if epochs != [1, 2]:
+        return f"metrics.jsonl epochs {epochs}"
+    if not (out / "weights.safetensors").is_file() or (out / "weights.safetensors").is_symlink():
+        return "no weights.safetensors"
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    return f"temporaries left: {leftovers}" if leftovers else ""
+
+
+def run_resume(kind: str, out: Path, case_dir: Path) -> tuple[str, str]:
+    """`zoo train lenet_relu --out OUT --resume` on one case: (outcome, detail)."""
+    from zoo import cli
+
+    before, outside = _snapshot(case_dir), _snapshot(case_dir / "outside")
+    err, stdout, detail = io.StringIO(), io.StringIO(), ""
+    signal.alarm(CASE_SECONDS)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(stdout):
+            try:
+                rc = cli.main(["train", RUN_MODEL, "--out", str(out), "--resume"])
+            except BaseException as e:  # noqa: BLE001 - anything escaping main is a bug
+                if isinstance(e, CaseTimeout):
+                    raise
+                rc, detail = -1, f"escaped main: {type(e).__name__}: {str(e)[:300]}"
+        signal.alarm(0)
+        lines = [line for line in err.getvalue().strip().splitlines() if not line.startswith(("resumed", "epoch "))
+                 and "%|" not in line]
+        if rc == 0:
+            wrong = _run_finished(out)
+            outcome, detail = ("wrong", wrong) if wrong else ("ok", "")
+        elif rc == 2 and len(lines) == 1 and lines[0].startswith("zoo: error: ") and "allow_pickle" not in lines[0]:
+            outcome, detail = "error", lines[0]
+        else:
+            outcome, detail = "bad-error", detail or err.getvalue()[-600:]
+    except CaseTimeout:
+        outcome, detail = "timeout", f"over {CASE_SECONDS} s"
+    finally:
+        signal.alarm(0)
+    changed = _snapshot(case_dir / "outside") != outside if outcome == "ok" else _snapshot(case_dir) != before
+    if changed:
+        outcome, detail = "leftover", f"changed on disk; was {outcome} {detail}"
+    return outcome, detail[:500]
+
+
+def run_worker() -> None:
+    """The worker for run-folder cases (`python tests/fuzz_cases.py --run-worker`): torch only."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import warnings
+
+    warnings.simplefilter("ignore")
+    import torch  # noqa: F401
+
+    def on_alarm(signum, frame):
+        raise CaseTimeout()
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    root = Path(tempfile.mkdtemp(prefix="zoo-fuzz-run-"))
+    seed_run = _seed_run(root)
+    vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + MEMORY_BUDGET, resource.RLIM_INFINITY))
+    print(json.dumps({"ready": True, "root": str(root)}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        kind, seed = req["kind"], req["seed"]
+        case_dir = root / f"case{seed}-{kind.replace(':', '_')}"
+        case_dir.mkdir()
+        try:
+            out, what = make_run_case(kind, seed, seed_run, case_dir)
+        except Exception as e:
+            print(json.dumps({"build_error": f"{type(e).__name__}: {e}"}), flush=True)
+            shutil.rmtree(case_dir, ignore_errors=True)
+            continue
+        outcome, detail = run_resume(kind, out, case_dir)
+        subprocess.run(["rm", "-rf", str(case_dir)], check=False)  # FIFOs and links too
+        print(json.dumps({"what": what, "results": [{"op": "resume", "dst": None, "outcome": outcome,
+                                                     "detail": detail}]}), flush=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+class RunWorker(Worker):
+    def __init__(self):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                            os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen([sys.executable, __file__, "--run-worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        ready = self._read(300)
+        if ready is None:
+            raise RuntimeError("the run-folder fuzz worker did not start")
+        self.root = Path(ready["root"])
+
+
+def run_folder_cases(cases, log=None) -> list[dict]:
+    """Run each run-folder case through `zoo train --resume` in a RunWorker (a hang or death is a result)."""
+    results, w = [], None
+    try:
+        for case in cases:
+            w = w or RunWorker()
+            t = time.perf_counter()
+            reply = w.run(case, ["resume"], [])
+            if reply is None:
+                code = w.proc.poll()
+                w.proc.kill()
+                w.proc.wait()
+                subprocess.run(["rm", "-rf", str(w.root)], check=False)
+                w = None
+                reply = {"what": "?", "results": [{"op": "resume", "outcome": "hang",
+                                                   "detail": f"worker exit status {code}"}]}
+            if "build_error" in reply:
+                raise RuntimeError(f"{case}: the harness could not build the case: {reply['build_error']}")
+            row = {"fmt": case[0], "kind": case[1], "seed": case[2], "seconds": time.perf_counter() - t, **reply}
+            results.append(row)
+            if log:
+                log(row)
+    finally:
+        if w:
+            w.close()
+    return results
 
 
 # --------------------------------------------------------------------------- ONNX graph edits (issue 19)
@@ -1103,3 +1454,10 @@ def _graph_edit_op(op: str, case: str, what: str, path: Path, out: Path, x, want
         if out.exists():
             out.unlink()
     return {"case": case, "what": what, "op": op, "outcome": outcome, "detail": detail[:500]}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        worker(tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else ("torch", "flax", "keras"))
+    elif sys.argv[1:2] == ["--run-worker"]:
+        run_worker()

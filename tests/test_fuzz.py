@@ -75,3 +75,24 @@ def test_onnx_graph_edits(tmp_path, capsys):
                 if r["outcome"] not in ("ok", "error")]
     assert not failures, f"{len(failures)} operation(s) failed:\n" + "\n".join(failures)
     assert [r["outcome"] for r in rows if r["case"] == "unedited"] == ["ok"] * 3, rows[:3]
+
+
+def test_fuzz_run_folders(capsys):
+    """Damaged, edited and foreign run folders through `zoo train --resume`: each resumes and finishes right, or
+    is refused in one line with nothing changed (PER_KIND x 4 seeded mutants of each byte and array kind)."""
+    pytest.importorskip("torch")
+    from zoo import data
+
+    if not (data.DEFAULT_DIR / data.FILES[("train", "images")][0]).exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    rows = fuzz_cases.run_folder_cases(fuzz_cases.run_corpus(PER_KIND))
+    counts = collections.Counter(r["outcome"] for row in rows for r in row["results"])
+    failures = [f"{row['kind']} seed {row['seed']} ({row['what']}): {r['outcome']}: {r['detail']}"
+                for row in rows for r in row["results"] if r["outcome"] not in ("ok", "error")]
+    with capsys.disabled():
+        print(f"\nfuzz (run folders): {len(rows)} cases; outcomes: {json.dumps(dict(counts))}")
+    if os.environ.get("ZOO_FUZZ_REPORT"):
+        report = Path(os.environ["ZOO_FUZZ_REPORT"])
+        with open(report.with_name(f"{report.stem}-run-folders{report.suffix}"), "w") as f:
+            json.dump({"summary": dict(counts), "rows": rows}, f, indent=1)
+    assert not failures, f"{len(failures)} case(s) failed:\n" + "\n".join(failures[:60])

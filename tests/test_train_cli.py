@@ -30,9 +30,9 @@ def test_train_evaluate_predict(framework, tmp_path, capsys):
     said = capsys.readouterr().out
     weights = out / "weights.safetensors"
     assert re.search(r"test accuracy 0\.\d{4}; weights in ", said) and weights.is_file(), said
-    meta = json.loads((out / "checkpoint.json").read_text())
-    assert meta["framework"] == framework and meta["epoch"] == 2
-    assert training.Recipe.from_dict(meta["recipe"]).input_size == 28  # lenet's own size: no shipped recipe
+    meta, _ = training.read_checkpoint(out)
+    assert meta["run"]["framework"] == framework and meta["epoch"] == 2
+    assert training.Recipe.from_dict(meta["run"]["recipe"]).input_size == 28  # lenet's own size: no shipped recipe
     assert main(["evaluate", "lenet_relu", "--weights", str(weights), "--framework", framework, "--limit", "200"]) == 0
     acc = float(re.search(r"test accuracy (0\.\d+)", capsys.readouterr().out).group(1))
     assert acc > 0.3, acc  # 16 steps of LeNet (ReLU) from scratch: well above chance (0.1)
@@ -71,13 +71,14 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, monkeypatch, caps
     assert bar and "256/256" in bar[-1] and re.search(r"img/s, loss \d\.\d{3}\]", bar[-1]), err
     assert "epoch 1/2: test accuracy" in err
     err = err.splitlines()[-1]
-    command = shlex.join(["zoo", "train", "lenet_relu", "--out", str(out), *TRAIN_ARGS, "--resume"])
+    command = shlex.join(["zoo", "train", "lenet_relu", "--out", str(out), "--resume"])  # the folder has the rest
     assert err == f"zoo: interrupted; kept the checkpoint of epoch 1 (the last complete one) in {out}. " \
                   f"Resume with: {command}"
     monkeypatch.setattr(training, "save_checkpoint", save)
     assert main(shlex.split(command)[1:]) == 0
-    assert json.loads((out / "checkpoint.json").read_text())["epoch"] == 2
+    assert training.checkpoint_epoch(out) == 2
     assert "resumed" in capsys.readouterr().err
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 def test_ctrl_c_before_a_checkpoint_and_in_other_commands(tmp_path, monkeypatch, capsys):

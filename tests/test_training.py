@@ -167,7 +167,7 @@ def test_resume_is_exact(framework, tmp_path):
     """Two epochs straight, and one epoch then a resumed second, with dropout on: the same weights."""
     straight = _run(framework, tmp_path / "a")
     _run(framework, tmp_path / "b", stop_after=1)  # as if killed after epoch 1's checkpoint
-    assert json.loads((tmp_path / "b" / "checkpoint.json").read_text())["epoch"] == 1
+    assert training.checkpoint_epoch(tmp_path / "b") == 1
     resumed = _run(framework, tmp_path / "b", resume=True)
     assert resumed.epoch == 2 and [h["epoch"] for h in resumed.history] == [1, 2]
     a, b = straight.weights(), resumed.weights()
@@ -183,7 +183,7 @@ def test_refuses_to_mix_runs(framework, tmp_path):
     _run(framework, tmp_path / "run", epochs=1)
     with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
         _run(framework, tmp_path / "run", epochs=1)
-    with pytest.raises(ValueError, match="was trained with another recipe or spec"):
+    with pytest.raises(ValueError, match=r"holds another run: --epochs 3 \(the run's: 1\)"):
         _run(framework, tmp_path / "run", epochs=3, resume=True)
-    with pytest.raises(ValueError, match=f"holds a {framework} run; resume it with --framework {framework}"):
+    with pytest.raises(ValueError, match=f"holds another run: --framework {other} \\(the run's: {framework}\\)"):
         _run(other, tmp_path / "run", epochs=1, resume=True)

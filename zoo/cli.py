@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import json
 import os
 import shlex
 import sys
@@ -145,10 +144,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                                     "of their own")
     t = sub.add_parser("train", help="train a model on Fashion-MNIST in torch, flax or keras, from one recipe")
     t.add_argument("model")
-    t.add_argument("--framework", "-f", default="torch", choices=TRAINERS,
+    t.add_argument("--framework", "-f", choices=TRAINERS,
                    help="the trainer's framework (default torch, the fastest on a CPU here)")
     t.add_argument("--out", required=True, help="run folder: metrics, checkpoints, curves, weights")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last epoch, with the options it was started with")
     t.add_argument("--devices", type=int, help="flax, keras (JAX backend): data parallel over this many devices; "
                                                "torch: start it under torchrun instead")
     t.add_argument("--epochs", type=int)
@@ -204,42 +204,102 @@ def _train(args) -> None:
     for k in ("epochs", "input_size", "batch_size", "limit", "devices"):  # before: --batch-size 0 divided by zero
         if getattr(args, k) is not None and getattr(args, k) < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
+    from zoo import training
     from zoo._frameworks import quiet_import
-    from zoo.training import Recipe, default_recipe
 
-    if args.devices and args.devices > 1 and args.framework in ("flax", "keras") and "jax" not in sys.modules:
+    # everything that needs no framework first: a mistyped option or a wrong --out costs no framework import
+    out = training.check_out(args.out, args.resume)
+    run = _train_run(args, out)
+    training.check_spec(run.spec, run.recipe)
+    training.check_split(run.recipe, args.devices)
+    if run.framework == "torch":
+        training.check_torch_devices(args.devices, int(os.environ.get("WORLD_SIZE", "1")))
+    if args.resume and _complete(out, run):
+        return
+
+    if args.devices and args.devices > 1 and run.framework in ("flax", "keras") and "jax" not in sys.modules:
         # XLA makes this many host devices when it starts (a GPU machine's devices are unaffected)
         flag = f"--xla_force_host_platform_device_count={args.devices}"
         if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
             os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
-
-    chosen = {k: getattr(args, k) for k in RECIPE_OPTIONS if getattr(args, k) is not None}
-    recipe = Recipe.from_dict({**dataclasses.asdict(default_recipe(args.model)), **chosen})
-    spec = zoo.get_spec(args.model, input_size=recipe.input_size, **dict(args.set))
-    # after the argument checks: a mistyped option costs no framework import
-    trainer_module = quiet_import(f"zoo.frameworks.{args.framework}_train")
-    trainer = trainer_module.train(spec, recipe, args.out, resume=args.resume, data_root=args.data,
-                                   limit=args.limit, devices=args.devices)
+    trainer_module = quiet_import(f"zoo.frameworks.{run.framework}_train")
+    trainer = trainer_module.train(run.spec, run.recipe, out, resume=args.resume, data_root=args.data,
+                                   limit=run.limit, devices=args.devices)
     if trainer.rank:
         return
     from zoo import pretrained
 
-    path = pretrained.export_run(trainer, args.out)
-    print(f"test accuracy {trainer.history[-1]['test_acc']:.4f}; weights in {path}; curves in {args.out}/curves.png")
+    path = pretrained.export_run(trainer, out)
+    print(f"test accuracy {trainer.history[-1]['test_acc']:.4f}; weights in {path}; curves in {out}/curves.png")
+
+
+def _train_run(args, out: Path):
+    """The run that `zoo train` asks for: from the options, or with --resume from the run folder, where the
+    options given again must agree with the run's."""
+    from zoo.training import CheckpointError, Recipe, Run, default_recipe, read_run
+
+    chosen = {k: getattr(args, k) for k in RECIPE_OPTIONS if getattr(args, k) is not None}
+    if not args.resume:
+        recipe = Recipe.from_dict({**dataclasses.asdict(default_recipe(args.model)), **chosen})
+        return Run(args.framework or "torch", _train_spec(args.model, recipe.input_size, dict(args.set)), recipe,
+                   args.limit)
+    run = read_run(out)
+    differ = [f"the model {args.model} (the run's: {run.spec.name})"] * (args.model != run.spec.name)
+    if not differ:
+        recipe = Recipe.from_dict({**dataclasses.asdict(run.recipe), **chosen})
+        spec = _train_spec(args.model, recipe.input_size, dict(args.set)) if args.set else run.spec
+        differ = run.differences(Run(args.framework or run.framework, spec, recipe,
+                                     run.limit if args.limit is None else args.limit))
+    if differ:
+        raise CheckpointError(f"{out} holds a run started with other options: {'; '.join(differ)}. `--resume` "
+                              f"alone continues it as it was started; for another recipe choose another --out")
+    return run
+
+
+def _train_spec(model: str, size: int, overrides: dict):
+    """The model's spec for training at `size`; too small a size is refused naming the minimum."""
+    try:
+        return zoo.get_spec(model, **{**overrides, "input_size": size})
+    except ValueError:
+        nominal = zoo.get_spec(model, **overrides)
+        nominal.check_input((1, nominal.in_channels, size, size), "NCHW")  # says the minimum, where there is one
+        raise
+
+
+def _complete(out: Path, run) -> bool:
+    """Whether the run in `out` is complete (its last epoch checkpointed, its weights exported): then say so."""
+    from zoo import training
+
+    found = training.read_checkpoint(out)
+    if found is None or found[0].get("epoch") != run.recipe.epochs or not (out / "weights.safetensors").is_file():
+        return False
+    history = found[0].get("history")
+    acc = history[-1].get("test_acc") if isinstance(history, list) and history and isinstance(history[-1], dict) \
+        else None
+    said = f", test accuracy {acc:.4f}" if isinstance(acc, float) else ""
+    print(f"{out}: the run is complete ({run.recipe.epochs} of {run.recipe.epochs} epochs{said}); weights in "
+          f"{out / 'weights.safetensors'}")
+    return True
 
 
 def _interrupted(args, argv: list[str]) -> str:
     """What Ctrl-C left behind: nothing, except for `zoo train`, whose checkpoints stay and can be resumed."""
     if args.command != "train":
         return "zoo: interrupted; no output was written"
+    from zoo import training
+
     out = Path(args.out)
-    again = shlex.join(["zoo", *argv, *([] if "--resume" in argv else ["--resume"])])
-    state = out / "checkpoint.json"
-    if state.is_file():
-        kept = f"kept the checkpoint of epoch {json.loads(state.read_text())['epoch']} (the last complete one) in {out}"
+    if not (out / training.RUN_FILE).is_file():
+        return "zoo: interrupted before the run started; nothing was written"
+    again = ["zoo", "train", args.model, "--out", args.out, "--resume"]
+    again += ["--data", args.data] if args.data else []
+    again += ["--devices", str(args.devices)] if args.devices else []
+    epoch = training.checkpoint_epoch(out)
+    if epoch:
+        kept = f"kept the checkpoint of epoch {epoch} (the last complete one) in {out}"
     else:
         kept = f"no epoch was complete, so {out} holds no checkpoint yet"
-    return f"zoo: interrupted; {kept}. Resume with: {again}"
+    return f"zoo: interrupted; {kept}. Resume with: {shlex.join(again)}"
 
 
 def _check_model_name(args) -> None:

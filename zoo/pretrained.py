@@ -211,6 +211,7 @@ def export_run(trainer, out) -> Path:
     from safetensors.numpy import save_file
 
     from zoo import data
+    from zoo.io.checkpoint import atomic_output
     from zoo.io.io_safetensors import metadata
 
     out = Path(out)
@@ -223,10 +224,9 @@ def export_run(trainer, out) -> Path:
              "dataset_license": data.LICENSE, "recipe": dataclasses.asdict(r)}
     weights = trainer.weights()
     path = out / "weights.safetensors"
-    tmp = out / ".weights.partial.safetensors"
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp),
-              metadata=metadata(trainer.spec, {"pretrained": json.dumps(entry)}))
-    os.replace(tmp, path)
+    with atomic_output(path, force=True, is_previous=lambda p: p.is_file() or p.is_symlink()) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp),
+                  metadata=metadata(trainer.spec, {"pretrained": json.dumps(entry)}))
     return path
 
 

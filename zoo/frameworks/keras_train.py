@@ -278,18 +278,12 @@ class Trainer(training.Loop):
                            shuffle=False, verbose=0, callbacks=[EpochEnd(self, Path(out), progress), *callbacks])
         return self.history
 
-    def end_epoch(self, out: Path, logs: dict, seconds: float, progress: bool) -> None:
-        """After fit's epoch `self.epoch`: test, record, log, checkpoint."""
-        r, n = self.recipe, self.steps_per_epoch
-        test = self.evaluate_set(self.test_x, self.test_y)
-        self.epoch += 1
-        record = training.epoch_record(self.epoch, float(logs["loss"]), float(logs["correct"]) / (n * r.batch_size),
-                                       test, float(self.lrs[self.epoch * n - 1]), seconds, n * r.batch_size)
-        self.history.append(record)
-        logs.update(test_loss=test[0], test_acc=test[1])
-        training.log_epoch(out, record, r.epochs, progress)
-        training.save_checkpoint(out, self.state(), training.checkpoint_meta(self.framework, self.spec, r, self.epoch,
-                                                                             self.history))
+    def fit_epoch_end(self, out: Path, logs: dict, losses: list, seconds: float, progress: bool) -> None:
+        """After fit's epoch `self.epoch` (its steps' running mean losses): `Loop.end_epoch`, and the test
+        split's loss and accuracy into the epoch's logs, for the callbacks after this one."""
+        n = self.steps_per_epoch * self.recipe.batch_size
+        self.end_epoch(out, losses, float(logs["loss"]), float(logs["correct"]) / n, seconds, progress)
+        logs.update(test_loss=self.history[-1]["test_loss"], test_acc=self.history[-1]["test_acc"])
 
     # ---- checkpoints: canonical weights, the optimizer's slots (Keras layout) and count, the dropout seeds
 
@@ -306,10 +300,11 @@ class Trainer(training.Loop):
         out.update({k: ops.convert_to_numpy(v) for k, v in self._variables().items()})
         return out
 
+    def steps_taken(self, arrays: dict[str, np.ndarray]) -> list[int]:
+        return [int(arrays["optimizer/iterations"])]
+
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        variables = self._variables()
-        training.check_state(Path("checkpoint"), {k: v for k, v in arrays.items() if not k.startswith("model/")},
-                             {k: np.empty(v.shape) for k, v in variables.items()})  # (their shapes)
+        variables = self._variables()  # (names, shapes and dtypes checked by Loop.resume)
         with self._scope():
             keras_model.set_weights(self.model, {k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
             for k, v in variables.items():
@@ -327,18 +322,23 @@ class EpochEnd(keras.callbacks.Callback):
         from zoo._progress import bar
 
         r = self.trainer.recipe
-        self.t0 = time.perf_counter()
+        self.t0, self.losses = time.perf_counter(), []
         self.bar = bar(self.trainer.steps_per_epoch * r.batch_size, f"epoch {epoch + 1}/{r.epochs}", self.progress)
 
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(self.trainer.recipe.batch_size)  # in images/s
-        if self.progress and batch % 20 == 19:
-            self.bar.set_postfix_str(f"loss {float(logs['loss']):.3f}", refresh=False)  # the epoch's mean so far
+        self.losses.append(logs["loss"])  # the epoch's mean so far: not finite from the first step that is not
+        if batch % 20 == 19:  # float() waits for the device
+            if not math.isfinite(float(logs["loss"])):
+                self.bar.close()
+                self.trainer.diverged(self.out, self.losses)
+            if self.progress:
+                self.bar.set_postfix_str(f"loss {float(logs['loss']):.3f}", refresh=False)
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.t0
         self.bar.close()
-        self.trainer.end_epoch(self.out, logs, seconds, self.progress)
+        self.trainer.fit_epoch_end(self.out, logs, self.losses, seconds, self.progress)
 
 
 def train(spec: ModelSpec, recipe: Recipe, out, *, resume: bool = False, data_root=None, limit: int | None = None,
@@ -346,7 +346,7 @@ def train(spec: ModelSpec, recipe: Recipe, out, *, resume: bool = False, data_ro
     """Train, checkpointing every epoch; `limit` trains and tests on the first images only (for tests);
     `callbacks`: Keras callbacks for `model.fit`."""
     trainer = Trainer(spec, recipe, *training.load_data(data_root, limit), devices=devices)  # checks, before files
-    out = training.open_run(out, resume)
+    out = training.open_run(out, resume, trainer, limit)
     if resume:
         trainer.resume(out, progress)
     trainer.run(out, progress, stop_after, callbacks)

@@ -104,6 +104,22 @@ class Trainer(training.Loop):
         out["rng/torch"] = torch.get_rng_state().numpy()
         return out
 
+    SLOTS = {"sgd": ("momentum_buffer",), "adamw": ("step", "exp_avg", "exp_avg_sq")}  # what torch.optim keeps
+
+    def expected_state(self) -> dict[str, np.ndarray]:
+        """What `state()` holds after a step (torch.optim makes its slots at the first one)."""
+        out = {"model/" + k: v for k, v in self.weights().items()}
+        for name, p in self.model.named_parameters():
+            for slot in self.SLOTS[self.recipe.optimizer]:
+                shape = () if slot == "step" else tuple(p.shape)  # AdamW counts its steps in a float32 scalar
+                out[f"optimizer/{name}/{slot}"] = np.zeros(shape, np.float32)
+        out["scheduler/last_epoch"] = np.asarray(self.scheduler.last_epoch)
+        out["rng/torch"] = torch.get_rng_state().numpy()
+        return out
+
+    def steps_taken(self, arrays: dict[str, np.ndarray]) -> list[int]:
+        return [int(arrays["scheduler/last_epoch"])]
+
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         torch_model.set_weights(self.model, {k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
         params = dict(self.model.named_parameters())
@@ -135,12 +151,13 @@ def train(spec: ModelSpec, recipe: Recipe, out, *, resume: bool = False, data_ro
           progress: bool = True, stop_after: int | None = None, devices: int | None = None) -> Trainer:
     """Train, checkpointing every epoch; `limit` trains and tests on the first images only (for tests)."""
     rank, world = distributed()
-    if devices not in (None, world):
-        raise ValueError(f"--devices {devices}: PyTorch trains on as many processes as torchrun starts ({world} here); "
-                         f"run `torchrun --nproc-per-node {devices} -m zoo train ...` instead")
+    training.check_torch_devices(devices, world)
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     trainer = Trainer(spec, recipe, *training.load_data(data_root, limit), rank=rank, world=world, device=device)
-    out = training.open_run(out, resume) if rank == 0 else Path(out)
+    if rank == 0:
+        out = training.open_run(out, resume, trainer, limit)
+    else:
+        out, trainer.limit = Path(out), limit
     if world > 1:
         import torch.distributed as dist
 
