@@ -125,6 +125,19 @@ def test_resume_needs_a_run_folder(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
+def test_a_run_folder_of_an_earlier_zoo_is_named_as_such(tmp_path):
+    """Folders of the two-file checkpoint (checkpoint.npz + checkpoint.json) are not resumed, and said to be
+    an earlier zoo's, not "not a zoo run folder"."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "checkpoint.npz").write_bytes(b"PK\x05\x06" + bytes(18))
+    (old / "checkpoint.json").write_text('{"epoch": 1}')
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    rc, err = cli("lenet_relu", "--out", old, *ARGS, "--resume")
+    assert rc == 2 and "holds a run of an earlier zoo" in err and "start a new run with another --out" in err, err
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
+
+
 def test_links_in_the_run_folder_are_replaced_not_written_through(run, tmp_path):
     """metrics.jsonl was appended to, so a link there wrote into the file it points at."""
     outside = tmp_path / "notes.jsonl"

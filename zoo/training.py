@@ -307,6 +307,10 @@ def check_out(out: str | os.PathLike, resume: bool) -> Path:
         if not out.is_dir():
             raise CheckpointError(f"{out} does not exist, so there is no run to resume; leave out --resume to "
                                   f"start one")
+        if not (out / RUN_FILE).is_file() and (out / "checkpoint.json").is_file():
+            raise CheckpointError(f"{out} holds a run of an earlier zoo (checkpoint.json beside checkpoint.npz, no "
+                                  f"{RUN_FILE}), whose two files this zoo no longer trusts to agree: it cannot be "
+                                  f"resumed; nothing in it was changed; start a new run with another --out")
         if not (out / RUN_FILE).is_file():
             raise CheckpointError(f"{out} is not a zoo run folder (it has no {RUN_FILE}): nothing in it was "
                                   f"changed; choose another --out for a new run")
