@@ -653,8 +653,22 @@ def _one_line_error(e: BaseException) -> bool:
     return isinstance(e, (ValueError, TypeError, OSError, ImportError)) and "\n" not in str(e) and bool(str(e))
 
 
-def run_op(op: str, fmt: str, kind: str, path: Path, case_dir: Path, dst_fmt: str) -> tuple[str, str]:
+def run_cli(argv) -> tuple[int, list[str], str]:
+    """`zoo ARGV` in this process: (exit status, stderr's lines, what escaped main, if anything: a bug)."""
     from zoo import cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc, escaped = cli.main(argv), ""
+        except BaseException as e:  # noqa: BLE001 - anything escaping main is a bug
+            if isinstance(e, CaseTimeout):
+                raise
+            rc, escaped = -1, f"escaped main: {type(e).__name__}: {str(e)[:300]}"
+    return rc, err.getvalue().strip().splitlines(), escaped
+
+
+def run_op(op: str, fmt: str, kind: str, path: Path, case_dir: Path, dst_fmt: str) -> tuple[str, str]:
 
     before = _snapshot(case_dir)
     out_path = case_dir / ("out_" + NAMES[dst_fmt])
@@ -674,21 +688,14 @@ def run_op(op: str, fmt: str, kind: str, path: Path, case_dir: Path, dst_fmt: st
             argv = ["inspect", str(path)] if op == "inspect" else ["convert", str(path), str(out_path)]
             if op == "convert" and fmt == "flax":
                 argv[1:1] = ["--from", "flax"]
-            err, out = io.StringIO(), io.StringIO()
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-                try:
-                    rc = cli.main(argv)
-                except BaseException as e:  # noqa: BLE001 - anything escaping main is a bug
-                    if isinstance(e, CaseTimeout):
-                        raise
-                    rc, detail = -1, f"escaped main: {type(e).__name__}: {str(e)[:300]}"
-            lines = err.getvalue().strip().splitlines()
+            rc, lines, escaped = run_cli(argv)
+            detail = escaped or detail
             if rc == 0:
                 outcome = "ok"
             elif rc == 2 and len(lines) == 1 and lines[0].startswith("zoo: error: "):
                 outcome, detail = "error", lines[0]
             else:
-                outcome, detail = "bad-error", detail or err.getvalue()[-600:]
+                outcome, detail = "bad-error", detail or "\n".join(lines)[-600:]
         signal.alarm(0)
         if outcome == "ok":  # correct output: the tensors read back equal the seed file's
             src_fmt = "flax" if fmt == "flax" else None
@@ -829,20 +836,25 @@ def run_cases(cases, ops=("inspect", "convert", "load"), log=None, formats=FORMA
 
     Conversions write the `formats` given (each case's own excepted), and the worker imports only the
     frameworks they need."""
-    results, w = [], None
     dsts = [d for d in DESTINATIONS if d in formats]
+    return supervise(cases, lambda: Worker(frameworks(formats)), list(ops), dsts, "?", log)
+
+
+def supervise(cases, new_worker, ops, dsts, hung_op: str, log=None) -> list[dict]:
+    """Each case in a worker from `new_worker()`, which is replaced after a hang or a death (both are results)."""
+    results, w = [], None
     try:
         for case in cases:
-            w = w or Worker(frameworks(formats))
+            w = w or new_worker()
             t = time.perf_counter()
-            reply = w.run(case, list(ops), dsts)
+            reply = w.run(case, ops, dsts)
             if reply is None:  # hung past HARD_SECONDS, or died (memory, signal)
                 code = w.proc.poll()
                 w.proc.kill()
                 w.proc.wait()
                 subprocess.run(["rm", "-rf", str(w.root)], check=False)  # its cases' folders, FIFOs included
                 w = None
-                reply = {"what": "?", "results": [{"op": "?", "outcome": "hang",
+                reply = {"what": "?", "results": [{"op": hung_op, "outcome": "hang",
                                                    "detail": f"worker exit status {code}"}]}
             if "build_error" in reply:
                 raise RuntimeError(f"{case}: the harness could not build the case: {reply['build_error']}")
@@ -1104,29 +1116,19 @@ def _run_finished(out: Path) -> str:
 
 def run_resume(kind: str, out: Path, case_dir: Path) -> tuple[str, str]:
     """`zoo train lenet_relu --out OUT --resume` on one case: (outcome, detail)."""
-    from zoo import cli
-
     before, outside = _snapshot(case_dir), _snapshot(case_dir / "outside")
-    err, stdout, detail = io.StringIO(), io.StringIO(), ""
     signal.alarm(CASE_SECONDS)
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(stdout):
-            try:
-                rc = cli.main(["train", RUN_MODEL, "--out", str(out), "--resume"])
-            except BaseException as e:  # noqa: BLE001 - anything escaping main is a bug
-                if isinstance(e, CaseTimeout):
-                    raise
-                rc, detail = -1, f"escaped main: {type(e).__name__}: {str(e)[:300]}"
+        rc, raw, detail = run_cli(["train", RUN_MODEL, "--out", str(out), "--resume"])
         signal.alarm(0)
-        lines = [line for line in err.getvalue().strip().splitlines() if not line.startswith(("resumed", "epoch "))
-                 and "%|" not in line]
+        lines = [line for line in raw if not line.startswith(("resumed", "epoch ")) and "%|" not in line]
         if rc == 0:
             wrong = _run_finished(out)
             outcome, detail = ("wrong", wrong) if wrong else ("ok", "")
         elif rc == 2 and len(lines) == 1 and lines[0].startswith("zoo: error: ") and "allow_pickle" not in lines[0]:
             outcome, detail = "error", lines[0]
         else:
-            outcome, detail = "bad-error", detail or err.getvalue()[-600:]
+            outcome, detail = "bad-error", detail or "\n".join(raw)[-600:]
     except CaseTimeout:
         outcome, detail = "timeout", f"over {CASE_SECONDS} s"
     finally:
@@ -1186,30 +1188,7 @@ class RunWorker(Worker):
 
 def run_folder_cases(cases, log=None) -> list[dict]:
     """Run each run-folder case through `zoo train --resume` in a RunWorker (a hang or death is a result)."""
-    results, w = [], None
-    try:
-        for case in cases:
-            w = w or RunWorker()
-            t = time.perf_counter()
-            reply = w.run(case, ["resume"], [])
-            if reply is None:
-                code = w.proc.poll()
-                w.proc.kill()
-                w.proc.wait()
-                subprocess.run(["rm", "-rf", str(w.root)], check=False)
-                w = None
-                reply = {"what": "?", "results": [{"op": "resume", "outcome": "hang",
-                                                   "detail": f"worker exit status {code}"}]}
-            if "build_error" in reply:
-                raise RuntimeError(f"{case}: the harness could not build the case: {reply['build_error']}")
-            row = {"fmt": case[0], "kind": case[1], "seed": case[2], "seconds": time.perf_counter() - t, **reply}
-            results.append(row)
-            if log:
-                log(row)
-    finally:
-        if w:
-            w.close()
-    return results
+    return supervise(cases, RunWorker, ["resume"], [], "resume", log)
 
 
 # --------------------------------------------------------------------------- ONNX graph edits (issue 19)
@@ -1416,7 +1395,6 @@ def run_graph_edit_case(case: str, folder: Path) -> list[dict]:
 
 def _graph_edit_op(op: str, case: str, what: str, path: Path, out: Path, x, want) -> dict:
     import zoo
-    from zoo import cli
 
     outcome, detail = "ok", ""
     signal.alarm(CASE_SECONDS)
@@ -1428,20 +1406,13 @@ def _graph_edit_op(op: str, case: str, what: str, path: Path, out: Path, x, want
                 outcome = "error" if _one_line_error(e) else "bad-error"
                 detail = f"{type(e).__name__}: {str(e)[:300]}"
         else:
-            err = io.StringIO()
             argv = ["inspect", str(path)] if op == "inspect" else ["convert", str(path), str(out)]
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                try:
-                    rc = cli.main(argv)
-                except BaseException as e:  # noqa: BLE001 - anything escaping main is a bug
-                    if isinstance(e, CaseTimeout):
-                        raise
-                    rc, detail = -1, f"escaped main: {type(e).__name__}: {str(e)[:300]}"
-            lines = err.getvalue().strip().splitlines()
+            rc, lines, escaped = run_cli(argv)
+            detail = escaped or detail
             if rc == 2 and len(lines) == 1 and lines[0].startswith("zoo: error: "):
                 outcome, detail = "error", lines[0]
             elif rc != 0:
-                outcome, detail = "bad-error", detail or err.getvalue()[-600:]
+                outcome, detail = "bad-error", detail or "\n".join(lines)[-600:]
             elif op == "convert":
                 got = zoo.predict(zoo.load("resnet18", "onnx", weights=out), x)
         signal.alarm(0)

@@ -312,6 +312,8 @@ def _check_model_name(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `zoo` program (argv None: sys.argv), or one command of it called from Python (an exit status)."""
+    program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
@@ -381,9 +383,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if rows.diverged else 0
     except KeyboardInterrupt:
         print(_interrupted(args, argv), file=sys.stderr)
-        if args.command == "train" and "tensorflow" in sys.modules:
+        if program and args.command == "train" and "tensorflow" in sys.modules:
             # The checkpoints are on disk (each written atomically). Interpreter shutdown would take seconds
-            # and print a FAILED_PRECONDITION line as TensorFlow finalizes Keras' data iterator: skip it.
+            # and print a FAILED_PRECONDITION line as TensorFlow finalizes Keras' data iterator: the program
+            # skips it (a caller's process, main(argv), goes on).
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(130)
