@@ -11,9 +11,9 @@ import pytest
 from conftest import TINY, random_weights
 from fuzz_cases import _edit_onnx
 
-import conversion
 import zoo
-from conversion import FORMATS, ConversionError
+from zoo import conversion
+from zoo.conversion import FORMATS, ConversionError
 from zoo.io.checkpoint import DIGEST_KEY, digest
 from zoo.io.formats import function
 

@@ -131,7 +131,8 @@ def test_a_run_folder_of_an_earlier_zoo_is_named_as_such(tmp_path):
     old = tmp_path / "old"
     old.mkdir()
     (old / "checkpoint.npz").write_bytes(b"PK\x05\x06" + bytes(18))
-    (old / "checkpoint.json").write_text('{"epoch": 1}')
+    (old / "checkpoint.json").write_text('{"framework": "torch", "epoch": 1, "history": [], "recipe": {}, '
+                                         '"spec": {}}')
     before = {p.name: p.read_bytes() for p in old.iterdir()}
     rc, err = cli("lenet_relu", "--out", old, *ARGS, "--resume")
     assert rc == 2 and "holds a run of an earlier zoo" in err and "start a new run with another --out" in err, err

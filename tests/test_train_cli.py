@@ -49,6 +49,9 @@ def test_evaluate_refuses_files_without_a_training_entry(tmp_path, capsys):
     assert main(["evaluate", "lenet_relu", "--weights", str(tmp_path / "w.safetensors"), "--limit", "10"]) == 2
     assert "holds no training entry" in capsys.readouterr().err
     assert main(["evaluate", "lenet_relu", "--weights", str(tmp_path / "none.pt"), "--limit", "10"]) == 2
+    assert "none.pt' exists here, and it is not a pretrained tag of lenet_relu" in capsys.readouterr().err
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    assert main(["evaluate", "lenet_relu", "--weights", str(tmp_path / "w.pt"), "--limit", "10"]) == 2
     assert "is not a .safetensors file" in capsys.readouterr().err
 
 

@@ -307,7 +307,7 @@ def check_out(out: str | os.PathLike, resume: bool) -> Path:
         if not out.is_dir():
             raise CheckpointError(f"{out} does not exist, so there is no run to resume; leave out --resume to "
                                   f"start one")
-        if not (out / RUN_FILE).is_file() and (out / "checkpoint.json").is_file():
+        if not (out / RUN_FILE).is_file() and _earlier_zoos_run(out):
             raise CheckpointError(f"{out} holds a run of an earlier zoo (checkpoint.json beside checkpoint.npz, no "
                                   f"{RUN_FILE}), whose two files this zoo no longer trusts to agree: it cannot be "
                                   f"resumed; nothing in it was changed; start a new run with another --out")
@@ -319,6 +319,15 @@ def check_out(out: str | os.PathLike, resume: bool) -> Path:
             raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         raise FileExistsError(f"{out} holds other files; choose a new or empty --out folder for the run")
     return out
+
+
+def _earlier_zoos_run(out: Path) -> bool:
+    """Whether `out` holds the checkpoint.json of an earlier zoo's run (its two-file checkpoint)."""
+    try:
+        meta = json.loads((out / "checkpoint.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(meta, dict) and {"epoch", "history", "recipe", "spec"} <= set(meta)
 
 
 def read_run(out: Path) -> Run:
