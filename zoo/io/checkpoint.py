@@ -238,7 +238,10 @@ def _move(tmp: Path, path: Path, force: bool) -> None:
 
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p, ignore_errors=True)
+        for _ in range(5):  # a file written meanwhile makes rmtree's last rmdir fail: go again
+            shutil.rmtree(p, ignore_errors=True)
+            if not p.exists():
+                break
     elif p.exists() or p.is_symlink():
         try:
             p.unlink()

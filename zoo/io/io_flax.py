@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,14 @@ def _quiet_closed_loop_errors() -> None:
 
     except_hook._zoo_quiet = True
     sys.excepthook, sys.unraisablehook = except_hook, unraisable_hook
+    logging.getLogger("asyncio").addFilter(_orbax_write_left_behind)
+
+
+def _orbax_write_left_behind(record: logging.LogRecord) -> bool:
+    """Drop asyncio's late "Task exception was never retrieved" (with a traceback) of Orbax's other
+    writes after one of them failed and the save raised; the zoo has reported that error in one line."""
+    message = record.getMessage()
+    return not (message.startswith("Task exception was never retrieved") and "orbax" in message)
 
 
 _quiet_closed_loop_errors()
@@ -81,6 +90,27 @@ def _quiet_log():
         yield
     finally:
         absl.setLevel(level)
+
+
+def _settle(folder: Path, quiet_s: float = 0.5, limit_s: float = 20.0) -> None:
+    """Wait until nothing more is written under `folder` (at most `limit_s`).
+
+    When one of Orbax's concurrent writes fails (a full disk), the save raises at once while
+    tensorstore's other writes go on in its own threads, and they create files, and folders,
+    after the caller has removed the temporary. Waiting until the tree has been still for
+    `quiet_s` lets the caller's cleanup remove everything.
+    """
+    def snapshot():
+        try:
+            return sorted((str(p), p.lstat().st_size) for p in Path(folder).rglob("*"))
+        except OSError:
+            return None
+    start, last, still_since = time.monotonic(), snapshot(), time.monotonic()
+    while time.monotonic() - start < limit_s and time.monotonic() - still_since < quiet_s:
+        time.sleep(0.05)
+        now = snapshot()
+        if now != last:
+            last, still_since = now, time.monotonic()
 
 
 def _flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
@@ -147,7 +177,14 @@ def write(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
     # Synchronous: the asynchronous StandardCheckpointer's background threads kept the process alive
     # forever after a failed write (full disk, unwritable folder). Orbax logs a failure with its
     # traceback before raising it; the caller reports it in one line, so its log is silenced here.
-    with _quiet_log(), ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
-        ck.save(Path(path).absolute(), args=ocp.args.StandardSave(nnx.state(model, (nnx.Param, nnx.BatchStat))),
-                custom_metadata={"zoo_spec": spec.to_json(), VERSION_KEY: FORMAT_VERSION,
-                                 DIGEST_KEY: digest(weights, spec.to_json())})
+    path = Path(path).absolute()
+    with _quiet_log():
+        try:
+            with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
+                ck.save(path, args=ocp.args.StandardSave(nnx.state(model, (nnx.Param, nnx.BatchStat))),
+                        custom_metadata={"zoo_spec": spec.to_json(), VERSION_KEY: FORMAT_VERSION,
+                                         DIGEST_KEY: digest(weights, spec.to_json())})
+        except BaseException:
+            for folder in path.parent.glob(f"{path.name}*"):  # Orbax writes into PATH.orbax-checkpoint-tmp*
+                _settle(folder)
+            raise
