@@ -6,13 +6,34 @@ with padding and ceil_mode, average pooling with and without count_include_pad (
 ceil_mode), concatenation with an identity branch, addition with a strided shortcut,
 adaptive pooling to a size that divides nothing, and Flatten -> Dropout -> Linear on a
 non-square 3-channel map (the NCHW/NHWC flatten order shows).
+
+`modern_ops()` holds the ops of the last eight years, each where a port goes wrong: a depthwise
+convolution with a channel multiplier of 2 and dilation 2 (the order of the multiplied output
+channels differs between Keras' DepthwiseConv2D and torch), a grouped convolution with stride 2
+and dilation 2 (Keras refuses that pair), SiLU, ReLU6, Hardswish and Hardsigmoid (Keras 2's and
+ONNX's default hard sigmoid are 0.2 x + 0.5), a squeeze-and-excitation gate multiplied into a map
+of odd size, BatchNorm with MobileNetV3's eps 1e-3 and momentum 0.01, and stochastic depth on a
+residual branch.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from zoo.spec import Act, AdaptivePool, BatchNorm, Conv, Dropout, Flatten, Linear, ModelSpec, Parallel, Pool, Seq
+from zoo.spec import (
+    Act,
+    AdaptivePool,
+    BatchNorm,
+    Conv,
+    Dropout,
+    DropPath,
+    Flatten,
+    Linear,
+    ModelSpec,
+    Parallel,
+    Pool,
+    Seq,
+)
 
 
 def every_op(in_channels: int = 2, num_classes: int = 5, input_size=(23, 17)) -> ModelSpec:
@@ -38,6 +59,27 @@ def every_op(in_channels: int = 2, num_classes: int = 5, input_size=(23, 17)) ->
                      ("4", Linear(18, 7)), ("5", Act("sigmoid")), ("6", Linear(7, num_classes, bias=False)))),
     )
     return ModelSpec(name="every_op", family="test", in_channels=in_channels, num_classes=num_classes,
+                     body=body, input_size=input_size)
+
+
+def modern_ops(in_channels: int = 3, num_classes: int = 5, input_size=(21, 19)) -> ModelSpec:
+    se = Seq(("pool", AdaptivePool(1)), ("fc1", Conv(16, 4, 1)), ("act", Act("silu")), ("fc2", Conv(4, 16, 1)),
+             ("gate", Act("hardsigmoid")))
+    body = Seq(
+        ("stem", Seq(("0", Conv(in_channels, 8, 3, 2, 1, bias=False)), ("1", BatchNorm(8, eps=1e-3, momentum=0.01)),
+                     ("2", Act("hardswish")))),
+        ("dw", Seq(("0", Conv(8, 16, 3, 1, 2, bias=False, groups=8, dilation=2)), ("1", BatchNorm(16)),
+                   ("2", Act("relu6")))),
+        ("excite", Parallel("mul", ("", Seq()), ("se", se))),
+        ("grouped", Seq(("0", Conv(16, 12, 3, 2, 2, groups=4, dilation=2)), ("1", BatchNorm(12)), ("2", Act("silu")))),
+        ("res", Seq(("add", Parallel("add",
+                                     ("block", Seq(("0", Conv(12, 24, 1, bias=False, groups=3)), ("1", BatchNorm(24)),
+                                                   ("2", Act("sigmoid")), ("3", Conv(24, 12, (1, 3), 1, (0, 1))),
+                                                   ("drop", DropPath(0.25)))),
+                                     ("", Seq()))),)),
+        ("head", Seq(("pool", AdaptivePool(1)), ("flatten", Flatten()), ("fc", Linear(12, num_classes)))),
+    )
+    return ModelSpec(name="modern_ops", family="test", in_channels=in_channels, num_classes=num_classes,
                      body=body, input_size=input_size)
 
 

@@ -17,6 +17,7 @@ from zoo.spec import (
     BatchNorm,
     Conv,
     Dropout,
+    DropPath,
     Flatten,
     Linear,
     ModelSpec,
@@ -150,12 +151,15 @@ def _describe(op) -> str:
     """A layer's type column in summaries and `zoo diff`."""
     if isinstance(op, Conv):
         bias = "" if op.bias else ", no bias"
-        return (f"Conv {_size(op.kernel_size)}/{op.stride[0]} pad {op.padding[0]}, "
+        kind = "Conv" if op.groups == 1 else "DepthwiseConv" if op.groups == op.in_channels else f"Conv/{op.groups}g"
+        dilation = "" if op.dilation == (1, 1) else f" dil {op.dilation[0]}"
+        return (f"{kind} {_size(op.kernel_size)}/{op.stride[0]} pad {op.padding[0]}{dilation}, "
                 f"{op.in_channels}->{op.out_channels}{bias}")
     if isinstance(op, BatchNorm):
         return f"BatchNorm {op.num_features}, eps {op.eps:g}"
     if isinstance(op, Act):
-        return {"relu": "ReLU", "sigmoid": "Sigmoid"}[op.kind]
+        return {"relu": "ReLU", "sigmoid": "Sigmoid", "silu": "SiLU", "relu6": "ReLU6", "hardswish": "Hardswish",
+                "hardsigmoid": "Hardsigmoid"}[op.kind]
     if isinstance(op, Pool):
         extra = "" if op.kind == "max" else f", count_include_pad={op.count_include_pad}"
         ceil = ", ceil" if op.ceil_mode else ""
@@ -166,10 +170,12 @@ def _describe(op) -> str:
         return f"Linear {op.in_features}->{op.out_features}"
     if isinstance(op, Dropout):
         return f"Dropout {op.rate}"
+    if isinstance(op, DropPath):
+        return f"DropPath {op.rate}"
     if isinstance(op, Flatten):
         return "Flatten"
     if isinstance(op, Parallel):
-        return f"{'Concat' if op.join == 'concat' else 'Add'} of {len(op.branches)}"
+        return f"{ {'concat': 'Concat', 'add': 'Add', 'mul': 'Mul'}[op.join]} of {len(op.branches)}"
     return type(op).__name__
 
 

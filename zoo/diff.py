@@ -37,7 +37,7 @@ import numpy as np
 from zoo import _frameworks, reference
 from zoo._checks import check_weights
 from zoo._registry import get_spec
-from zoo.spec import Act, AdaptivePool, Dropout, Flatten, ModelSpec, Parallel, Pool, Seq, init_weights, join_path
+from zoo.spec import Act, AdaptivePool, Dropout, DropPath, Flatten, ModelSpec, Parallel, Pool, Seq, init_weights, join_path
 
 REFERENCE = "reference"
 TOLERANCE = 1e-5  # of max(1, max|a|): float32 against the float64 reference stays well within it
@@ -336,7 +336,7 @@ def _worker(runner: str, folder: str) -> None:
 
 # --------------------------------------------------------------------------- comparing
 
-_PASS_ON = (Act, Pool, AdaptivePool, Dropout, Flatten, Parallel)  # nothing of their own that rounds much
+_PASS_ON = (Act, Pool, AdaptivePool, Dropout, DropPath, Flatten, Parallel)  # nothing of their own that rounds much
 
 
 def _input_scales(node, x: float, scales: dict[str, float], prefix: str, out: dict[str, float]) -> float:

@@ -9,10 +9,25 @@ all three frameworks would still show. Each op follows PyTorch's documented sema
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from zoo.spec import Act, AdaptivePool, BatchNorm, Conv, Dropout, Flatten, Linear, ModelSpec, Pool, adaptive_bins, run
+from zoo.spec import (
+    Act,
+    AdaptivePool,
+    BatchNorm,
+    Conv,
+    Dropout,
+    DropPath,
+    Flatten,
+    Linear,
+    ModelSpec,
+    Pool,
+    adaptive_bins,
+    run,
+)
 
 
 def _windows(x: np.ndarray, size: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
@@ -21,11 +36,32 @@ def _windows(x: np.ndarray, size: tuple[int, int], stride: tuple[int, int]) -> n
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, op: Conv) -> np.ndarray:
-    (ph, pw) = op.padding
+    (ph, pw), (dh, dw), g = op.padding, op.dilation, op.groups
     x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    win = _windows(x, op.kernel_size, op.stride)  # [B, I, H', W', kh, kw]
-    y = np.einsum("bihwkl,oikl->bohw", win, w, optimize=True)
+    win = _windows(x, op.extent, op.stride)[..., ::dh, ::dw]  # [B, I, H', W', kh, kw]: the dilated taps
+    bsz, i, oh, ow, kh, kw = win.shape
+    # group k: output channels [k*O/g, (k+1)*O/g) read input channels [k*I/g, (k+1)*I/g)
+    win = win.reshape(bsz, g, i // g, oh, ow, kh, kw)
+    y = np.einsum("bgihwkl,goikl->bgohw", win, w.reshape(g, -1, *w.shape[1:]), optimize=True)
+    y = y.reshape(bsz, -1, oh, ow)
     return y if b is None else y + b[None, :, None, None]
+
+
+def activation(x: np.ndarray, kind: str) -> np.ndarray:
+    """PyTorch's definitions (see spec.ACTIVATIONS)."""
+    if kind == "relu":
+        return np.maximum(x, 0.0)
+    if kind == "sigmoid":
+        return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow
+    if kind == "silu":
+        return x * 0.5 * (1.0 + np.tanh(0.5 * x))
+    if kind == "relu6":
+        return np.clip(x, 0.0, 6.0)
+    if kind == "hardsigmoid":
+        return np.clip(x + 3.0, 0.0, 6.0) / 6.0
+    if kind == "hardswish":
+        return x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
+    raise TypeError(f"no reference for activation {kind!r}")
 
 
 def pool2d(x: np.ndarray, op: Pool) -> np.ndarray:
@@ -88,7 +124,7 @@ def forward(spec: ModelSpec, weights: dict[str, np.ndarray], x: np.ndarray, *, t
         if isinstance(op, BatchNorm):
             return batch_norm(x, tensors(path), op, train, updates, path)
         if isinstance(op, Act):
-            return np.maximum(x, 0.0) if op.kind == "relu" else 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow
+            return activation(x, op.kind)
         if isinstance(op, Pool):
             return pool2d(x, op)
         if isinstance(op, AdaptivePool):
@@ -97,14 +133,18 @@ def forward(spec: ModelSpec, weights: dict[str, np.ndarray], x: np.ndarray, *, t
             t = tensors(path)
             y = x @ t["weight"].T
             return y if "bias" not in t else y + t["bias"]
-        if isinstance(op, Dropout):
+        if isinstance(op, (Dropout, DropPath)):
             return x  # off: at inference, and in the agreement tests of training mode
         if isinstance(op, Flatten):
             return x.reshape(x.shape[0], -1)
         raise TypeError(f"no reference for layer {path}: {op!r}")
 
     def join(par, outs):
-        return np.concatenate(outs, axis=1) if par.join == "concat" else sum(outs[1:], outs[0])
+        if par.join == "concat":
+            return np.concatenate(outs, axis=1)
+        if par.join == "mul":  # [B, C, 1, 1] broadcasts over [B, C, H, W]
+            return functools.reduce(np.multiply, outs)
+        return sum(outs[1:], outs[0])
 
     after = (lambda path, node, y: trace.append((path, y))) if trace is not None else None
     return run(spec.body, np.asarray(x, np.float64), leaf, join, after=after)

@@ -1,9 +1,9 @@
 """The language every model of the zoo is written in: layer ops, two containers, and `ModelSpec`.
 
 A model is a tree. Its leaves are layer ops (small frozen dataclasses: `Conv`, `BatchNorm`,
-`Act`, `Pool`, `AdaptivePool`, `Linear`, `Dropout`, `Flatten`); its inner nodes are `Seq`
-(children run one after another) and `Parallel` (branches that all take the same input,
-joined by channel concatenation or by addition). Every node sits in its parent under a name;
+`Act`, `Pool`, `AdaptivePool`, `Linear`, `Dropout`, `DropPath`, `Flatten`); its inner nodes are
+`Seq` (children run one after another) and `Parallel` (branches that all take the same input,
+joined by channel concatenation, addition or a broadcasting product). Every node sits in its parent under a name;
 names join with dots into paths, and a leaf's path is its canonical weight prefix:
 
     Seq(('conv1', Conv(3, 64, 7, 2, 3, bias=False)), ('bn1', BatchNorm(64)), ...)
@@ -94,7 +94,14 @@ class _NoTensors:
 
 @dataclass(frozen=True)
 class Conv:
-    """2-D convolution with explicit symmetric zero padding (never 'same': it pads unevenly under strides)."""
+    """2-D convolution with explicit symmetric zero padding (never 'same': it pads unevenly under strides).
+
+    `groups` splits the channels into that many independent convolutions, PyTorch's way: output
+    channel o sees input channels [g * I/groups, (g + 1) * I/groups) of its group g = o // (O/groups),
+    so the weight is [O, I/groups, kh, kw]. groups == in_channels is a depthwise convolution, with
+    a channel multiplier of O/I (output channels c*m .. c*m + m-1 all read input channel c).
+    `dilation` spaces the kernel's taps: it covers dilation * (k - 1) + 1 pixels.
+    """
 
     in_channels: int
     out_channels: int
@@ -102,6 +109,8 @@ class Conv:
     stride: Any = 1
     padding: Any = 0
     bias: bool = True
+    groups: int = 1
+    dilation: Any = 1
 
     def __post_init__(self):
         require(_bounded(self.in_channels, 1, MAX_WIDTH) and _bounded(self.out_channels, 1, MAX_WIDTH),
@@ -109,10 +118,20 @@ class Conv:
         object.__setattr__(self, "kernel_size", _pair(self.kernel_size, "kernel_size", 1))
         object.__setattr__(self, "stride", _pair(self.stride, "stride", 1))
         object.__setattr__(self, "padding", _pair(self.padding, "padding", 0))
+        object.__setattr__(self, "dilation", _pair(self.dilation, "dilation", 1))
         require(isinstance(self.bias, bool), f"bias must be True or False, got {self.bias!r}")
+        require(_bounded(self.groups, 1, MAX_WIDTH) and self.in_channels % self.groups == 0
+                and self.out_channels % self.groups == 0,
+                f"conv groups must be an int >= 1 that divides both in_channels ({self.in_channels}) and "
+                f"out_channels ({self.out_channels}), got {self.groups!r}")
+
+    @property
+    def extent(self) -> tuple[int, int]:
+        """The pixels the dilated kernel spans, per axis."""
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
 
     def params(self) -> dict[str, Shape]:
-        w = {"weight": (self.out_channels, self.in_channels, *self.kernel_size)}
+        w = {"weight": (self.out_channels, self.in_channels // self.groups, *self.kernel_size)}
         return {**w, "bias": (self.out_channels,)} if self.bias else w
 
     def buffers(self) -> dict[str, Shape]:
@@ -122,11 +141,12 @@ class Conv:
         c, h, w = _image(shape, self)
         require(c == self.in_channels, f"takes {self.in_channels} channels, gets {c}")
         return (self.out_channels, *(_window_out(n, k, s, p) for n, k, s, p in
-                                     zip((h, w), self.kernel_size, self.stride, self.padding)))
+                                     zip((h, w), self.extent, self.stride, self.padding)))
 
     def flops(self, shape: Shape) -> int:
         _, h, w = self.out_shape(shape)
-        return 2 * h * w * self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        per_output = (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
+        return 2 * h * w * self.out_channels * per_output
 
 
 @dataclass(frozen=True)
@@ -161,7 +181,9 @@ class BatchNorm:
         return 0  # folded into the conv before it at inference, and under 1% when not
 
 
-ACTIVATIONS = ("relu", "sigmoid")
+# PyTorch's definitions: silu x * sigmoid(x); relu6 min(max(x, 0), 6); hardsigmoid relu6(x + 3) / 6
+# (not Keras 2's 0.2 x + 0.5, nor ONNX HardSigmoid's default alpha 0.2); hardswish x * hardsigmoid(x).
+ACTIVATIONS = ("relu", "sigmoid", "silu", "relu6", "hardswish", "hardsigmoid")
 
 
 @dataclass(frozen=True)
@@ -294,6 +316,22 @@ class Dropout(_NoTensors):
 
 
 @dataclass(frozen=True)
+class DropPath(_NoTensors):
+    """Stochastic depth (torchvision's StochasticDepth, mode 'row'): the identity at inference; in
+    training each sample's whole input is zeroed with probability `rate`, and the kept ones are
+    scaled by 1 / (1 - rate). It sits on a residual branch, before the addition."""
+
+    rate: float
+
+    def __post_init__(self):
+        require(isinstance(self.rate, (int, float)) and not isinstance(self.rate, bool) and 0.0 <= self.rate < 1.0,
+                f"drop path rate must be a float in [0, 1), got {self.rate!r}")
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape
+
+
+@dataclass(frozen=True)
 class Flatten(_NoTensors):
     """[C, H, W] -> [C*H*W] in PyTorch's (NCHW) order: channels-last frameworks permute the next
     linear layer's weights, so that the canonical weights are the same everywhere."""
@@ -312,8 +350,14 @@ def _image(shape: Shape, op) -> tuple[int, int, int]:
     return shape
 
 
-Op = Conv | BatchNorm | Act | Pool | AdaptivePool | Linear | Dropout | Flatten
-OPS: dict[str, type] = {t.__name__: t for t in (Conv, BatchNorm, Act, Pool, AdaptivePool, Linear, Dropout, Flatten)}
+Op = Conv | BatchNorm | Act | Pool | AdaptivePool | Linear | Dropout | DropPath | Flatten
+OPS: dict[str, type] = {t.__name__: t for t in (Conv, BatchNorm, Act, Pool, AdaptivePool, Linear, Dropout, DropPath,
+                                                Flatten)}
+
+# Fields added after specs were first written: left out of a spec's JSON at their default, so that the
+# JSON (and the digest over it) of every model that does not use them is what earlier zoos wrote.
+_OMITTED_AT_DEFAULT = {"Conv": {"groups": 1, "dilation": (1, 1)}}
+JOINS = ("concat", "add", "mul")
 
 
 # --------------------------------------------------------------------------- containers
@@ -331,13 +375,15 @@ class Seq:
 @dataclass(frozen=True)
 class Parallel:
     """Branches (each a (name, Seq) pair) run on the same input; their outputs are concatenated on
-    channels (`join='concat'`) or added (`join='add'`). An empty Seq is the identity branch."""
+    channels (`join='concat'`), added (`join='add'`) or multiplied (`join='mul'`). An empty Seq is the
+    identity branch. A product broadcasts a [C, 1, 1] branch over the others' [C, H, W]: a
+    squeeze-and-excitation gate is Parallel('mul', ('', Seq()), ('se', Seq(pool, conv, act, conv, gate)))."""
 
     join: str
     branches: tuple[tuple[str, Seq], ...]
 
     def __init__(self, join: str, *branches):
-        require(join in ("concat", "add"), f"a Parallel joins by 'concat' or 'add', got {join!r}")
+        require(join in JOINS, f"a Parallel joins by one of {', '.join(map(repr, JOINS))}, got {join!r}")
         require(len(branches) >= 1, "a Parallel needs at least one branch")
         object.__setattr__(self, "join", join)
         object.__setattr__(self, "branches", tuple((str(n), b) for n, b in branches))
@@ -380,6 +426,11 @@ def join_shapes(par: Parallel, shapes: list[Shape]) -> Shape:
     if par.join == "add":
         require(all(s == first for s in shapes), f"branches to add have different shapes: {shapes}")
         return first
+    if par.join == "mul":  # channel-wise broadcasting: every branch [C, H, W] or [C, 1, 1]
+        full = [s for s in shapes if len(s) != 3 or s[1:] != (1, 1)] or [first]
+        require(all(s == full[0] for s in full) and all(len(s) == 3 and s[0] == full[0][0] for s in shapes),
+                f"branches to multiply must have one shape, or [C, 1, 1] beside [C, H, W]: {shapes}")
+        return full[0]
     require(all(len(s) == 3 and s[1:] == first[1:] for s in shapes),
             f"branches to concatenate differ in H, W: {shapes}")
     return (sum(s[0] for s in shapes), *first[1:])
@@ -767,7 +818,9 @@ def _node_to_dict(node) -> dict[str, Any]:
         return {"seq": [[n, _node_to_dict(c)] for n, c in node.children]}
     if isinstance(node, Parallel):
         return {"parallel": node.join, "branches": [[n, _node_to_dict(b)] for n, b in node.branches]}
-    fields = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
+    omitted = _OMITTED_AT_DEFAULT.get(type(node).__name__, {})
+    fields = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)
+              if f.name not in omitted or getattr(node, f.name) != omitted[f.name]}
     return {"op": type(node).__name__, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
 
 

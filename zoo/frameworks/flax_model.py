@@ -30,6 +30,7 @@ from zoo.spec import (
     BatchNorm,
     Conv,
     Dropout,
+    DropPath,
     Flatten,
     Linear,
     ModelSpec,
@@ -79,8 +80,10 @@ def _module(op, rngs: nnx.Rngs, values: bool = True) -> nnx.Module | None:
     inits = {} if values else {"kernel_init": shape_only, "bias_init": shape_only}
     if isinstance(op, Conv):
         (ph, pw) = op.padding  # explicit: 'SAME' pads unevenly under strides, unlike torch
+        # feature_group_count's kernel is [kh, kw, I/groups, O], output channels grouped as torch's
         return nnx.Conv(op.in_channels, op.out_channels, op.kernel_size, op.stride, padding=((ph, ph), (pw, pw)),
-                        use_bias=op.bias, rngs=rngs, **inits)
+                        kernel_dilation=op.dilation, feature_group_count=op.groups, use_bias=op.bias, rngs=rngs,
+                        **inits)
     if isinstance(op, BatchNorm):
         return TorchBatchNorm(op, values)
     if isinstance(op, Linear):
@@ -88,7 +91,13 @@ def _module(op, rngs: nnx.Rngs, values: bool = True) -> nnx.Module | None:
     if isinstance(op, Dropout):
         # Its random keys come with each training call (`model(x, rngs=...)`): the model holds no RNG state.
         return nnx.Dropout(op.rate)
+    if isinstance(op, DropPath):  # one mask value per sample, shared by H, W and C: torchvision's 'row' mode
+        return nnx.Dropout(op.rate, broadcast_dims=(1, 2, 3))
     return None
+
+
+_ACTIVATIONS = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "silu": jax.nn.silu, "relu6": jax.nn.relu6,
+                "hardswish": jax.nn.hard_swish, "hardsigmoid": jax.nn.hard_sigmoid}  # relu6(x + 3) / 6, as torch's
 
 
 def pool2d(x: jax.Array, op: Pool) -> jax.Array:  # [B, H, W, C]
@@ -115,7 +124,7 @@ def adaptive_pool2d(x: jax.Array, op: AdaptivePool) -> jax.Array:  # [B, H, W, C
 def _function(op, x: jax.Array) -> jax.Array:
     """The op table's functions: the ops without weights or modes."""
     if isinstance(op, Act):
-        return jax.nn.relu(x) if op.kind == "relu" else jax.nn.sigmoid(x)
+        return _ACTIVATIONS[op.kind](x)
     if isinstance(op, Pool):
         return pool2d(x, op)
     if isinstance(op, AdaptivePool):
@@ -129,6 +138,8 @@ def _function(op, x: jax.Array) -> jax.Array:
 def _join(par: Parallel, outs: list[jax.Array]) -> jax.Array:
     if par.join == "concat":
         return jnp.concatenate(outs, axis=-1)
+    if par.join == "mul":  # [B, 1, 1, C] broadcasts over [B, H, W, C]
+        return functools.reduce(lambda a, b: a * b, outs)
     return functools.reduce(lambda a, b: a + b, outs)
 
 
@@ -174,7 +185,7 @@ class ZooModel(nnx.Module):
         return run(self.spec.body, x, functools.partial(self._leaf, rngs=rngs), _join)
 
     def _leaf(self, path: str, op, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
-        if isinstance(op, Dropout):
+        if isinstance(op, (Dropout, DropPath)):
             return self.layer(path)(x, rngs=rngs)
         if isinstance(op, (Conv, BatchNorm, Linear)):
             return self.layer(path)(x)

@@ -30,6 +30,7 @@ from zoo.spec import (
     BatchNorm,
     Conv,
     Dropout,
+    DropPath,
     Flatten,
     Linear,
     ModelSpec,
@@ -106,27 +107,41 @@ def _pad(x, pads, value: float = 0.0):
 
 @keras.saving.register_keras_serializable(package="zoo")
 class PaddedConv2D(keras.layers.Conv2D):
-    """Conv2D with explicit symmetric zero padding of `pad` = (ph, pw) pixels."""
+    """Conv2D with explicit symmetric zero padding of `pad` = (ph, pw) pixels.
 
-    def __init__(self, filters, kernel_size, strides=1, *, pad=(0, 0), **kwargs):
+    Keras refuses strides > 1 with dilation_rate > 1; PyTorch does not. Such a layer convolves with
+    stride 1 and keeps every `step`-th output (the same numbers, `step`^2 times the work). The
+    grouped kernel is Keras' [kh, kw, I/groups, O] with torch's order of output channels; on
+    TensorFlow's CPU Keras runs grouped convolutions through XLA (TensorFlow has no CPU kernel).
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, *, pad=(0, 0), step=(1, 1), **kwargs):
         kwargs.pop("padding", None)  # always 'valid' after the explicit pad
+        strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+        dilation = kwargs.get("dilation_rate", 1)
+        if max(strides) > 1 and (dilation if isinstance(dilation, int) else max(dilation)) > 1:
+            strides, step = (1, 1), strides
         super().__init__(filters, kernel_size, strides, padding="valid", **kwargs)
         self.pad = (pad, pad) if isinstance(pad, int) else tuple(pad)
+        self.step = tuple(step)
 
     def build(self, input_shape):
         super().build(self._padded(input_shape))
 
     def call(self, x):
-        return super().call(_pad(x, [(self.pad[0],) * 2, (self.pad[1],) * 2]))
+        y = super().call(_pad(x, [(self.pad[0],) * 2, (self.pad[1],) * 2]))
+        return y if self.step == (1, 1) else y[:, ::self.step[0], ::self.step[1], :]
 
     def compute_output_shape(self, input_shape):
-        return super().compute_output_shape(self._padded(input_shape))
+        b, h, w, c = super().compute_output_shape(self._padded(input_shape))
+        h, w = (None if n is None else -(-n // s) for n, s in zip((h, w), self.step))
+        return b, h, w, c
 
     def _padded(self, shape):
         return (shape[0], *(None if n is None else n + 2 * p for n, p in zip(shape[1:3], self.pad)), shape[3])
 
     def get_config(self):
-        return {**super().get_config(), "pad": list(self.pad)}
+        return {**super().get_config(), "pad": list(self.pad), "step": list(self.step)}
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -263,11 +278,14 @@ def _layer(path: str, op, name: str, initializer: str, spec: ModelSpec) -> keras
     """The op table: one Keras layer per spec op."""
     if isinstance(op, Conv):
         return PaddedConv2D(op.out_channels, op.kernel_size, op.stride, pad=op.padding, use_bias=op.bias, name=name,
-                            kernel_initializer=initializer)
+                            groups=op.groups, dilation_rate=op.dilation, kernel_initializer=initializer)
     if isinstance(op, BatchNorm):
         return TorchBatchNorm(op.num_features, op.eps, op.momentum, name=name)
     if isinstance(op, Act):
-        return keras.layers.ReLU(name=name) if op.kind == "relu" else keras.layers.Activation("sigmoid", name=name)
+        if op.kind in ("relu", "relu6"):
+            return keras.layers.ReLU(max_value=6.0 if op.kind == "relu6" else None, name=name)
+        # Keras 3's hard_sigmoid is relu6(x + 3) / 6, as torch's (Keras 2's was 0.2 x + 0.5): a test holds it
+        return keras.layers.Activation(_ACTIVATIONS[op.kind], name=name)
     if isinstance(op, Pool):
         return Pool2D(op.kind, op.size, op.stride, op.padding, op.ceil_mode, op.count_include_pad, name=name)
     if isinstance(op, AdaptivePool):
@@ -281,14 +299,21 @@ def _layer(path: str, op, name: str, initializer: str, spec: ModelSpec) -> keras
         return dense
     if isinstance(op, Dropout):
         return keras.layers.Dropout(op.rate, name=name)
+    if isinstance(op, DropPath):  # one mask value per sample: torchvision's 'row' mode, scaled by 1 / (1 - rate)
+        return keras.layers.Dropout(op.rate, noise_shape=(None, 1, 1, 1), name=name)
     if isinstance(op, Flatten):
         return keras.layers.Flatten(name=name) if path in _native_flattens(spec) else FlattenNCHW(name=name)
     raise TypeError(f"no Keras layer for {path}: {op!r}")
 
 
+_ACTIVATIONS = {"sigmoid": "sigmoid", "silu": "silu", "hardswish": "hard_silu", "hardsigmoid": "hard_sigmoid"}
+
+
 def _join_layer(par: Parallel, name: str) -> keras.layers.Layer:
     # NHWC's channel axis is last; the channels concatenate in the same order as NCHW's axis 1
-    return keras.layers.Concatenate(axis=-1, name=name) if par.join == "concat" else keras.layers.Add(name=name)
+    if par.join == "concat":
+        return keras.layers.Concatenate(axis=-1, name=name)
+    return keras.layers.Multiply(name=name) if par.join == "mul" else keras.layers.Add(name=name)
 
 
 def _nan_policy(inputs, logits):

@@ -33,6 +33,7 @@ from zoo.spec import (
     BatchNorm,
     Conv,
     Dropout,
+    DropPath,
     Flatten,
     Linear,
     ModelSpec,
@@ -83,12 +84,15 @@ class _Graph:
         out_shape = op.out_shape(shape)
         if isinstance(op, Conv):
             (ph, pw) = op.padding
+            extra = {} if op.groups == 1 else {"group": op.groups}  # attributes at their defaults left out:
+            if op.dilation != (1, 1):                               # the graphs of earlier zoos stay the same
+                extra["dilations"] = list(op.dilation)
             y = self.node("Conv", [name, *self.params(path, op)], path, kernel_shape=list(op.kernel_size),
-                          strides=list(op.stride), pads=[ph, pw, ph, pw])
+                          strides=list(op.stride), pads=[ph, pw, ph, pw], **extra)
         elif isinstance(op, BatchNorm):
             y = self.node("BatchNormalization", [name, *self.params(path, op)], path, epsilon=op.eps)
         elif isinstance(op, Act):
-            y = self.node("Relu" if op.kind == "relu" else "Sigmoid", [name], path)
+            y = self._activation(path, op.kind, name)
         elif isinstance(op, Pool):
             y = self._pool(path, op, name, shape[1:])
         elif isinstance(op, AdaptivePool):
@@ -97,11 +101,27 @@ class _Graph:
             y = self.node("Gemm", [name, *self.params(path, op)], path, transB=1)
         elif isinstance(op, Flatten):
             y = self.node("Flatten", [name], path, axis=1)  # NCHW order: PyTorch's
-        elif isinstance(op, Dropout):
-            y = self.node("Identity", [name], path)  # inference: dropout does nothing
+        elif isinstance(op, (Dropout, DropPath)):
+            y = self.node("Identity", [name], path)  # inference: dropout and stochastic depth do nothing
         else:
             raise TypeError(f"no ONNX op for {op!r}")
         return y, out_shape
+
+    def _activation(self, path: str, kind: str, x: str) -> str:
+        if kind == "relu":
+            return self.node("Relu", [x], path)
+        if kind == "sigmoid":
+            return self.node("Sigmoid", [x], path)
+        if kind == "silu":  # x * sigmoid(x): opset 17 has no SiLU
+            return self.node("Mul", [x, self.node("Sigmoid", [x], path)], path)
+        if kind == "relu6":
+            low, high = (self.const(path, what, np.array(v, np.float32)) for what, v in (("min", 0.0), ("max", 6.0)))
+            return self.node("Clip", [x, low, high], path)
+        if kind == "hardsigmoid":  # torch's relu6(x + 3) / 6; ONNX's default alpha is 0.2 (Keras 2's)
+            return self.node("HardSigmoid", [x], path, alpha=1.0 / 6.0, beta=0.5)
+        if kind == "hardswish":  # x * relu6(x + 3) / 6, as torch's
+            return self.node("HardSwish", [x], path)
+        raise TypeError(f"no ONNX op for activation {kind!r}")
 
     def _pool(self, path: str, op: Pool, x: str, hw: tuple[int, int]) -> str:
         extra = [op.extra(n, a) for a, n in enumerate(hw)]
@@ -141,8 +161,8 @@ class _Graph:
         if par.join == "concat":
             return self.node("Concat", names, path, axis=1), shape
         y = names[0]
-        for other in names[1:]:  # left to right, as every framework adds
-            y = self.node("Add", [y, other], path)
+        for other in names[1:]:  # left to right, as every framework adds or multiplies ([B, C, 1, 1] broadcasts)
+            y = self.node("Mul" if par.join == "mul" else "Add", [y, other], path)
         return y, shape
 
 

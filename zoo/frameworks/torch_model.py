@@ -28,6 +28,7 @@ from zoo.spec import (
     BatchNorm,
     Conv,
     Dropout,
+    DropPath,
     Flatten,
     Linear,
     ModelSpec,
@@ -41,14 +42,32 @@ from zoo.spec import (
 LAYOUT = "NCHW"
 
 
+class StochasticDepth(nn.Dropout):
+    """DropPath: torchvision's StochasticDepth in 'row' mode (one keep-or-drop per sample, the kept
+    ones scaled by 1 / (1 - p)); the identity in eval mode or at p = 0. A kind of Dropout, so that
+    whatever turns the model's dropout off (step-equivalence runs, `train_forward`) turns it off too."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+
+_ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU, "relu6": nn.ReLU6,
+                "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid}
+
+
 def _module(op) -> nn.Module:
     """The op table: one torch layer per spec op."""
     if isinstance(op, Conv):
-        return nn.Conv2d(op.in_channels, op.out_channels, op.kernel_size, op.stride, op.padding, bias=op.bias)
+        return nn.Conv2d(op.in_channels, op.out_channels, op.kernel_size, op.stride, op.padding,
+                         dilation=op.dilation, groups=op.groups, bias=op.bias)
     if isinstance(op, BatchNorm):
         return nn.BatchNorm2d(op.num_features, eps=op.eps, momentum=op.momentum)  # torch's momentum, as the spec's
     if isinstance(op, Act):
-        return nn.ReLU() if op.kind == "relu" else nn.Sigmoid()
+        return _ACTIVATIONS[op.kind]()
     if isinstance(op, Pool):
         if op.kind == "max":
             return nn.MaxPool2d(op.size, op.stride, op.padding, ceil_mode=op.ceil_mode)  # pads with -inf
@@ -60,6 +79,8 @@ def _module(op) -> nn.Module:
         return nn.Linear(op.in_features, op.out_features, bias=op.bias)
     if isinstance(op, Dropout):
         return nn.Dropout(op.rate)
+    if isinstance(op, DropPath):
+        return StochasticDepth(op.rate)
     if isinstance(op, Flatten):
         return nn.Flatten(1)
     raise TypeError(f"no PyTorch layer for {op!r}")
@@ -141,6 +162,8 @@ def _chain(steps, x):
 def _joiner(join: str, branches):
     if join == "concat":
         return lambda x: torch.cat([_chain(b, x) for b in branches], 1)
+    if join == "mul":
+        return lambda x: _product([_chain(b, x) for b in branches])
     return lambda x: _sum([_chain(b, x) for b in branches])
 
 
@@ -149,6 +172,17 @@ def _sum(outs):
     for o in outs[1:]:
         y = y + o
     return y
+
+
+def _product(outs):  # [B, C, 1, 1] broadcasts over [B, C, H, W]
+    y = outs[0]
+    for o in outs[1:]:
+        y = y * o
+    return y
+
+
+def _join(par: Parallel, outs):
+    return torch.cat(outs, 1) if par.join == "concat" else _product(outs) if par.join == "mul" else _sum(outs)
 
 
 def _pool_relu(pool: nn.Module):
@@ -198,7 +232,7 @@ def train_forward(model: ZooModel, x: np.ndarray) -> np.ndarray:
     statistics and updates its running ones in place. The model is left in eval mode."""
     model.train()
     for m in model.modules():
-        if isinstance(m, nn.Dropout):
+        if isinstance(m, nn.Dropout):  # StochasticDepth too
             m.eval()
     try:
         with torch.no_grad():
@@ -215,10 +249,7 @@ def trace(model: ZooModel, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
     def leaf(path, op, t):
         return model.get_submodule(path)(t)
 
-    def join(par, outs):
-        return torch.cat(outs, 1) if par.join == "concat" else _sum(outs)
-
     with torch.inference_mode():
-        run(model.spec.body, torch.as_tensor(x, device=_device(model)), leaf, join,
+        run(model.spec.body, torch.as_tensor(x, device=_device(model)), leaf, _join,
             after=lambda path, node, t: out.append((path, t.cpu().numpy())))
     return out
