@@ -28,6 +28,15 @@ TINY = {
     "resnet18": dict(width=4), "resnet34": dict(width=4), "resnet50": dict(width=4), "resnet18_d2l": dict(width=4),
     "densenet121": dict(growth_rate=4, num_init_features=8, bn_size=2),
     "densenet_d2l": dict(growth_rate=4, num_init_features=8),
+    "resnet101": dict(width=4, layers=(1, 1, 2, 1)), "resnext50_32x4d": dict(width=8, groups=4, width_per_group=16),
+    "wide_resnet50_2": dict(width=4),
+    "mobilenet_v2": dict(width_mult=0.25, num_classes=10), "mobilenet_v3_large": dict(width_mult=0.25, num_classes=10),
+    "mobilenet_v3_small": dict(width_mult=0.25, num_classes=10),
+    **{f"efficientnet_b{i}": dict(width_mult=0.25, depth_mult=0.4, num_classes=10) for i in range(4)},
+    "regnet_x_400mf": dict(depth=4, w_0=8, w_a=8.0, w_m=2.0, group_width=4, num_classes=10),
+    "regnet_y_400mf": dict(depth=4, w_0=8, w_a=8.0, w_m=2.0, group_width=4, num_classes=10),
+    "regnet_d2l": dict(stem=8, widths=(8, 16), depths=(1, 2), group_width=4),
+    "squeezenet1_0": dict(ratio=8, num_classes=10), "squeezenet1_1": dict(ratio=8, num_classes=10),
 }
 # Input sides per preset's tiny variant: the minimum (None) at batch 1, then others at batch 3; a network
 # whose linear layer takes a fixed size has one side, its nominal one. Each size is one more compilation
@@ -38,9 +47,15 @@ SIZES = {
     "vgg11": (None, 32), "vgg16": (None, 32), "vgg11_d2l": (32,), "googlenet": (None, 32), "googlenet_d2l": (None, 32),
     "resnet18": (None, 32), "resnet34": (None, 32), "resnet50": (None, 32), "resnet18_d2l": (None, 32),
     "densenet121": (None, 32), "densenet_d2l": (None, 32),
+    "resnet101": (None, 32), "resnext50_32x4d": (None, 32), "wide_resnet50_2": (None, 32),
+    "mobilenet_v2": (None, 37), "mobilenet_v3_large": (None, 37), "mobilenet_v3_small": (None, 37),
+    **{f"efficientnet_b{i}": (None, 37) for i in range(4)},
+    "regnet_x_400mf": (None, 37), "regnet_y_400mf": (None, 37), "regnet_d2l": (None, 32),
+    "squeezenet1_0": (None, 47), "squeezenet1_1": (None, 47),
 }
 # One full-width preset per family, run at its nominal input size (the d2l variants: what the book trains).
-FULL_SIZE = ["lenet", "alexnet_d2l", "vgg11_d2l", "nin", "googlenet_d2l", "resnet18_d2l", "densenet_d2l"]
+FULL_SIZE = ["lenet", "alexnet_d2l", "vgg11_d2l", "nin", "googlenet_d2l", "resnet18_d2l", "densenet_d2l",
+             "mobilenet_v3_small", "efficientnet_b0", "regnet_d2l", "squeezenet1_1"]
 
 
 def keras_backend() -> str:

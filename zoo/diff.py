@@ -37,7 +37,19 @@ import numpy as np
 from zoo import _frameworks, reference
 from zoo._checks import check_weights
 from zoo._registry import get_spec
-from zoo.spec import Act, AdaptivePool, Dropout, DropPath, Flatten, ModelSpec, Parallel, Pool, Seq, init_weights, join_path
+from zoo.spec import (
+    Act,
+    AdaptivePool,
+    Dropout,
+    DropPath,
+    Flatten,
+    ModelSpec,
+    Parallel,
+    Pool,
+    Seq,
+    init_weights,
+    join_path,
+)
 
 REFERENCE = "reference"
 TOLERANCE = 1e-5  # of max(1, max|a|): float32 against the float64 reference stays well within it

@@ -4,4 +4,16 @@ Importing this package registers every preset. A family touches no framework mod
 converter or reader: everything else walks the spec it returns.
 """
 
-from zoo.families import alexnet, densenet, googlenet, lenet, nin, resnet, vgg  # noqa: F401
+from zoo.families import (  # noqa: F401
+    alexnet,
+    densenet,
+    efficientnet,
+    googlenet,
+    lenet,
+    mobilenet,
+    nin,
+    regnet,
+    resnet,
+    squeezenet,
+    vgg,
+)

@@ -18,10 +18,12 @@ width (64; the stages double it), `layers` the blocks per stage: tiny test varia
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from zoo._registry import KeyMap, register_keymap, register_model
 from zoo.families._common import check_counts, conv_widths, width
+from zoo.families._common import width as _width
 from zoo.spec import Act, AdaptivePool, BatchNorm, Conv, Flatten, Linear, ModelSpec, Parallel, Pool, Seq
 
 IDENTITY = ("", Seq())
@@ -33,11 +35,13 @@ def basic_block(c_in: int, planes: int, stride: int) -> tuple[Seq, int]:
     return _residual(body, c_in, planes, stride), planes
 
 
-def bottleneck(c_in: int, planes: int, stride: int) -> tuple[Seq, int]:
-    c_out = planes * 4
-    body = Seq(("conv1", Conv(c_in, planes, 1, bias=False)), ("bn1", BatchNorm(planes)), ("relu1", Act()),
-               ("conv2", Conv(planes, planes, 3, stride, 1, bias=False)), ("bn2", BatchNorm(planes)), ("relu2", Act()),
-               ("conv3", Conv(planes, c_out, 1, bias=False)), ("bn3", BatchNorm(c_out)))
+def bottleneck(c_in: int, planes: int, stride: int, groups: int = 1, width_per_group: int = 64) -> tuple[Seq, int]:
+    """torchvision's Bottleneck: the 3x3 conv is `groups` groups of planes * width_per_group / 64 channels
+    (ResNeXt: groups 32, 4 a group at planes 64; Wide ResNet: width_per_group 128, twice ResNet-50's)."""
+    c_out, mid = planes * 4, int(planes * (width_per_group / 64.0)) * groups
+    body = Seq(("conv1", Conv(c_in, mid, 1, bias=False)), ("bn1", BatchNorm(mid)), ("relu1", Act()),
+               ("conv2", Conv(mid, mid, 3, stride, 1, bias=False, groups=groups)), ("bn2", BatchNorm(mid)),
+               ("relu2", Act()), ("conv3", Conv(mid, c_out, 1, bias=False)), ("bn3", BatchNorm(c_out)))
     return _residual(body, c_in, c_out, stride), c_out
 
 
@@ -99,6 +103,34 @@ def resnet50(*, in_channels: int = 3, num_classes: int = 1000, width: int = 64,
 
 
 @register_model
+def resnet101(*, in_channels: int = 3, num_classes: int = 1000, width: int = 64,
+              layers: tuple[int, int, int, int] = (3, 4, 23, 3), input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's ResNet-101 (`torchvision.models.resnet101`): 44,549,160 parameters, 224x224 RGB input."""
+    return network("resnet101", bottleneck, in_channels, num_classes, width, layers, input_size)
+
+
+@register_model
+def resnext50_32x4d(*, in_channels: int = 3, num_classes: int = 1000, width: int = 64,
+                    layers: tuple[int, int, int, int] = (3, 4, 6, 3), groups: int = 32, width_per_group: int = 4,
+                    input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's ResNeXt-50 32x4d (`torchvision.models.resnext50_32x4d`): 25,028,904 parameters; ResNet-50
+    with 32 groups of 4 channels (at the first stage) in every 3x3 conv."""
+    block = functools.partial(bottleneck, groups=_width(groups, "groups"),
+                              width_per_group=_width(width_per_group, "width_per_group"))
+    return network("resnext50_32x4d", block, in_channels, num_classes, width, layers, input_size)
+
+
+@register_model
+def wide_resnet50_2(*, in_channels: int = 3, num_classes: int = 1000, width: int = 64,
+                    layers: tuple[int, int, int, int] = (3, 4, 6, 3), width_per_group: int = 128,
+                    input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's Wide ResNet-50-2 (`torchvision.models.wide_resnet50_2`): 68,883,240 parameters; ResNet-50
+    with its bottlenecks' inner convs twice as wide."""
+    block = functools.partial(bottleneck, width_per_group=_width(width_per_group, "width_per_group"))
+    return network("wide_resnet50_2", block, in_channels, num_classes, width, layers, input_size)
+
+
+@register_model
 def resnet18_d2l(*, in_channels: int = 1, num_classes: int = 10, width: int = 64,
                  layers: tuple[int, int, int, int] = (2, 2, 2, 2), input_size: int | tuple[int, int] = 96) -> ModelSpec:
     """d2l's ResNet-18 (section 7.6) for Fashion-MNIST resized to 96x96: 11,178,378 parameters.
@@ -113,7 +145,7 @@ def resnet18_d2l(*, in_channels: int = 1, num_classes: int = 10, width: int = 64
 # (the zoo's momentum is never None); their other names are canonical.
 TORCHVISION_RESNET = register_keymap(KeyMap(
     name="torchvision ResNet (conv1.weight, layer1.0.bn1.running_mean, layer2.0.downsample.0.weight, ...)",
-    models=("resnet18", "resnet34", "resnet50"),
+    models=("resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "wide_resnet50_2"),
     rules=((r"((?:layer[1-4]\.\d+\.)?(?:conv[1-3]\.weight|bn[1-3]\.(?:weight|bias|running_mean|running_var))"
             r"|layer[1-4]\.\d+\.downsample\.(?:0\.weight|1\.(?:weight|bias|running_mean|running_var))"
             r"|fc\.(?:weight|bias))", r"\1"),),

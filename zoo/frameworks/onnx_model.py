@@ -51,7 +51,7 @@ INPUT, OUTPUT = "input", "logits"
 # Every op a zoo graph is written with. A file holding others is not one the zoo wrote or can match.
 WRITTEN_OPS = frozenset({"Conv", "BatchNormalization", "Relu", "Sigmoid", "MaxPool", "AveragePool", "Mul",
                          "GlobalAveragePool", "Slice", "ReduceMean", "Concat", "Gemm", "Flatten", "Identity",
-                         "Add"})
+                         "Add", "Clip", "HardSigmoid", "HardSwish"})
 
 
 class _Graph:

@@ -219,7 +219,9 @@ def set_weights(model: ZooModel, weights: dict[str, np.ndarray]) -> None:
 
 
 def _device(model: ZooModel):
-    return next(model.parameters()).device
+    """Where the model's tensors are (the CPU for a model that holds none, such as an activation alone)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def predict(model: ZooModel, x: np.ndarray) -> np.ndarray:
