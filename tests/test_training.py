@@ -25,8 +25,12 @@ if not (data.DEFAULT_DIR / data.FILES[("train", "images")][0]).exists():
 
 IMAGES, LABELS = data.load_fashion_mnist("train")
 SUBSET = (IMAGES[:160], LABELS[:160])
-# NiN (no BatchNorm, dropout) and d2l's ResNet-18 (BatchNorm before every ReLU), narrow
-MODELS = {"nin": (dict(widths=(16, 32, 32)), 67), "resnet18_d2l": (dict(width=8, layers=(1, 1, 1, 1)), 32)}
+# NiN (no BatchNorm, dropout) and d2l's ResNet-18 (BatchNorm before every ReLU), narrow; MobileNetV3-small
+# (depthwise convs, hardswish, SE gates with a hardsigmoid, BatchNorm momentum 0.01) and RegNetY (grouped convs,
+# SE with sigmoid), tiny
+MODELS = {"nin": (dict(widths=(16, 32, 32)), 67), "resnet18_d2l": (dict(width=8, layers=(1, 1, 1, 1)), 32),
+          "mobilenet_v3_small": (dict(width_mult=0.25, in_channels=1, num_classes=10), 32),
+          "regnet_y_400mf": (dict(depth=4, w_0=8, w_a=8.0, w_m=2.0, group_width=4, in_channels=1, num_classes=10), 32)}
 LRS = {"sgd": 0.05, "adamw": 1e-3}
 
 
@@ -85,8 +89,18 @@ def reference_steps():
     return get
 
 
+# Open (issue 21): tiny RegNetY's SGD steps in float32 stay within 1e-7 of the float64 reference in Flax (XLA),
+# but leave it by 6e-6 after one step and 4e-3 (a BatchNorm running variance) after five in PyTorch, and at a
+# wider tiny variant (w_0=16, 48x48) in Keras on TensorFlow too: both run their CPU convolutions on oneDNN.
+# Grouped convolutions alone agree (probe: 4e-7); where the rounding grows is not found yet.
+REGNET_STEPS = "float32 steps leave the float64 ones in PyTorch/TensorFlow (oneDNN), not in Flax: not understood yet"
+
+
 # AdamW on d2l's ResNet is not among them: see the test after this one.
-@pytest.mark.parametrize("model, optimizer", [("nin", "sgd"), ("nin", "adamw"), ("resnet18_d2l", "sgd")])
+@pytest.mark.parametrize("model, optimizer", [("nin", "sgd"), ("nin", "adamw"), ("resnet18_d2l", "sgd"),
+                                              ("mobilenet_v3_small", "sgd"),
+                                              pytest.param("regnet_y_400mf", "sgd", marks=pytest.mark.xfail(
+                                                  strict=False, reason=REGNET_STEPS))])
 def test_steps_match_the_float64_reference(framework, model, optimizer, reference_steps, request):
     spec, recipe = case(model, optimizer)
     ref = reference_steps(model, optimizer)
