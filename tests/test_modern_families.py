@@ -277,3 +277,20 @@ def test_modern_ops_agree(framework, record_error):
     ref = reference.forward(spec, w, x)
     got = _run_all(spec, w, x, framework)
     record_error("modern_ops", framework, got, ref)
+
+
+def test_the_test_specs_hold_every_op_kind_and_join():
+    """The op tables are isinstance chains: every op class, activation and join must be in every_op() or
+    modern_ops(), which run in every framework and the reference (test_modern_ops_agree and the conversion
+    tests), so that a backend without an entry fails here, in CI."""
+    from op_specs import every_op
+
+    from zoo.spec import ACTIVATIONS, JOINS, OPS, walk_layers
+
+    nodes = [layer.node for spec in (every_op(), modern_ops()) for layer in walk_layers(spec.body)]
+    assert {type(n).__name__ for n in nodes if not isinstance(n, Parallel)} == set(OPS)
+    assert {n.kind for n in nodes if isinstance(n, Act)} == set(ACTIVATIONS)
+    assert {n.join for n in nodes if isinstance(n, Parallel)} == set(JOINS)
+    convs = [n for n in nodes if isinstance(n, Conv)]
+    assert any(c.groups == c.in_channels and c.out_channels > c.in_channels for c in convs)  # a multiplier
+    assert any(1 < c.groups < c.in_channels and c.dilation != (1, 1) and c.stride != (1, 1) for c in convs)
