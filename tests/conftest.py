@@ -47,11 +47,12 @@ SIZES = {
     "vgg11": (None, 32), "vgg16": (None, 32), "vgg11_d2l": (32,), "googlenet": (None, 32), "googlenet_d2l": (None, 32),
     "resnet18": (None, 32), "resnet34": (None, 32), "resnet50": (None, 32), "resnet18_d2l": (None, 32),
     "densenet121": (None, 32), "densenet_d2l": (None, 32),
-    "resnet101": (None, 32), "resnext50_32x4d": (None, 32), "wide_resnet50_2": (None, 32),
-    "mobilenet_v2": (None, 37), "mobilenet_v3_large": (None, 37), "mobilenet_v3_small": (None, 37),
-    **{f"efficientnet_b{i}": (None, 37) for i in range(4)},
-    "regnet_x_400mf": (None, 37), "regnet_y_400mf": (None, 37), "regnet_d2l": (None, 32),
-    "squeezenet1_0": (None, 47), "squeezenet1_1": (None, 47),
+    # the variants of one architecture at other widths or depths: one size, their family's first preset two
+    "resnet101": (None,), "resnext50_32x4d": (None, 32), "wide_resnet50_2": (None,),
+    "mobilenet_v2": (None, 37), "mobilenet_v3_large": (None,), "mobilenet_v3_small": (None, 37),
+    "efficientnet_b0": (None, 37), **{f"efficientnet_b{i}": (None,) for i in range(1, 4)},
+    "regnet_x_400mf": (None,), "regnet_y_400mf": (None, 37), "regnet_d2l": (None, 32),
+    "squeezenet1_0": (None,), "squeezenet1_1": (None, 47),
 }
 # One full-width preset per family, run at its nominal input size (the d2l variants: what the book trains).
 FULL_SIZE = ["lenet", "alexnet_d2l", "vgg11_d2l", "nin", "googlenet_d2l", "resnet18_d2l", "densenet_d2l",

@@ -20,6 +20,7 @@ from op_specs import revealing_weights as bn_weights
 import zoo
 from zoo import conversion, reference
 from zoo.conversion import FORMATS, ConversionError
+from zoo.io.checkpoint import Checkpoint
 from zoo.io.formats import function
 from zoo.io.infer import infer
 
@@ -178,10 +179,30 @@ def test_spec_from_shapes_and_overrides(tmp_path):
                                                        tmp_path / "meta.safetensors")), model="nin")
 
 
-@pytest.mark.parametrize("preset", zoo.list_models())
+# Tiny variants whose overrides the shapes do not give (infer.py's docstring says why); they get the error that
+# says to name the overrides, and naming them works.
+NOT_INFERRED = {
+    "resnext50_32x4d": "groups and width_per_group set the bottleneck widths only together, with the base width",
+    "regnet_x_400mf": "w_0, w_a and w_m are a quantised rule: many values give one network",
+    "regnet_y_400mf": "w_0, w_a and w_m are a quantised rule: many values give one network",
+}
+
+
+@pytest.mark.parametrize("preset", sorted(NOT_INFERRED))
+def test_overrides_inference_cannot_read_are_asked_for(preset):
+    spec = zoo.get_spec(preset, **TINY[preset])
+    with pytest.raises(ConversionError, match=rf"Name the model and the overrides .*zoo convert {preset} --set"):
+        infer(spec.param_shapes(), preset)
+    ckpt = Checkpoint(random_weights(spec, 0), "safetensors")
+    got, origin = conversion.resolve_spec(ckpt, preset, dict(TINY[preset]))
+    assert got == spec and origin.startswith(f"{preset} with ")
+
+
+@pytest.mark.parametrize("preset", [m for m in zoo.list_models() if m not in NOT_INFERRED])
 def test_inference_reads_every_override_back(preset):
     """The tiny variant of every preset is found again from its tensor shapes alone, with the overrides it
-    was made with (widths included), so a plain state_dict of any of them needs no metadata."""
+    was made with (widths, depths and width multipliers included), so a plain state_dict of any of them needs
+    no metadata."""
     spec = zoo.get_spec(preset, **TINY[preset])
     found = infer(spec.param_shapes(), preset)
     assert found.spec.layers() == spec.layers() and found.spec.param_shapes() == spec.param_shapes()
@@ -194,6 +215,16 @@ def test_inference_reads_every_override_back(preset):
         assert re.search(r"the tensor shapes fit \w+ and \w+ alike", str(e)) and preset in str(e), e
     else:
         assert found.spec.param_shapes() == spec.param_shapes()
+
+
+def test_inference_reads_a_width_multiplier_and_depths_at_full_size():
+    """A MobileNetV2 at width 0.75 (one of its published widths) and a ResNet-50 with ResNet-101's depth
+    pattern cut to (2, 3, 4, 2): the multiplier is read as the shortest decimal that gives every width."""
+    for preset, overrides in [("mobilenet_v2", dict(width_mult=0.75, num_classes=10)),
+                              ("resnet50", dict(layers=(2, 3, 4, 2)))]:
+        spec = zoo.get_spec(preset, **overrides)
+        found = infer(spec.param_shapes(), preset)
+        assert found.spec == spec and found.overrides == overrides, found.describe()
 
 
 def test_shapes_that_fit_two_presets_alike_are_refused():

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 import zoo
-from zoo import cli
+from zoo import cli, data
 
 ROOT = Path(__file__).resolve().parent.parent
+needs_data = pytest.mark.skipif(not (data.DEFAULT_DIR / data.FILES[("train", "images")][0]).exists(),
+                                reason="Debian's dataset-fashion-mnist is not installed")
 
 
 def test_list_models_pretrained():
@@ -161,6 +163,7 @@ def test_bench_prints_each_framework_as_it_is_measured(tmp_path):
 
 
 @pytest.mark.keras
+@needs_data
 def test_keras_training_prints_only_the_zoo(tmp_path):
     """TensorFlow's "Memory patch applied" INFO line split the progress bar, and its import lines came first."""
     pytest.importorskip("keras")
@@ -179,6 +182,7 @@ def test_keras_training_prints_only_the_zoo(tmp_path):
 
 
 @pytest.mark.keras
+@needs_data
 def test_ctrl_c_in_keras_training_exits_cleanly(tmp_path):
     """Ctrl-C printed TensorFlow's GeneratorDataset FAILED_PRECONDITION line as the interpreter shut down
     (and the shutdown took seconds); the zoo's own message is the last line."""

@@ -400,8 +400,9 @@ def test_ops_outside_the_zoo_are_refused_by_name(tmp_path):
         path = tmp_path / f"{name}.onnx"
         onnx.save(model, str(path))
         expected = (f"{path}: its graph holds ops the zoo does not read: {ops}. The zoo reads convolutional networks "
-                    f"of Add, AveragePool, BatchNormalization, Concat, Conv, Flatten, Gemm, GlobalAveragePool, "
-                    f"Identity, MaxPool, Mul, ReduceMean, Relu, Sigmoid, Slice (and the glue torch.onnx.export writes "
+                    f"of Add, AveragePool, BatchNormalization, Clip, Concat, Conv, Flatten, Gemm, GlobalAveragePool, "
+                    f"HardSigmoid, HardSwish, Identity, MaxPool, Mul, ReduceMean, Relu, Sigmoid, Slice (and the glue "
+                    f"torch.onnx.export writes "
                     f"around them); this is another kind of model")
         with pytest.raises(ConversionError, match=f"^{re.escape(expected)}$"):
             conversion.read(path)

@@ -41,6 +41,8 @@ def stage_params(depth: int, w_0: int, w_a: float, w_m: float, group_width: int)
     widths_cont = np.arange(depth, dtype=np.float32) * np.float32(w_a) + np.float32(w_0)
     capacity = np.round(np.log(widths_cont / np.float32(w_0)) / np.float32(math.log(w_m)))
     widths = (np.round(np.float32(w_0) * np.power(np.float32(w_m), capacity) / 8) * 8).astype(int).tolist()
+    require(min(widths) >= 8, f"w_0={w_0}, w_a={w_a}, w_m={w_m} give a stage of width {min(widths)}: every stage "
+                              "needs 8 channels at least (w_0 >= 4)")
     stages: list[list[int]] = []
     for w in widths:
         if stages and stages[-1][0] == w:

@@ -7,8 +7,17 @@ NiN's tuple of `widths`, the input size of a network whose linear layer takes a 
 the tensor dimensions it sets. Which dimensions those are, the preset itself says: built with the
 override changed, some dimensions change; the value that gives the file's dimensions is then
 found by solving (a linear guess, else a bisection: a dimension grows or shrinks with its
-override). Strides, padding, pooling and dropout come from the preset. The candidate must then
-give the file's shapes exactly; a preset that fits at its defaults is preferred.
+override). A real override (a width multiplier) is solved on an interval: the values that give every
+size form one, found by two bisections, and the shortest decimal in it is reported. A preset whose
+names differ from the file's, with the same first and last layers, may differ in depth: each
+override that renames layers (a stage's block count, a depth multiplier) is solved on the names first.
+Strides, padding, pooling and dropout come from the preset. The candidate must then give the file's
+shapes exactly; a preset that fits at its defaults is preferred.
+
+Not read: overrides that set a width only together with another, where the other order of solving
+is needed (ResNeXt's groups with its width per group when the base width changes too), and a RegNet's
+w_0, w_a, w_m, a quantised rule that many values map to one network. Those files need the overrides
+named (zoo convert MODEL --set ...); the error says so.
 
     >>> infer_spec({'blocks.0.conv0.weight': (8, 1, 11, 11), ...}).name
     'nin'
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +78,90 @@ def _leaves(value: Any, at: tuple = ()) -> list[tuple[tuple, int]] | None:
     return None
 
 
+def _tunable(overrides: dict[str, Any]) -> list[tuple[str, tuple]]:
+    """(param, index path) of each leaf inference may solve: every int of an override (a width, a depth, a
+    tuple of them) and every positive float (a width or depth multiplier), in_channels and num_classes aside."""
+    out = []
+    for param, value in overrides.items():
+        if param in _READ:
+            continue
+        if isinstance(value, float) and math.isfinite(value) and value > 0:
+            out.append((param, ()))
+        else:
+            out += [(param, at) for at, _ in (_leaves(value) or [])]
+    return out
+
+
+def _nice(lo: float, ok) -> float:
+    """The shortest decimal at or above `lo` that `ok` accepts (0.25, not 0.2500000037), else `lo`: a real
+    override is known only to an interval, and the report shows the value."""
+    for k in range(10):
+        c = math.ceil(lo * 10 ** k - 1e-9) / 10 ** k
+        if c >= lo and ok(c):
+            return c
+    return lo
+
+
+def _names(name: str, overrides: dict[str, Any]) -> set[str] | None:
+    try:
+        return set(registry.get_spec(name, **overrides).param_shapes())
+    except (SpecError, TypeError, ValueError):
+        return None
+
+
+def _solve_names(name: str, names: set[str]) -> dict[str, Any] | None:
+    """The preset's defaults with its depths changed so that its tensor names are `names`, or None.
+
+    A leaf renames layers when a smaller or larger value of it gives other names (a stage's block count,
+    a depth multiplier). The file's names that a preset lacks can only fall as such a leaf grows, so the
+    leaf's value is the smallest one that leaves no more of them missing than a larger one does: found
+    by bisection, each leaf on its own (another leaf's stage keeps its missing names whatever this one is).
+    """
+    out = dict(_defaults(name))
+    for _ in range(2):  # a second pass, for a leaf whose names depend on another's
+        for param, at in _tunable(out):
+            value = _solve_depth(name, names, out, param, at)
+            if value is not None:
+                out = {**out, param: _replaced(out[param], at, value)}
+        if _names(name, out) == names:
+            return out
+    return None
+
+
+def _solve_depth(name: str, names: set[str], out: dict[str, Any], param: str, at: tuple) -> Any:
+    """`_solve_names` for one leaf: its value, or None where names do not show it (a width, a rate)."""
+    v0 = _leaf(out[param], at)
+    real = isinstance(v0, float)
+
+    def names_at(v):
+        return _names(name, {**out, param: _replaced(out[param], at, v)})
+
+    def missing(v):
+        got = names_at(v)
+        return math.inf if got is None else len(names - got)
+
+    here = _names(name, out)
+    lo = v0 / 64 if real else 1
+    if here is None or names_at(lo) == here and names_at(v0 * 2) == here:
+        return None
+    hi, floor = v0, missing(v0)
+    while hi < (64 * v0 if real else 1024):  # grow until a larger value finds no more of the file's names
+        more = missing(hi * 2)
+        if not more < floor:
+            break
+        hi, floor = hi * 2, more
+    while (hi - lo > 1e-7 * v0) if real else (lo < hi):
+        mid = (lo + hi) / 2 if real else (lo + hi) // 2
+        if missing(mid) <= floor:
+            hi = mid
+        else:
+            lo = mid if real else mid + 1
+    if real:
+        at_hi = names_at(hi)
+        hi = _nice(hi, lambda c: names_at(c) == at_hi)
+    return hi
+
+
 def _replaced(value: Any, at: tuple, new: int) -> Any:
     if not at:
         return new
@@ -103,7 +197,8 @@ class _Solver:
         v0 = _leaf(overrides[param], at)
         if base is None:
             return None
-        for step in (v0 + 1, 2 * v0):  # an input size may need more than one more pixel to show
+        steps = (v0 * 1.25, v0 * 2) if isinstance(v0, float) else (v0 + 1, 2 * v0)
+        for step in steps:  # an input size may need more than one more pixel to show
             after = self.shapes_with({**overrides, param: _replaced(overrides[param], at, step)})
             if after is not None:
                 changed = [(k, axis) for k, s in base.items() for axis, n in enumerate(s) if after[k][axis] != n]
@@ -127,6 +222,8 @@ class _Solver:
         want = [self.shapes[k][axis] for k, axis in dims]
         if sizes(v0) == want:
             return v0
+        if isinstance(v0, float):
+            return self._solve_real(sizes, v0, want, [after[k][a] - base[k][a] for k, a in dims])
         (k0, a0) = dims[0]
         d0, d1 = base[k0][a0], after[k0][a0]
         if d1 == d0:
@@ -154,8 +251,37 @@ class _Solver:
                 break
         return None
 
+    @staticmethod
+    def _solve_real(sizes, v0: float, want: list[int], signs: list[int]) -> float | None:
+        """A real override (a width multiplier) that gives `want`: each size is a non-decreasing (or, by its
+        sign, non-increasing) step function of it, so the values that give them all form one interval
+        [a, b), a the least value at which every size has reached its own and b the least at which any has
+        passed it; two bisections find them, and the shortest decimal inside is the answer."""
+        def state(v: float) -> tuple[bool, bool]:  # (every size reached, some size passed)
+            got = sizes(v)
+            if got is None:  # no valid spec: below v0 too small (nothing reached), above too large
+                return (False, False) if v < v0 else (True, True)
+            gaps = [s * (g - w) for s, g, w in zip(signs, got, want) if s]
+            return all(d >= 0 for d in gaps), any(d > 0 for d in gaps)
 
-def _read_overrides(name: str, base: ModelSpec, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+        def least(which: int) -> float:
+            lo, hi = v0 / 1024, v0 * 1024
+            if state(hi)[which] is False or state(lo)[which]:
+                return math.nan
+            while hi - lo > 1e-7 * v0:
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if state(mid)[which] else (mid, hi)
+            return hi
+
+        a, b = least(0), least(1)
+        if not a < b:  # NaN too: no value gives every size
+            return None
+        value = _nice(a, lambda c: c < b and sizes(c) == want)
+        return value if sizes(value) == want else None
+
+
+def _read_overrides(name: str, base: ModelSpec, shapes: dict[str, tuple[int, ...]],
+                    start: dict[str, Any] | None = None) -> dict[str, Any]:
     """The overrides of preset `name` that the file's shapes say, for a file with the preset's names.
 
     Each integer (a leaf of an override) is solved on the dimensions that it alone sets, when it has
@@ -164,7 +290,7 @@ def _read_overrides(name: str, base: ModelSpec, shapes: dict[str, tuple[int, ...
     linear layer's width together with the ratio); those are solved on all their dimensions, the others
     known by then.
     """
-    defaults = _defaults(name)
+    defaults = dict(start or _defaults(name))  # the depths, where the names needed others, solved already
     out = dict(defaults)
     first = next((p for p, op in base.ops().items() if isinstance(op, (Conv, Linear))), None)
     if "in_channels" in defaults and first is not None:
@@ -175,8 +301,7 @@ def _read_overrides(name: str, base: ModelSpec, shapes: dict[str, tuple[int, ...
     solver = _Solver(name, shapes)
     if solver.shapes_with(out) == shapes:
         return out
-    leaves = [(param, at) for param, value in defaults.items() if param not in _READ
-              for at, _ in (_leaves(value) or [])]
+    leaves = _tunable(defaults)
     shown = {}
     for param, at in leaves:
         found = solver.moved(out, param, at)
@@ -235,17 +360,28 @@ def infer(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> Infer
     for name in [model] if model else registry.list_models():
         base = _default(name)
         expected = base.param_shapes()
+        start = None
         if set(expected) != names:
             missing = set(expected) - names
             if missing and missing <= base.buffer_names() and names < set(expected):
                 near.append(f"{name}: the file lacks its {len(missing)} BatchNorm running statistics (running_mean, "
                             f"running_var), which inference needs: save the whole state_dict, buffers included")
                 continue
-            overlap = len(names & set(expected)) / len(names | set(expected))
-            far.append((overlap, f"{name}: the file {_names_gap(expected, shapes)}"))
-            continue
+            # the same first and last layers: perhaps the same network with other depths (blocks per stage)
+            ends = [k for k in expected if k.endswith(".weight")]
+            same_ends = {ends[0], ends[-1]} <= names
+            start = _solve_names(name, names) if same_ends else None
+            if start is None and same_ends and (model or len(names & set(expected)) > len(names) // 2):
+                near.append(f"{name}: its first and last layers, other blocks between (the file "
+                            f"{_names_gap(expected, shapes)}), and no depth overrides give those names")
+                continue
+            if start is None:
+                overlap = len(names & set(expected)) / len(names | set(expected))
+                far.append((overlap, f"{name}: the file {_names_gap(expected, shapes)}"))
+                continue
+            base = registry.get_spec(name, **start)
         defaults = _defaults(name)
-        overrides = _read_overrides(name, base, shapes)
+        overrides = _read_overrides(name, base, shapes, start)
         changed = {k: v for k, v in overrides.items() if v != defaults[k]}
         hint = f" ({', '.join(f'{k}={v!r}' for k, v in changed.items())} read from the shapes)" if changed else ""
         try:
@@ -266,8 +402,10 @@ def infer(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> Infer
         if other is not None:  # e.g. two presets that differ in an activation: shapes cannot tell them apart
             a, b = found[0].spec, other.spec
             at = next((x, y) for x, y in zip(a.layers(), b.layers()) if x != y)
+            also = ", ".join(f.spec.name for f in found if f.spec.name not in (a.name, b.name))
             raise ConversionError(
-                f"the tensor shapes fit {a.name} and {b.name} alike, which differ where shapes do not show "
+                f"the tensor shapes fit {a.name} and {b.name} alike{f' (so do {also})' if also else ''}, "
+                f"which differ where shapes do not show "
                 f"({at[0].path}: {at[0].node} in {a.name}, {at[1].node} in {b.name}): name the model "
                 f"(zoo convert {b.name} IN OUT, zoo.load({b.name!r}, ..., weights=...))")
         return found[0]  # the first best, in registry order
