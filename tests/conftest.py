@@ -37,6 +37,11 @@ TINY = {
     "regnet_y_400mf": dict(depth=4, w_0=8, w_a=8.0, w_m=2.0, group_width=4, num_classes=10),
     "regnet_d2l": dict(stem=8, widths=(8, 16), depths=(1, 2), group_width=4),
     "squeezenet1_0": dict(ratio=8, num_classes=10), "squeezenet1_1": dict(ratio=8, num_classes=10),
+    "resnet152": dict(width=4, layers=(1, 2, 1, 1)),
+    **{f"densenet{n}": dict(growth_rate=4, num_init_features=8, bn_size=2, block_config=blocks)
+       for n, blocks in ((161, (1, 2, 2, 1)), (169, (2, 1, 1, 2)), (201, (1, 1, 3, 1)))},
+    "vgg13": dict(ratio=16, hidden=16), "vgg19": dict(ratio=16, hidden=16),
+    **{f"vgg{n}_bn": dict(ratio=16, hidden=16) for n in (11, 13, 16, 19)},
 }
 # Input sides per preset's tiny variant: the minimum (None) at batch 1, then others at batch 3; a network
 # whose linear layer takes a fixed size has one side, its nominal one. Each size is one more compilation
@@ -53,6 +58,9 @@ SIZES = {
     "efficientnet_b0": (None, 37), **{f"efficientnet_b{i}": (None,) for i in range(1, 4)},
     "regnet_x_400mf": (None,), "regnet_y_400mf": (None, 37), "regnet_d2l": (None, 32),
     "squeezenet1_0": (None,), "squeezenet1_1": (None, 47),
+    "resnet152": (None,), "densenet161": (None,), "densenet169": (None,), "densenet201": (None,),
+    "vgg13": (None,), "vgg19": (None,), "vgg11_bn": (None, 32), "vgg13_bn": (None,), "vgg16_bn": (None,),
+    "vgg19_bn": (None,),
 }
 # One full-width preset per family, run at its nominal input size (the d2l variants: what the book trains).
 FULL_SIZE = ["lenet", "alexnet_d2l", "vgg11_d2l", "nin", "googlenet_d2l", "resnet18_d2l", "densenet_d2l",

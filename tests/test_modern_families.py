@@ -39,7 +39,26 @@ PUBLISHED = {
     "efficientnet_b3": 12_233_232, "regnet_x_400mf": 5_495_976, "regnet_y_400mf": 4_344_144,
     "resnext50_32x4d": 25_028_904, "wide_resnet50_2": 68_883_240, "resnet101": 44_549_160,
     "squeezenet1_0": 1_248_424, "squeezenet1_1": 1_235_496,
+    "resnet152": 60_192_808, "densenet161": 28_681_000, "densenet169": 14_149_480, "densenet201": 20_013_928,
+    "vgg13": 133_047_848, "vgg19": 143_667_240, "vgg11_bn": 132_868_840, "vgg13_bn": 133_053_736,
+    "vgg16_bn": 138_365_992, "vgg19_bn": 143_678_248,
 }
+
+
+def test_vgg_with_batchnorm_has_torchvisions_names_and_drops_its_counters():
+    """torchvision's make_layers(batch_norm=True) numbers conv, BatchNorm, ReLU in one flat list: VGG-11-BN's
+    second conv is features.4, and its checkpoints' num_batches_tracked counters are dropped by the key map."""
+    from zoo.families.vgg import TORCHVISION_VGG_BN
+    from zoo.io import keymaps
+
+    shapes = zoo.get_spec("vgg11_bn").param_shapes()
+    assert shapes["features.0.weight"] == (64, 3, 3, 3) and shapes["features.1.running_var"] == (64,)
+    assert shapes["features.4.weight"] == (128, 64, 3, 3) and "features.3.weight" not in shapes
+    assert len(shapes) == 8 * (2 + 4) + 6  # each conv: weight, bias; its BatchNorm: 4; three linears
+    names = list(shapes) + [k.replace("running_var", "num_batches_tracked") for k in shapes if "running_var" in k]
+    mapping, dropped = keymaps.rename(TORCHVISION_VGG_BN, names)
+    assert set(mapping.values()) == set(shapes) and len(dropped) == 8
+    assert keymaps.rename(TORCHVISION_VGG_BN, list(zoo.get_spec("resnet18").param_shapes())) is None
 
 
 @pytest.mark.parametrize("preset", sorted(PUBLISHED))

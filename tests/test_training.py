@@ -98,10 +98,10 @@ REGNET_STEPS = "float32 steps leave the float64 ones in PyTorch/TensorFlow (oneD
 
 # AdamW on d2l's ResNet is not among them: see the test after this one.
 @pytest.mark.parametrize("model, optimizer", [("nin", "sgd"), ("nin", "adamw"), ("resnet18_d2l", "sgd"),
-                                              ("mobilenet_v3_small", "sgd"),
-                                              pytest.param("regnet_y_400mf", "sgd", marks=pytest.mark.xfail(
-                                                  strict=False, reason=REGNET_STEPS))])
+                                              ("mobilenet_v3_small", "sgd"), ("regnet_y_400mf", "sgd")])
 def test_steps_match_the_float64_reference(framework, model, optimizer, reference_steps, request):
+    if model == "regnet_y_400mf" and framework == "torch":  # Flax and Keras must agree; torch may, on another CPU
+        request.applymarker(pytest.mark.xfail(strict=False, reason=REGNET_STEPS))
     spec, recipe = case(model, optimizer)
     ref = reference_steps(model, optimizer)
     t = trainer_module(framework).Trainer(spec, recipe, SUBSET, SUBSET, dropout=False)

@@ -1,4 +1,4 @@
-"""DenseNet (Huang et al. 2016): torchvision's DenseNet-121, and the d2l book's DenseNet.
+"""DenseNet (Huang et al. 2016): torchvision's DenseNet-121, -161, -169 and -201, and the d2l book's DenseNet.
 
 Canonical names follow torchvision's state_dict:
 
@@ -91,6 +91,33 @@ def densenet121(*, in_channels: int = 3, num_classes: int = 1000, growth_rate: i
 
 
 @register_model
+def densenet161(*, in_channels: int = 3, num_classes: int = 1000, growth_rate: int = 48,
+                block_config: tuple[int, ...] = (6, 12, 36, 24), num_init_features: int = 96, bn_size: int = 4,
+                input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's DenseNet-161 (`torchvision.models.densenet161`): 28,681,000 parameters, 224x224 RGB input."""
+    return network("densenet161", torchvision_layer, in_channels, num_classes, growth_rate, block_config,
+                   num_init_features, bn_size, input_size, bias=False)
+
+
+@register_model
+def densenet169(*, in_channels: int = 3, num_classes: int = 1000, growth_rate: int = 32,
+                block_config: tuple[int, ...] = (6, 12, 32, 32), num_init_features: int = 64, bn_size: int = 4,
+                input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's DenseNet-169 (`torchvision.models.densenet169`): 14,149,480 parameters, 224x224 RGB input."""
+    return network("densenet169", torchvision_layer, in_channels, num_classes, growth_rate, block_config,
+                   num_init_features, bn_size, input_size, bias=False)
+
+
+@register_model
+def densenet201(*, in_channels: int = 3, num_classes: int = 1000, growth_rate: int = 32,
+                block_config: tuple[int, ...] = (6, 12, 48, 32), num_init_features: int = 64, bn_size: int = 4,
+                input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's DenseNet-201 (`torchvision.models.densenet201`): 20,013,928 parameters, 224x224 RGB input."""
+    return network("densenet201", torchvision_layer, in_channels, num_classes, growth_rate, block_config,
+                   num_init_features, bn_size, input_size, bias=False)
+
+
+@register_model
 def densenet_d2l(*, in_channels: int = 1, num_classes: int = 10, growth_rate: int = 32,
                  block_config: tuple[int, ...] = (4, 4, 4, 4), num_init_features: int = 64,
                  input_size: int | tuple[int, int] = 96) -> ModelSpec:
@@ -110,7 +137,7 @@ _BN = "weight|bias|running_mean|running_var"  # a BatchNorm's tensors
 # torchvision itself renames them on load with a regex; this map does the same.
 TORCHVISION_DENSENET = register_keymap(KeyMap(
     name="torchvision DenseNet (features.denseblock1.denselayer1.norm1.weight, ...; also the old norm.1 names)",
-    models=("densenet121",),
+    models=("densenet121", "densenet161", "densenet169", "densenet201"),
     rules=((rf"(features\.denseblock\d+\.denselayer\d+\.)(norm|conv)\.([12])\.({_BN})", r"\1\2\3.\4"),
            (rf"(features\.(?:conv0|denseblock\d+\.denselayer\d+\.conv[12]|transition\d+\.conv)\.weight"
             rf"|features\.(?:norm\d+|denseblock\d+\.denselayer\d+\.norm[12]|transition\d+\.norm)\.(?:{_BN})"

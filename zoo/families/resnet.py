@@ -110,6 +110,13 @@ def resnet101(*, in_channels: int = 3, num_classes: int = 1000, width: int = 64,
 
 
 @register_model
+def resnet152(*, in_channels: int = 3, num_classes: int = 1000, width: int = 64,
+              layers: tuple[int, int, int, int] = (3, 8, 36, 3), input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's ResNet-152 (`torchvision.models.resnet152`): 60,192,808 parameters, 224x224 RGB input."""
+    return network("resnet152", bottleneck, in_channels, num_classes, width, layers, input_size)
+
+
+@register_model
 def resnext50_32x4d(*, in_channels: int = 3, num_classes: int = 1000, width: int = 64,
                     layers: tuple[int, int, int, int] = (3, 4, 6, 3), groups: int = 32, width_per_group: int = 4,
                     input_size: int | tuple[int, int] = 224) -> ModelSpec:
@@ -145,7 +152,8 @@ def resnet18_d2l(*, in_channels: int = 1, num_classes: int = 10, width: int = 64
 # (the zoo's momentum is never None); their other names are canonical.
 TORCHVISION_RESNET = register_keymap(KeyMap(
     name="torchvision ResNet (conv1.weight, layer1.0.bn1.running_mean, layer2.0.downsample.0.weight, ...)",
-    models=("resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "wide_resnet50_2"),
+    models=("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+            "wide_resnet50_2"),
     rules=((r"((?:layer[1-4]\.\d+\.)?(?:conv[1-3]\.weight|bn[1-3]\.(?:weight|bias|running_mean|running_var))"
             r"|layer[1-4]\.\d+\.downsample\.(?:0\.weight|1\.(?:weight|bias|running_mean|running_var))"
             r"|fc\.(?:weight|bias))", r"\1"),),

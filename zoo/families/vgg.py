@@ -1,8 +1,10 @@
-"""VGG (Simonyan and Zisserman 2014): torchvision's VGG-11 and VGG-16 (no BatchNorm), and d2l's small VGG-11.
+"""VGG (Simonyan and Zisserman 2014): torchvision's VGG-11, -13, -16 and -19, with and without BatchNorm
+(`vgg11_bn` ...), and d2l's small VGG-11.
 
 Canonical names follow torchvision's state_dict, N the index in its flat nn.Sequential:
 
-    features.N                    3x3 convs (padding 1), each followed by ReLU; a 2x2/2 max pool ends each block
+    features.N                    3x3 convs (padding 1), each followed by ReLU (by BatchNorm, then ReLU, in the
+                                  _bn variants); a 2x2/2 max pool ends each block
     classifier.{0,3,6}            Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear
 
 torchvision pools adaptively to 7x7 before the classifier; d2l flattens what 224x224 leaves (7x7).
@@ -20,19 +22,23 @@ from typing import Any
 
 from zoo._registry import KeyMap, register_keymap, register_model
 from zoo.families._common import check_counts, dropout_rate, out_shape, scaled, width
-from zoo.spec import Act, AdaptivePool, Conv, Dropout, Flatten, Linear, ModelSpec, Pool, Seq
+from zoo.spec import Act, AdaptivePool, BatchNorm, Conv, Dropout, Flatten, Linear, ModelSpec, Pool, Seq
 
 # (convs, width) per block: configurations A (11 layers) and D (16 layers) of the paper's table 1
+# and B (13) and E (19)
 VGG11 = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
+VGG13 = ((2, 64), (2, 128), (2, 256), (2, 512), (2, 512))
 VGG16 = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+VGG19 = ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512))
 
 
-def features(in_channels: int, arch: Any, ratio: Any) -> tuple[Seq, int]:
+def features(in_channels: int, arch: Any, ratio: Any, batch_norm: bool = False) -> tuple[Seq, int]:
     """The conv blocks, numbered as torchvision's flat nn.Sequential; returns (features, last width)."""
     layers, c = [], in_channels
     for convs, w in arch:
         for _ in range(convs):
-            layers += [Conv(c, scaled(w, ratio), 3, 1, 1), Act()]
+            layers += [Conv(c, scaled(w, ratio), 3, 1, 1), *([BatchNorm(scaled(w, ratio))] if batch_norm else []),
+                       Act()]
             c = scaled(w, ratio)
         layers.append(Pool("max", 2, 2))
     return Seq(*((str(i), op) for i, op in enumerate(layers))), c
@@ -45,9 +51,9 @@ def classifier(in_features: int, hidden: Any, num_classes: int, dropout: Any) ->
 
 
 def torchvision_vgg(name: str, arch: Any, in_channels: int, num_classes: int, ratio: int, hidden: int,
-                    dropout: float, input_size: Any) -> ModelSpec:
+                    dropout: float, input_size: Any, batch_norm: bool = False) -> ModelSpec:
     check_counts(in_channels, num_classes)
-    feats, c = features(in_channels, arch, ratio)
+    feats, c = features(in_channels, arch, ratio, batch_norm)
     body = Seq(("features", feats), ("avgpool", AdaptivePool(7)), ("flatten", Flatten()),
                ("classifier", classifier(c * 49, hidden, num_classes, dropout)))
     return ModelSpec(name=name, family="vgg", in_channels=in_channels, num_classes=num_classes, body=body,
@@ -66,6 +72,56 @@ def vgg16(*, in_channels: int = 3, num_classes: int = 1000, ratio: int = 1, hidd
           dropout: float = 0.5, input_size: int | tuple[int, int] = 224) -> ModelSpec:
     """torchvision's VGG-16 (`torchvision.models.vgg16`): 138,357,544 parameters, 224x224 RGB input."""
     return torchvision_vgg("vgg16", VGG16, in_channels, num_classes, ratio, hidden, dropout, input_size)
+
+
+@register_model
+def vgg11_bn(*, in_channels: int = 3, num_classes: int = 1000, ratio: int = 1, hidden: int = 4096,
+             dropout: float = 0.5, input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's VGG-11 with BatchNorm after every conv (`torchvision.models.vgg11_bn`): 132,868,840
+    parameters, 224x224 RGB input."""
+    return torchvision_vgg("vgg11_bn", VGG11, in_channels, num_classes, ratio, hidden, dropout, input_size,
+                           batch_norm=True)
+
+
+@register_model
+def vgg13(*, in_channels: int = 3, num_classes: int = 1000, ratio: int = 1, hidden: int = 4096,
+          dropout: float = 0.5, input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's VGG-13 (`torchvision.models.vgg13`): 133,047,848 parameters, 224x224 RGB input."""
+    return torchvision_vgg("vgg13", VGG13, in_channels, num_classes, ratio, hidden, dropout, input_size)
+
+
+@register_model
+def vgg13_bn(*, in_channels: int = 3, num_classes: int = 1000, ratio: int = 1, hidden: int = 4096,
+             dropout: float = 0.5, input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's VGG-13 with BatchNorm after every conv (`torchvision.models.vgg13_bn`): 133,053,736
+    parameters, 224x224 RGB input."""
+    return torchvision_vgg("vgg13_bn", VGG13, in_channels, num_classes, ratio, hidden, dropout, input_size,
+                           batch_norm=True)
+
+
+@register_model
+def vgg16_bn(*, in_channels: int = 3, num_classes: int = 1000, ratio: int = 1, hidden: int = 4096,
+             dropout: float = 0.5, input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's VGG-16 with BatchNorm after every conv (`torchvision.models.vgg16_bn`): 138,365,992
+    parameters, 224x224 RGB input."""
+    return torchvision_vgg("vgg16_bn", VGG16, in_channels, num_classes, ratio, hidden, dropout, input_size,
+                           batch_norm=True)
+
+
+@register_model
+def vgg19(*, in_channels: int = 3, num_classes: int = 1000, ratio: int = 1, hidden: int = 4096,
+          dropout: float = 0.5, input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's VGG-19 (`torchvision.models.vgg19`): 143,667,240 parameters, 224x224 RGB input."""
+    return torchvision_vgg("vgg19", VGG19, in_channels, num_classes, ratio, hidden, dropout, input_size)
+
+
+@register_model
+def vgg19_bn(*, in_channels: int = 3, num_classes: int = 1000, ratio: int = 1, hidden: int = 4096,
+             dropout: float = 0.5, input_size: int | tuple[int, int] = 224) -> ModelSpec:
+    """torchvision's VGG-19 with BatchNorm after every conv (`torchvision.models.vgg19_bn`): 143,678,248
+    parameters, 224x224 RGB input."""
+    return torchvision_vgg("vgg19_bn", VGG19, in_channels, num_classes, ratio, hidden, dropout, input_size,
+                           batch_norm=True)
 
 
 @register_model
@@ -92,3 +148,11 @@ D2L_VGG11 = register_keymap(KeyMap(
     models=("vgg11_d2l",),
     rules=tuple((rf"{re.escape(foreign)}\.(weight|bias)", rf"features.{i}.\1") for foreign, i in _D2L_CONVS)
     + tuple((rf"{i}\.(weight|bias)", rf"classifier.{j}.\1") for i, j in ((6, 0), (9, 3), (12, 6)))))
+
+# torchvision's VGGs with BatchNorm carry each BatchNorm's num_batches_tracked, which changes no output here;
+# their other names are canonical.
+TORCHVISION_VGG_BN = register_keymap(KeyMap(
+    name="torchvision VGG with BatchNorm (features.1.running_mean, features.1.num_batches_tracked, ...)",
+    models=("vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"),
+    rules=((r"(features\.\d+\.(?:weight|bias|running_mean|running_var)|classifier\.[036]\.(?:weight|bias))", r"\1"),),
+    drop=(r".*\.num_batches_tracked",)))
