@@ -182,6 +182,22 @@ def _small_foreign(path, conv_bias="conv1.bias", fc_weight_shape=(5, 4), **gemm)
     return path
 
 
+def test_a_foreign_grouped_conv_is_refused_with_the_way_round(tmp_path):
+    """A depthwise conv in another project's graph: refused by name with what to convert instead, not read
+    as an ungrouped conv of other weights."""
+    from onnx import helper
+
+    path = _small_foreign(tmp_path / "grouped.onnx")
+    model = onnx.load(str(path))
+    model.graph.node[0].attribute.append(helper.make_attribute("group", 4))
+    onnx.save(model, str(path))
+    with pytest.raises(ConversionError, match="^" + re.escape(
+            f"{path}: Conv node c has group=4: grouped and dilated convolutions are not read from another "
+            f"project's .onnx yet (the zoo's own .onnx files of such models read); convert the PyTorch checkpoint "
+            f"instead (zoo convert MODEL model.pt out.onnx)") + "$"):
+        conversion.read(path)
+
+
 def test_weights_in_another_layout_are_refused(tmp_path):
     path = _small_foreign(tmp_path / "tf_style.onnx", fc_weight_shape=(4, 5), transB=0)
     with pytest.raises(ConversionError, match="^" + re.escape(

@@ -142,8 +142,8 @@ def _solve_depth(name: str, names: set[str], out: dict[str, Any], param: str, at
 
     here = _names(name, out)
     lo = v0 / 64 if real else 1
-    if here is None or names_at(lo) == here and names_at(v0 * 2) == here:
-        return None
+    if here is None or all(n is None or n == here for n in (names_at(lo), names_at(v0 * 2))):
+        return None  # no valid value shows other names (an input size is merely invalid when too small)
     hi, floor = v0, missing(v0)
     while hi < (64 * v0 if real else 1024):  # grow until a larger value finds no more of the file's names
         more = missing(hi * 2)
@@ -197,7 +197,9 @@ class _Solver:
         v0 = _leaf(overrides[param], at)
         if base is None:
             return None
-        steps = (v0 * 1.25, v0 * 2) if isinstance(v0, float) else (v0 + 1, 2 * v0)
+        # up first; down where up is invalid (a group width that larger no longer divides the widths)
+        steps = ((v0 * 1.25, v0 * 2, v0 * 0.8, v0 / 2) if isinstance(v0, float)
+                 else (v0 + 1, 2 * v0, *((v0 - 1, v0 // 2) if v0 > 1 else ())))
         for step in steps:  # an input size may need more than one more pixel to show
             after = self.shapes_with({**overrides, param: _replaced(overrides[param], at, step)})
             if after is not None:
@@ -219,11 +221,15 @@ class _Solver:
         if found is None:
             return None
         step, base, after = found[:3]
+        # a size that this step moves first: the bisection follows it (a group width capped by a stage's width
+        # moves only the wider stages)
+        dims = sorted(dims, key=lambda d: base[d[0]][d[1]] == after[d[0]][d[1]])
         want = [self.shapes[k][axis] for k, axis in dims]
         if sizes(v0) == want:
             return v0
         if isinstance(v0, float):
-            return self._solve_real(sizes, v0, want, [after[k][a] - base[k][a] for k, a in dims])
+            up = 1 if step > v0 else -1
+            return self._solve_real(sizes, v0, want, [up * (after[k][a] - base[k][a]) for k, a in dims])
         (k0, a0) = dims[0]
         d0, d1 = base[k0][a0], after[k0][a0]
         if d1 == d0:
@@ -232,7 +238,7 @@ class _Solver:
             guess = v0 + (want[0] - d0) * (step - v0) // (d1 - d0)
             if guess >= 1 and sizes(guess) == want:
                 return guess
-        grows = d1 > d0
+        grows = (d1 > d0) == (step > v0)
         lo, hi = 1, MAX_WIDTH  # the smallest v whose first size reaches want[0]
         while lo < hi:
             mid = (lo + hi) // 2
