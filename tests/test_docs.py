@@ -140,3 +140,30 @@ def test_tables_name_a_missing_or_wrong_json(tmp_path: Path, capsys):
 def test_docs_tables_are_in_step_with_their_json():
     """Every marked table of the docs equals what its JSON renders (a page without markers passes)."""
     assert docs_tables.main(["--check", *map(str, PAGES)]) == 0
+
+
+def _model_rows(text: str) -> dict[str, tuple[str, str]]:
+    """docs/models.md's table: each model named in a row -> (its params, its GFLOPs)."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 7 or not cells[0].startswith("`"):
+            continue
+        names = re.findall(r"`([a-z0-9_]+)`", cells[0])
+        if ".." in cells[0]:  # `efficientnet_b0` .. `efficientnet_b3`
+            stem, first, last = re.fullmatch(r"(.*?)(\d+)", names[0])[1], int(names[0][-1]), int(names[-1][-1])
+            names = [f"{stem}{i}" for i in range(first, last + 1)]
+        params, gflops = cells[4].split("; "), cells[5].split("; ")
+        assert len(params) == len(names) == len(gflops), line
+        rows.update({n: (p, g) for n, p, g in zip(names, params, gflops)})
+    return rows
+
+
+def test_the_models_table_lists_every_preset_with_its_size():
+    import zoo
+    rows = _model_rows((ROOT / "docs" / "models.md").read_text())
+    assert sorted(rows) == zoo.list_models(), "docs/models.md's table and the registry name different models"
+    for name, (params, gflops) in rows.items():
+        spec = zoo.get_spec(name)
+        assert params == f"{spec.num_params:,}", (name, params, spec.num_params)
+        assert float(gflops) == pytest.approx(spec.flops() / 1e9, rel=5e-3), (name, gflops, spec.flops() / 1e9)
