@@ -23,6 +23,10 @@ TEST = nox.project.dependency_groups(PYPROJECT, "test")
 # torch is pinned to the version the project is tested with. The pin does not choose a CPU build: on
 # the public index the Linux wheel of this version pulls the CUDA packages (README.md: Install, run, test).
 TORCH = "torch==2.13.0"
+# timm, for tests/test_timm.py only (its checkpoints against its own forward): installed without its
+# dependencies, since it requires torchvision, whose PyPI wheel is a CUDA build (tests/timm_shim.py).
+TIMM = ["timm==1.0.31"]
+TIMM_DEPS = ["pyyaml", "huggingface_hub"]
 KERAS_BACKEND_PACKAGES = {"tensorflow": ["tensorflow-cpu"], "jax": ["jax"], "torch": [TORCH]}
 # Keep several frameworks in one GPU process from each taking all of its memory.
 GPU_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
@@ -46,7 +50,8 @@ PARALLEL = ["-n", os.environ.get("ZOO_TEST_WORKERS", "2"), "--durations", "15"]
 def tests(session: nox.Session) -> None:
     """The whole suite in all four frameworks (torch, flax, keras, onnx), Keras on TensorFlow."""
     # openvino: optional for users (a `zoo bench` alternative beside onnxruntime); here so that its rows are tested
-    session.install(".[all]", TORCH, "openvino", *TEST)
+    session.install(".[all]", TORCH, "openvino", *TEST, *TIMM_DEPS)
+    session.install("--no-deps", *TIMM)
     session.run("pytest", *PARALLEL, *session.posargs, env={"KERAS_BACKEND": "tensorflow"})
 
 

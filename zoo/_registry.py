@@ -87,12 +87,15 @@ class KeyMap:
     Each foreign key is renamed by the first rule whose pattern matches it whole
     (`re.fullmatch`, then `match.expand(replacement)`); keys matching a `drop` pattern are
     left out on purpose (and said so). A map applies to a file when every key is renamed or dropped.
+    Where a tensor's layout differs too, `reshape` names a layout hook (zoo.io.keymaps.LAYOUT_HOOKS) for
+    the foreign keys its pattern matches whole; each reshaping is said in the read's notes.
     """
 
     name: str  # said in reports, e.g. "d2l ResNet-18 (nn.Sequential: 0.0.weight, 1.0.conv1.weight, ...)"
     models: tuple[str, ...]  # the presets whose specs the renamed weights fit
     rules: tuple[tuple[str, str], ...]  # (pattern, replacement)
     drop: tuple[str, ...] = ()
+    reshape: tuple[tuple[str, str], ...] = ()  # (pattern of foreign keys, layout hook's name)
 
 
 KEYMAPS: list[KeyMap] = []

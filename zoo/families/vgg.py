@@ -156,3 +156,19 @@ TORCHVISION_VGG_BN = register_keymap(KeyMap(
     models=("vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"),
     rules=((r"(features\.\d+\.(?:weight|bias|running_mean|running_var)|classifier\.[036]\.(?:weight|bias))", r"\1"),),
     drop=(r".*\.num_batches_tracked",)))
+
+# timm's VGGs (timm.models.vgg) keep torchvision's `features.N` and build the head as convolutions:
+# `pre_logits.fc1` a 7x7 conv [4096, 512, 7, 7] on the 7x7 map, `pre_logits.fc2` a 1x1 conv, then global
+# pooling (of a 1x1 map) and `head.fc`. At 224x224, where the map is 7x7, those convs are exactly
+# torchvision's classifier.0 and classifier.3: the same numbers, flattened channel-major. (At other sizes
+# timm's head slides its 7x7 conv and pools the results while torchvision pools to 7x7 first: the
+# networks differ there, and the zoo computes torchvision's.)
+TIMM_VGG = register_keymap(KeyMap(
+    name="timm VGG (features.N.*, pre_logits.fc1/fc2 convolutions read as classifier.0/3, head.fc)",
+    models=("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"),
+    rules=((r"(features\.\d+\.(?:weight|bias|running_mean|running_var))", r"\1"),
+           (r"pre_logits\.fc1\.(weight|bias)", r"classifier.0.\1"),
+           (r"pre_logits\.fc2\.(weight|bias)", r"classifier.3.\1"),
+           (r"head\.fc\.(weight|bias)", r"classifier.6.\1")),
+    drop=(r".*\.num_batches_tracked",),
+    reshape=((r"pre_logits\.fc[12]\.weight", "conv_as_linear"),)))

@@ -47,9 +47,15 @@ def read(path, format: str | None = None, *, model: str | None = None, spec: Mod
         if stripped:
             ckpt.notes.append(keymaps.prefixes_note(stripped))
     if ckpt.spec is None and spec is None:
-        ckpt.weights, keymap, dropped = keymaps.to_canonical(ckpt.weights, model)
+        reshaped = []
+        try:
+            ckpt.weights, keymap, dropped = keymaps.to_canonical(ckpt.weights, model, reshaped)
+        except keymaps.LayoutError as e:
+            raise ConversionError(f"{path}: {e}") from None
         if keymap is not None:
             ckpt.notes.append(f"recognised foreign keys: {keymap.name}")
+            if reshaped:
+                ckpt.notes.append(f"reshaped {len(reshaped)} tensor(s) as that key map says: {'; '.join(reshaped)}")
             if dropped:
                 ckpt.notes.append(f"left out {len(dropped)} tensor(s) on purpose, as that key map says: "
                                   f"{', '.join(dropped[:4])}{' ...' if len(dropped) > 4 else ''}")

@@ -1,6 +1,8 @@
 """Foreign checkpoints: other projects' parameter names, renamed to canonical ones by the registered
 key maps (`zoo._registry.KEYMAPS`, data that the family files declare). Layouts are PyTorch's in all
-of them, so only names change.
+of them; where another project stores a tensor in another shape (timm's VGG head: its linear layers
+are convolutions, [4096, 512, 7, 7] for torchvision's [4096, 25088]), the map names a layout hook
+from LAYOUT_HOOKS for those keys, and the read says what was reshaped.
 
 A map applies to a file when each of its keys matches one of its `drop` patterns (left out on
 purpose) or is renamed by a rule (the first whose pattern matches the whole key), and no two keys
@@ -54,6 +56,36 @@ def prefixes_note(stripped: list[str]) -> str:
             f"{', then '.join(PREFIXES[p] for p in stripped)})")
 
 
+# ----------------------------------------------------------------------------- layout hooks
+
+class LayoutError(ValueError):
+    """A tensor that a key map's layout hook cannot take (its shape is not the one the hook reads)."""
+
+
+def _conv_as_linear(name: str, w: np.ndarray) -> np.ndarray:
+    """A convolution kernel [O, I, kh, kw] read as the linear layer [O, I * kh * kw] it computes on an
+    input of exactly kh x kw (flattened channel-major, as torch.flatten orders an NCHW map). Exact: the
+    same numbers in the same order, only the shape changes."""
+    if w.ndim != 4:
+        raise LayoutError(f"{name} has shape {list(w.shape)}; the hook conv_as_linear reads a 4-D conv kernel")
+    return w.reshape(w.shape[0], -1)
+
+
+LAYOUT_HOOKS = {"conv_as_linear": _conv_as_linear}
+
+
+def _reshaped(keymap: KeyMap, weights: dict) -> tuple[dict, list[str]]:
+    """Apply the map's layout hooks to the foreign-named weights: (weights, what each hook did)."""
+    hooks = [(re.compile(p), h) for p, h in keymap.reshape]
+    out, said = dict(weights), []
+    for name, w in weights.items():
+        hook = next((h for p, h in hooks if p.fullmatch(name)), None)
+        if hook is not None and isinstance(w, np.ndarray):  # names-only callers pass no arrays
+            out[name] = LAYOUT_HOOKS[hook](name, w)
+            said.append(f"{name} {list(w.shape)} -> {list(out[name].shape)} ({hook})")
+    return out, said
+
+
 # ----------------------------------------------------------------------------- applying the maps
 
 def rename(keymap: KeyMap, names) -> tuple[dict[str, str], list[str]] | None:
@@ -91,12 +123,13 @@ def _fits_by_name(names, models) -> bool:
     return any(_canonical_names(m) == names for m in models)
 
 
-def to_canonical(weights: dict[str, np.ndarray], model: str | None = None
+def to_canonical(weights: dict[str, np.ndarray], model: str | None = None, reshaped: list[str] | None = None
                  ) -> tuple[dict[str, np.ndarray], KeyMap | None, list[str]]:
     """Rename a foreign state_dict to canonical names: (weights, the map applied or None, keys dropped).
 
     Weights whose names already are a preset's canonical names pass unchanged, as do names that
     no map fits (the spec check that follows lists them). With `model`, only maps for it apply.
+    The map's layout hooks reshape the tensors they name; `reshaped`, if given, gets a line for each.
     """
     names = list(weights)
     candidates = [k for k in _registry.KEYMAPS if model is None or model in k.models]
@@ -108,4 +141,7 @@ def to_canonical(weights: dict[str, np.ndarray], model: str | None = None
     # the first map whose result is a preset's names exactly; else the first that applies
     keymap, (mapping, dropped) = next(((k, r) for k, r in applied if _fits_by_name(r[0].values(), k.models)),
                                       applied[0])
-    return {mapping[k]: weights[k] for k in names if k in mapping}, keymap, dropped
+    weights, said = _reshaped(keymap, {k: weights[k] for k in names if k in mapping})
+    if reshaped is not None:
+        reshaped.extend(said)
+    return {mapping[k]: w for k, w in weights.items()}, keymap, dropped
