@@ -26,7 +26,7 @@ TORCH = "torch==2.13.0"
 # timm, for tests/test_timm.py only (its checkpoints against its own forward): installed without its
 # dependencies, since it requires torchvision, whose PyPI wheel is a CUDA build (tests/timm_shim.py).
 TIMM = ["timm==1.0.31"]
-TIMM_DEPS = ["pyyaml", "huggingface_hub"]
+TIMM_DEPS = ["pyyaml", "huggingface_hub"]  # what timm's import needs (huggingface_hub: also the hub extra)
 KERAS_BACKEND_PACKAGES = {"tensorflow": ["tensorflow-cpu"], "jax": ["jax"], "torch": [TORCH]}
 # Keep several frameworks in one GPU process from each taking all of its memory.
 GPU_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_FORCE_GPU_ALLOW_GROWTH": "true",

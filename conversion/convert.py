@@ -10,7 +10,7 @@ import numpy as np
 import zoo
 from zoo import reference
 from zoo._checks import negative_variances
-from zoo.io import FLOAT_DTYPES, keymaps, load, read  # noqa: F401  (re-exported by conversion)
+from zoo.io import FLOAT_DTYPES, keymaps, load, read, source  # noqa: F401  (re-exported by conversion)
 from zoo.io.checkpoint import (
     ConversionError,
     atomic_output,
@@ -103,7 +103,7 @@ def convert(src, dst, *, model: str | None = None, overrides: dict | None = None
 
     >>> print(conversion.convert('model.pt', 'model.weights.h5'))
     """
-    src, dst = Path(src), Path(dst)
+    src, dst = source(src), Path(dst)  # source: hf-hub:ORG/NAME is a folder of the local hub cache
     if not (src.exists() or src.is_symlink()):  # first: a missing input matters more than an existing output
         raise ConversionError(f"{src} does not exist: nothing to convert")
     sfmt, dfmt = detect(src, src_format), detect(dst, dst_format, writing=True)

@@ -42,6 +42,8 @@ TINY = {
        for n, blocks in ((161, (1, 2, 2, 1)), (169, (2, 1, 1, 2)), (201, (1, 1, 3, 1)))},
     "vgg13": dict(ratio=16, hidden=16), "vgg19": dict(ratio=16, hidden=16),
     **{f"vgg{n}_bn": dict(ratio=16, hidden=16) for n in (11, 13, 16, 19)},
+    # timm's MobileNetV3s take no width multiplier (timm's _075 variants scale otherwise): full width
+    "mobilenetv3_large_100": dict(num_classes=10), "mobilenetv3_small_100": dict(num_classes=10),
 }
 # Input sides per preset's tiny variant: the minimum (None) at batch 1, then others at batch 3; a network
 # whose linear layer takes a fixed size has one side, its nominal one. Each size is one more compilation
@@ -60,7 +62,7 @@ SIZES = {
     "squeezenet1_0": (None,), "squeezenet1_1": (None, 47),
     "resnet152": (None,), "densenet161": (None,), "densenet169": (None,), "densenet201": (None,),
     "vgg13": (None,), "vgg19": (None,), "vgg11_bn": (None, 32), "vgg13_bn": (None,), "vgg16_bn": (None,),
-    "vgg19_bn": (None,),
+    "vgg19_bn": (None,), "mobilenetv3_large_100": (None,), "mobilenetv3_small_100": (None,),
 }
 # One full-width preset per family, run at its nominal input size (the d2l variants: what the book trains).
 FULL_SIZE = ["lenet", "alexnet_d2l", "vgg11_d2l", "nin", "googlenet_d2l", "resnet18_d2l", "densenet_d2l",

@@ -44,7 +44,8 @@ def _formats():
     """The format axis; Keras formats carry the keras mark, so the Keras sessions run them on every backend
     (and the ONNX format the onnx mark)."""
     marks = {"keras": [pytest.mark.keras], "onnx": [pytest.mark.onnx]}
-    return [pytest.param(f, marks=marks.get(FORMATS[f].framework, []), id=f) for f in FORMATS]
+    return [pytest.param(f, marks=marks.get(FORMATS[f].framework, []), id=f) for f in FORMATS
+            if FORMATS[f].every_model]  # the hf format (timm's families only): tests/test_hf.py
 
 
 def _write(fmt: str, weights, spec, path):
@@ -392,7 +393,7 @@ def test_unknown_suffix_lists_known(tmp_path):
     with pytest.raises(ConversionError, match=r"cannot tell the format of .*model.bin from its suffix '.bin'; "
                                               r"known: .pt, .pth \(torch\); .safetensors"):
         conversion.convert(tmp_path / "model.bin", tmp_path / "out.pt")
-    with pytest.raises(ConversionError, match=r"unknown format 'tflite'; known: .*, onnx \(or a framework name: "
+    with pytest.raises(ConversionError, match=r"unknown format 'tflite'; known: .*, onnx, hf \(or a framework name: "
                                               r"torch, flax, keras, onnx\)"):
         conversion.convert(tmp_path / "model.bin", tmp_path / "out.pt", src_format="tflite")
 

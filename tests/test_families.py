@@ -439,9 +439,9 @@ def with_batch_counts(spec) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("name, preset, extra", [
-    ("torchvision ResNet", "resnet18", {}),
-    ("torchvision ResNet", "resnet50", {}),
-    ("torchvision DenseNet", "densenet121", {}),
+    ("torchvision and timm ResNet", "resnet18", {}),
+    ("torchvision and timm ResNet", "resnet50", {}),
+    ("torchvision and timm DenseNet", "densenet121", {}),
     # the training-only auxiliary heads of torchvision's GoogLeNet checkpoint
     ("torchvision GoogLeNet", "googlenet", {"aux1.conv.conv.weight": (128, 512, 1, 1), "aux1.conv.bn.weight": (128,),
                                             "aux1.fc1.weight": (1024, 2048), "aux2.fc2.bias": (1000,)}),
@@ -459,10 +459,10 @@ def test_torchvision_densenet_old_names():
     old = {re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v
            for k, v in with_batch_counts(spec).items()}
     assert "features.denseblock1.denselayer1.norm.1.weight" in old
-    assert set(rename(keymap("torchvision DenseNet"), old)) == set(spec.param_shapes())
+    assert set(rename(keymap("torchvision and timm DenseNet"), old)) == set(spec.param_shapes())
 
 
 def test_torchvision_maps_refuse_other_models():
     """A map applies only where every key is renamed or dropped: ResNet's does not take DenseNet's keys."""
     with pytest.raises(AssertionError, match="no rule renames"):
-        rename(keymap("torchvision ResNet"), with_batch_counts(zoo.get_spec("densenet121")))
+        rename(keymap("torchvision and timm ResNet"), with_batch_counts(zoo.get_spec("densenet121")))

@@ -227,6 +227,9 @@ def test_names_that_fit_no_model_get_honest_advice(tmp_path):
         conversion.convert(tmp_path / "mlp.safetensors", tmp_path / "out.safetensors")
     assert "closest" not in str(e.value) and "none of them is any model's" in str(e.value)
     assert "named after the layers `zoo summary MODEL` lists" in str(e.value)
+    # what can work: a key map that renames, and reshapes through a layout hook where the layout differs
+    assert "renaming rules, and a layout hook (zoo.io.keymaps.LAYOUT_HOOKS) for a tensor stored in another shape" \
+        in str(e.value)
     with pytest.raises(ConversionError, match=r"these are not lenet's tensor names, .*none of them is one of lenet's"):
         conversion.convert(tmp_path / "mlp.safetensors", tmp_path / "out.safetensors", model="lenet")
     # names some model shares: that one is the closest

@@ -36,6 +36,7 @@ EXTRA = {
     "zoo evaluate": ["--limit", "1000"],
     "zoo bench": ["--rounds", "1", "--min-time", "0.01", "--only", "zoo.predict", "--cases", "1x96"],
 }
+HUB_REVISION = "0123456789abcdef0123456789abcdef01234567"  # of the stand-in hub cache (seed_folder)
 # The pages write IN and OUT as placeholders for files whose suffix says nothing.
 PLACEHOLDERS = {"IN": "checkpoint.bin", "OUT": "converted.weights.h5"}
 
@@ -141,6 +142,15 @@ def seed_folder(tmp_path_factory) -> Path:
     proc = subprocess.run([*_zoo(), "convert", "r18.safetensors", "resnet18.onnx", "--no-verify"],
                           cwd=folder, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    # hub/: a Hugging Face hub cache holding timm/resnet18.a1_in1k (a folder the zoo writes as timm's), which
+    # the lines read with HF_HUB_CACHE pointing at it: nothing is downloaded
+    snapshot = folder / "hub" / "models--timm--resnet18.a1_in1k" / "snapshots" / HUB_REVISION
+    snapshot.parent.mkdir(parents=True)
+    proc = subprocess.run([*_zoo(), "convert", "r18.safetensors", str(snapshot), "--to", "hf", "--no-verify"],
+                          cwd=folder, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text(HUB_REVISION)
     for stand_in in ("seed.safetensors", "r18.safetensors"):
         (folder / stand_in).unlink()
     return folder
@@ -188,7 +198,7 @@ def _run_command(line: str, workdir: Path):
     if argv[0] in ("evaluate", "train"):
         _fashion_mnist_or_skip()
     truth = _images(workdir) if argv[0] == "predict" else {}
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "HF_HUB_CACHE": str(workdir / "hub")}
     proc = subprocess.run([*launcher, *argv], cwd=workdir, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, f"`{line}` failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n" \
                                  f"{proc.stderr[-3000:]}"
@@ -226,7 +236,7 @@ def _run_command(line: str, workdir: Path):
 @pytest.mark.parametrize("page, i, code", PYTHON, ids=[f"{page}-python-block-{i}" for page, i, _ in PYTHON])
 def test_python(page: str, i: int, code: str, workdir: Path):
     """Each Python example runs as written, in a folder holding the stand-in files (model.pt, ...)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "HF_HUB_CACHE": str(workdir / "hub")}
     proc = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, env=env,
                           timeout=600)
     assert proc.returncode == 0, f"{page}, Python block {i} failed:\n{code}\n{proc.stderr[-3000:]}"

@@ -3,7 +3,9 @@
 timm is a test dependency only, installed without its dependencies (`pip install --no-deps timm` plus
 pyyaml and huggingface_hub: noxfile.py); its import reaches for torchvision, which cannot be imported
 here, so tests/timm_shim.py gives it placeholder modules (no model code). The models are timm's with
-random weights and perturbed BatchNorm statistics (no download is possible), saved with torch.save.
+random weights and perturbed BatchNorm statistics (no download is possible), saved with torch.save. The
+reference is timm's own forward in float64 (`model.double()`): timm's float32 forward is itself up to 8e-5 from
+it on the perturbed MobileNets, which would leave a float32-to-float32 comparison measuring two roundings.
 
 timm's ResNet and DenseNet keep torchvision's names; its VGG builds the head as convolutions, which the
 key map `TIMM_VGG` (zoo/families/vgg.py) reads as torchvision's linear layers through a layout hook.
@@ -31,13 +33,16 @@ timm = import_timm()
 
 
 def _perturbed(model):
+    """BatchNorm statistics and affine parameters that no mistake survives (means off 0, variances off 1). The
+    scales stay at most 1: above it (up to 1.5) they compound through MobileNetV2's 17 linear projections, and
+    float32 itself, timm's forward included, is 1e-5 of the output's scale away from float64 there."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.5)
                 m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
     return model.eval()
 
@@ -58,6 +63,10 @@ CASES = {
     "vgg11_bn": (lambda: _tiny_vgg(True), 224),
     "resnet18": (lambda: timm.create_model("resnet18", num_classes=10), 64),
     "densenet121": (lambda: timm.create_model("densenet121", num_classes=10), 64),
+    "efficientnet_b0": (lambda: timm.create_model("efficientnet_b0", num_classes=10), 64),
+    "mobilenet_v2": (lambda: timm.create_model("mobilenetv2_100", num_classes=10), 64),
+    "mobilenetv3_large_100": (lambda: timm.create_model("mobilenetv3_large_100", num_classes=10), 64),
+    "mobilenetv3_small_100": (lambda: timm.create_model("mobilenetv3_small_100", num_classes=10), 64),
 }
 
 
@@ -72,9 +81,16 @@ def saved(tmp_path_factory):
         path = tmp_path_factory.mktemp(preset) / f"timm_{preset}.pth"
         torch.save(model.state_dict(), path)
         xi = np.ascontiguousarray(x[:, :, :size, :size])
-        with torch.no_grad():
-            out[preset] = path, xi, model(torch.from_numpy(xi)).numpy().astype(np.float64)
+        out[preset] = path, xi, timm_float64(model, xi)
     return out
+
+
+def timm_float64(model, x: np.ndarray) -> np.ndarray:
+    """timm's forward of `model` in float64, on a copy (the model itself stays float32)."""
+    import copy
+
+    with torch.no_grad():
+        return copy.deepcopy(model).double()(torch.from_numpy(x).double()).numpy()
 
 
 @pytest.mark.parametrize("preset", list(CASES))
@@ -110,3 +126,78 @@ def test_a_layout_hook_refuses_a_tensor_of_another_rank(saved, tmp_path):
     torch.save({k: torch.from_numpy(v) for k, v in weights.items()}, tmp_path / "flat.pth")
     with pytest.raises(conversion.ConversionError, match="conv_as_linear reads a 4-D conv kernel"):
         zoo.load("vgg11", "torch", weights=tmp_path / "flat.pth")
+
+
+# ----------------------------------------------------------------------------- Hugging Face folders
+
+HF_CASES = ("resnet18", "densenet121", "mobilenetv3_small_100")
+
+
+@pytest.fixture(scope="module")
+def hf_saved(saved, tmp_path_factory):
+    """The timm models of `saved` as timm's save_for_hf writes them: model.safetensors, and pytorch_model.bin."""
+    from timm.models import save_for_hf
+
+    out = {}
+    for preset in HF_CASES:
+        build, _ = CASES[preset]
+        torch.manual_seed(0)
+        model = _perturbed(build())
+        for kind, safe in (("safetensors", True), ("bin", False)):
+            folder = tmp_path_factory.mktemp(f"{preset}-{kind}")
+            save_for_hf(model, folder, safe_serialization=safe)
+            out[preset, kind] = folder
+    return out
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "bin"])
+@pytest.mark.parametrize("preset", HF_CASES)
+def test_timm_hf_folders_agree_with_timm_in_every_framework(preset, kind, framework, saved, hf_saved):
+    _, x, ref = saved[preset]
+    folder = hf_saved[preset, kind]
+    assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors" if kind == "safetensors"
+                                                  else "pytorch_model.bin"}
+    out = run(framework, zoo.load(preset, framework, weights=folder), x).astype(np.float64)
+    err, scale = float(np.abs(out - ref).max()), float(np.abs(ref).max())
+    assert err <= 1e-5 * max(1.0, scale), f"{preset}/{kind}/{framework}: {err:.3e} from timm at scale {scale:.3g}"
+
+
+def test_a_timm_folder_in_the_hub_cache_loads_by_its_id(saved, hf_saved, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from test_hf import hub_cache
+
+    _, x, ref = saved["resnet18"]
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", hub_cache(tmp_path, "timm/resnet18.test",
+                                                             hf_saved["resnet18", "safetensors"]))
+    ckpt = conversion.read("hf-hub:timm/resnet18.test")  # zoo inspect hf-hub:timm/resnet18.test
+    assert ckpt.model == "resnet18" and "config.json names timm's 'resnet18' with 10 classes" in ckpt.notes[0]
+    out = run("onnx", zoo.load("resnet18", "onnx", weights="hf-hub:timm/resnet18.test"), x)
+    assert float(np.abs(out - ref).max()) <= 1e-5 * max(1.0, float(np.abs(ref).max()))
+
+
+# (preset, overrides, input side): full-size models, since timm builds a folder's model from its config.json
+ROUND_TRIPS = [("resnet18", dict(num_classes=10), 64), ("densenet121", dict(num_classes=10), 64),
+               ("vgg11_bn", dict(num_classes=10), 224), ("efficientnet_b1", dict(num_classes=10), 64),
+               ("mobilenet_v2", dict(num_classes=10), 64), ("mobilenetv3_large_100", dict(num_classes=10), 64),
+               ("mobilenetv3_small_100", dict(num_classes=10, in_channels=1), 64)]
+
+
+@pytest.mark.parametrize("preset, overrides, size", ROUND_TRIPS, ids=[c[0] for c in ROUND_TRIPS])
+def test_zoo_folders_are_what_timm_builds_and_reads(preset, overrides, size, tmp_path):
+    """zoo -> `zoo convert --to hf` -> timm.create_model('local-dir:...', pretrained=True) -> the same outputs."""
+    from conftest import random_weights
+
+    from zoo import reference
+    from zoo.io import io_safetensors
+
+    spec = zoo.get_spec(preset, **overrides)
+    weights = random_weights(spec, 0)
+    io_safetensors.write(weights, spec, tmp_path / "zoo.safetensors")
+    assert main(["convert", str(tmp_path / "zoo.safetensors"), str(tmp_path / "folder"), "--to", "hf"]) == 0
+    model = timm.create_model(f"local-dir:{tmp_path / 'folder'}", pretrained=True).eval()
+    x = np.random.default_rng(2).standard_normal((2, spec.in_channels, size, size)).astype(np.float32)
+    out = timm_float64(model, x)  # the same network in float64: only the reference's own rounding differs
+    ref = reference.forward(spec, weights, x)
+    err, scale = float(np.abs(out - ref).max()), float(np.abs(ref).max())
+    # both in float64 from the same float32 weights: the same network differs by float64 rounding alone
+    assert err <= 1e-9 * max(1.0, scale), f"{preset}: timm's model of the zoo's folder is {err:.3e} away ({scale:.3g})"

@@ -88,7 +88,8 @@ class KeyMap:
     (`re.fullmatch`, then `match.expand(replacement)`); keys matching a `drop` pattern are
     left out on purpose (and said so). A map applies to a file when every key is renamed or dropped.
     Where a tensor's layout differs too, `reshape` names a layout hook (zoo.io.keymaps.LAYOUT_HOOKS) for
-    the foreign keys its pattern matches whole; each reshaping is said in the read's notes.
+    the foreign keys its pattern matches whole; each reshaping is said in the read's notes. A map with
+    `writes` also writes those names (the inverse renames, and `write_reshape`'s hooks).
     """
 
     name: str  # said in reports, e.g. "d2l ResNet-18 (nn.Sequential: 0.0.weight, 1.0.conv1.weight, ...)"
@@ -96,6 +97,12 @@ class KeyMap:
     rules: tuple[tuple[str, str], ...]  # (pattern, replacement)
     drop: tuple[str, ...] = ()
     reshape: tuple[tuple[str, str], ...] = ()  # (pattern of foreign keys, layout hook's name)
+    # Writing that project's names (a Hugging Face folder, `--to hf`): the library whose names they are
+    # ("timm"), rules renaming canonical names to them, and the layout hooks (WRITE_HOOKS) for canonical keys.
+    library: str = ""
+    writes: tuple[tuple[str, str], ...] = ()  # (pattern of canonical keys, replacement)
+    write_reshape: tuple[tuple[str, str], ...] = ()  # (pattern of canonical keys, write hook's name)
+    architectures: tuple[tuple[str, str], ...] = ()  # (preset, the library's name for it) where the two differ
 
 
 KEYMAPS: list[KeyMap] = []

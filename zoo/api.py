@@ -38,7 +38,9 @@ def load(name, framework: str, *, seed: int = 0, weights=None, pretrained: bool 
     this model; a tag that is also a file or folder here is refused as ambiguous (write
     './fashion_mnist' for the file); a pathlib.Path is always a path. Weights holding
     NaN or Inf are refused unless `allow_nonfinite`. A .pt training checkpoint gives its
-    state_dict; `state_dict_key` names the entry where it holds several ('model_ema').
+    state_dict; `state_dict_key` names the entry where it holds several ('model_ema'). A Hugging Face
+    folder as timm writes it (config.json, model.safetensors) reads too, and `'hf-hub:ORG/NAME'` is such
+    a folder in the local hub cache (never downloaded).
     `pretrained=True` loads the weights the model ships with (its first tag;
     `zoo.list_pretrained()` lists them), as timm's does.
 
@@ -46,6 +48,7 @@ def load(name, framework: str, *, seed: int = 0, weights=None, pretrained: bool 
     >>> model = zoo.load('nin', framework='torch', pretrained=True)   # = weights='fashion_mnist'
     >>> model = zoo.load('nin', framework='flax', weights='fashion_mnist')
     >>> model = zoo.load('nin', framework='keras', weights='model.pt')
+    >>> model = zoo.load('resnet50', framework='flax', weights='hf-hub:timm/resnet50.a1_in1k')
     """
     mod = adapter(framework)  # fails here, before any work, if the framework is missing
     if pretrained:
@@ -79,7 +82,7 @@ def load(name, framework: str, *, seed: int = 0, weights=None, pretrained: bool 
         if overrides:
             raise TypeError(f"pretrained weights fix the spec; drop the overrides {sorted(overrides)}")
         weights, _ = shipped.resolve(name, weights)
-    elif isinstance(weights, str) and not os.path.lexists(weights):
+    elif isinstance(weights, str) and not os.path.lexists(weights) and not weights.startswith("hf-hub:"):
         from zoo import pretrained as shipped
 
         raise shipped.not_a_file(name, weights)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from zoo.spec import MAX_WIDTH, Seq, Shape, is_int, join_shapes, require, run
@@ -60,3 +61,20 @@ def dropout_rate(value: Any) -> float:
     require(isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0,
             f"dropout must be a float in [0, 1), got {value!r}")
     return float(value)
+
+
+TENSORS = "weight|bias|running_mean|running_var"  # what a conv, linear or BatchNorm module holds
+
+
+def module_renames(pairs) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """Key-map rules, both ways, for modules renamed whole: (foreign module, canonical module) pairs, such as
+    ("blocks.1.{b}.conv_dw", "features.2.{b}.block.1.0"), where `{b}` stands for a block index both share.
+    Returns (rules, writes): each pattern is a module's tensors (weight, bias, running_mean, running_var)."""
+    def pattern(module: str) -> str:
+        return r"(?P<b>\d+)".join(re.escape(part) for part in module.split("{b}")) + rf"\.(?P<t>{TENSORS})"
+
+    def replacement(module: str) -> str:
+        return module.replace("{b}", r"\g<b>") + r".\g<t>"
+
+    return (tuple((pattern(f), replacement(c)) for f, c in pairs),
+            tuple((pattern(c), replacement(f)) for f, c in pairs))

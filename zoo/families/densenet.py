@@ -135,14 +135,18 @@ _BN = "weight|bias|running_mean|running_var"  # a BatchNorm's tensors
 # torchvision's checkpoints carry num_batches_tracked, which changes no output here (momentum is never
 # None). Its oldest DenseNet files (densenet121-a639ec97.pth) name dense-layer modules `norm.1`, `conv.2`:
 # torchvision itself renames them on load with a regex; this map does the same.
+# timm's DenseNets (timm.models.densenet: densenet121, 161, 169, 201) use the same names and layouts: this map
+# reads and writes (a Hugging Face folder) theirs too.
 TORCHVISION_DENSENET = register_keymap(KeyMap(
-    name="torchvision DenseNet (features.denseblock1.denselayer1.norm1.weight, ...; also the old norm.1 names)",
+    name="torchvision and timm DenseNet (features.denseblock1.denselayer1.norm1.weight, ...; also the old norm.1 "
+         "names)",
     models=("densenet121", "densenet161", "densenet169", "densenet201"),
     rules=((rf"(features\.denseblock\d+\.denselayer\d+\.)(norm|conv)\.([12])\.({_BN})", r"\1\2\3.\4"),
            (rf"(features\.(?:conv0|denseblock\d+\.denselayer\d+\.conv[12]|transition\d+\.conv)\.weight"
             rf"|features\.(?:norm\d+|denseblock\d+\.denselayer\d+\.norm[12]|transition\d+\.norm)\.(?:{_BN})"
             rf"|classifier\.(?:weight|bias))", r"\1")),
-    drop=(r".*\.num_batches_tracked",)))
+    drop=(r".*\.num_batches_tracked",),
+    library="timm", writes=((r"(.*)", r"\1"),)))
 
 # d2l-zh 2.0 (PyTorch tab of chapter_convolutional-modern/densenet.md): nn.Sequential(b1, DenseBlock,
 # transition, DenseBlock, transition, DenseBlock, transition, DenseBlock, BatchNorm2d, ReLU,

@@ -20,7 +20,7 @@ import math
 from typing import Any
 
 from zoo._registry import KeyMap, register_keymap, register_model
-from zoo.families._common import check_counts, dropout_rate
+from zoo.families._common import check_counts, dropout_rate, module_renames
 from zoo.families.mobilenet import conv_bn, make_divisible, multiplier, squeeze_excitation
 from zoo.spec import AdaptivePool, Dropout, DropPath, Flatten, Linear, ModelSpec, Parallel, Seq, require
 
@@ -108,3 +108,25 @@ TORCHVISION_EFFICIENTNET = register_keymap(KeyMap(
     models=("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"),
     rules=((r"((?:features|classifier)\.[\w.]+)", r"\1"),),
     drop=(r".*\.num_batches_tracked",)))
+
+
+# timm's EfficientNets (timm.models.efficientnet: efficientnet_b0 ... b3) are torchvision's networks (same widths,
+# depths, SE widths, symmetric padding, BatchNorm eps 1e-5) under other names: blocks.{s}.{i} is torchvision's
+# features.{s + 1}.{i}; stage 0's blocks (no expansion) are timm's DepthwiseSeparableConv (conv_dw, se, conv_pw),
+# the others its InvertedResidual (conv_pw, conv_dw, se, conv_pwl).
+_TIMM_EFFICIENTNET = (
+    [("conv_stem", "features.0.0"), ("bn1", "features.0.1")]
+    + [(f"blocks.0.{{b}}.{a}", f"features.1.{{b}}.block.{c}") for a, c in (
+        ("conv_dw", "0.0"), ("bn1", "0.1"), ("se.conv_reduce", "1.fc1"), ("se.conv_expand", "1.fc2"),
+        ("conv_pw", "2.0"), ("bn2", "2.1"))]
+    + [(f"blocks.{s}.{{b}}.{a}", f"features.{s + 1}.{{b}}.block.{c}") for s in range(1, len(SETTING)) for a, c in (
+        ("conv_pw", "0.0"), ("bn1", "0.1"), ("conv_dw", "1.0"), ("bn2", "1.1"), ("se.conv_reduce", "2.fc1"),
+        ("se.conv_expand", "2.fc2"), ("conv_pwl", "3.0"), ("bn3", "3.1"))]
+    + [("conv_head", f"features.{len(SETTING) + 1}.0"), ("bn2", f"features.{len(SETTING) + 1}.1"),
+       ("classifier", "classifier.1")])
+_rules, _writes = module_renames(_TIMM_EFFICIENTNET)
+TIMM_EFFICIENTNET = register_keymap(KeyMap(
+    name="timm EfficientNet (conv_stem.weight, blocks.1.0.conv_pw.weight, blocks.1.0.se.conv_reduce.weight, "
+         "conv_head.weight, classifier.weight, ...)",
+    models=("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"),
+    rules=_rules, drop=(r".*\.num_batches_tracked",), library="timm", writes=_writes))

@@ -149,15 +149,18 @@ def resnet18_d2l(*, in_channels: int = 1, num_classes: int = 10, width: int = 64
 
 
 # torchvision's checkpoints carry every BatchNorm's num_batches_tracked, which changes no output here
-# (the zoo's momentum is never None); their other names are canonical.
+# (the zoo's momentum is never None); their other names are canonical. timm's ResNets (timm.models.resnet:
+# resnet18 ... resnet152, resnext50_32x4d, wide_resnet50_2) use the same names and layouts, so this map reads
+# and writes (a Hugging Face folder) theirs too.
 TORCHVISION_RESNET = register_keymap(KeyMap(
-    name="torchvision ResNet (conv1.weight, layer1.0.bn1.running_mean, layer2.0.downsample.0.weight, ...)",
+    name="torchvision and timm ResNet (conv1.weight, layer1.0.bn1.running_mean, layer2.0.downsample.0.weight, ...)",
     models=("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
             "wide_resnet50_2"),
     rules=((r"((?:layer[1-4]\.\d+\.)?(?:conv[1-3]\.weight|bn[1-3]\.(?:weight|bias|running_mean|running_var))"
             r"|layer[1-4]\.\d+\.downsample\.(?:0\.weight|1\.(?:weight|bias|running_mean|running_var))"
             r"|fc\.(?:weight|bias))", r"\1"),),
-    drop=(r".*\.num_batches_tracked",)))
+    drop=(r".*\.num_batches_tracked",),
+    library="timm", writes=((r"(.*)", r"\1"),)))
 
 # d2l-zh 2.0 (PyTorch tab of chapter_convolutional-modern/resnet.md): nn.Sequential(b1, b2, b3, b4, b5,
 # AdaptiveAvgPool2d, Flatten, Linear); b1 = (Conv2d, BatchNorm2d, ReLU, MaxPool2d); b2..b5 are

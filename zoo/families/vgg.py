@@ -171,4 +171,8 @@ TIMM_VGG = register_keymap(KeyMap(
            (r"pre_logits\.fc2\.(weight|bias)", r"classifier.3.\1"),
            (r"head\.fc\.(weight|bias)", r"classifier.6.\1")),
     drop=(r".*\.num_batches_tracked",),
-    reshape=((r"pre_logits\.fc[12]\.weight", "conv_as_linear"),)))
+    reshape=((r"pre_logits\.fc[12]\.weight", "conv_as_linear"),),
+    library="timm",
+    writes=((r"(features\..*)", r"\1"), (r"classifier\.0\.(.*)", r"pre_logits.fc1.\1"),
+            (r"classifier\.3\.(.*)", r"pre_logits.fc2.\1"), (r"classifier\.6\.(.*)", r"head.fc.\1")),
+    write_reshape=((r"classifier\.[03]\.weight", "linear_as_conv"),)))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo._checks import check_weights
-from zoo.io import keymaps
+from zoo.io import io_hf, keymaps
 from zoo.io.checkpoint import Checkpoint, ConversionError, check_finite, check_variances
 from zoo.io.formats import detect, function
 from zoo.io.infer import resolve_spec
@@ -34,8 +34,11 @@ def read(path, format: str | None = None, *, model: str | None = None, spec: Mod
     >>> ckpt.weights['blocks.0.conv0.weight'].shape
     (96, 1, 11, 11)
     """
-    path = Path(path)
+    path = source(path)
     fmt = detect(path, format)
+    folder = io_hf.folder_of(path) if fmt.name in ("safetensors", "torch") else None
+    if folder is not None:  # its config.json says which model it is, and is checked as the folder's is
+        return read(folder, "hf", model=model, spec=spec)
     if state_dict_key is not None and fmt.name != "torch":
         raise ConversionError(f"state_dict_key / --state-dict-key picks an entry of a PyTorch .pt checkpoint; "
                               f"{path} is a {fmt.name} file")
@@ -53,12 +56,7 @@ def read(path, format: str | None = None, *, model: str | None = None, spec: Mod
         except keymaps.LayoutError as e:
             raise ConversionError(f"{path}: {e}") from None
         if keymap is not None:
-            ckpt.notes.append(f"recognised foreign keys: {keymap.name}")
-            if reshaped:
-                ckpt.notes.append(f"reshaped {len(reshaped)} tensor(s) as that key map says: {'; '.join(reshaped)}")
-            if dropped:
-                ckpt.notes.append(f"left out {len(dropped)} tensor(s) on purpose, as that key map says: "
-                                  f"{', '.join(dropped[:4])}{' ...' if len(dropped) > 4 else ''}")
+            ckpt.notes += keymaps.applied_notes(keymap, dropped, reshaped)
     return ckpt
 
 
@@ -66,7 +64,8 @@ def load(path, model: str | None = None, overrides: dict | None = None, *, forma
          allow_nonfinite: bool = False, state_dict_key: str | None = None
          ) -> tuple[ModelSpec, dict[str, np.ndarray], Checkpoint]:
     """Read a file and fit it to a spec: (spec, float32 weights checked against it, the checkpoint as read)."""
-    fmt = detect(Path(path), format)
+    path = source(path)
+    fmt = detect(path, format)
     ckpt = read(path, fmt.name, model=model, state_dict_key=state_dict_key)
     spec, _ = resolve_spec(ckpt, model, overrides)
     weights = check_weights(spec, ckpt.weights, dtypes=FLOAT_DTYPES)
@@ -83,6 +82,11 @@ def load(path, model: str | None = None, overrides: dict | None = None, *, forma
     return spec, weights, ckpt
 
 
+def source(path) -> Path:
+    """A path; for `hf-hub:ORG/NAME[@REVISION]`, that repository's folder in the local Hugging Face cache."""
+    return io_hf.resolve_hub(path) if io_hf.is_hub_id(path) else Path(path)
+
+
 def _check_input_path(path: Path, fmt) -> None:
     """A regular file (a folder for Flax), before anything opens it: a FIFO or device would block or never end."""
     try:
@@ -91,9 +95,10 @@ def _check_input_path(path: Path, fmt) -> None:
         raise ConversionError(f"{path} does not exist") from None
     except OSError as e:
         raise ConversionError(f"{path} cannot be read: {e.strerror}") from None
-    if fmt.name == "flax":
+    if fmt.name in ("flax", "hf"):
         if not stat.S_ISDIR(mode):
-            raise ConversionError(f"{path} is not a folder; a Flax checkpoint is an Orbax checkpoint folder")
+            what = "an Orbax checkpoint folder" if fmt.name == "flax" else "a folder (config.json, model.safetensors)"
+            raise ConversionError(f"{path} is not a folder; a {fmt.name} checkpoint is {what}")
     elif not stat.S_ISREG(mode):
         kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device?)"
         raise ConversionError(f"{path} is {kind}; a{'n' if fmt.name[0] in 'aeiou' else ''} {fmt.name} checkpoint "

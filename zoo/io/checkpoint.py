@@ -38,6 +38,8 @@ class Checkpoint:
     spec_origin: str = "the file's metadata"
     notes: list[str] = field(default_factory=list)  # how it was read: key maps applied, inference
     hint: str = ""  # said when no spec fits, e.g. how to export the file again
+    model: str | None = None  # the preset the file names itself (a Hugging Face folder's config.json)
+    expected: dict = field(default_factory=dict)  # what the file says its spec has, e.g. {"num_classes": 10}
 
     @property
     def dtype(self) -> str:

@@ -26,6 +26,7 @@ class Format:
     # function(path, spec, weights) in `module` refusing a file whose own graph computes another model than the
     # spec read from it (a format that holds a graph); a zoo file's reader compares its graph with the spec's
     check_graph: str = ""
+    every_model: bool = True  # False: written only for some models (the hf format: those timm has), tested apart
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
@@ -42,12 +43,16 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("onnx", (".onnx",), "onnx", "zoo.io.io_onnx", "read", "write", True, "onnx",
            "ONNX model: the zoo's graph, canonical weights as its initializers (torch.onnx.export's files read too)",
            graph="Graph", check_graph="check_graph"),
+    Format("hf", (), "torch", "zoo.io.io_hf", "read", "write", False, "torch",
+           "Hugging Face folder as timm writes it: config.json and model.safetensors (or pytorch_model.bin) in "
+           "timm's names; hf-hub:ORG/NAME reads one from the local hub cache", every_model=False),
 )}
-ALIASES = {"pt": "torch", "pytorch": "torch", "orbax": "flax", "h5": "keras"}
+ALIASES = {"pt": "torch", "pytorch": "torch", "orbax": "flax", "h5": "keras", "timm": "hf", "huggingface": "hf"}
 
 
 def known() -> str:
-    return "; ".join(f"{', '.join(f.suffixes) or 'a directory'} ({f.name})" for f in FORMATS.values())
+    folders = {"flax": "a directory", "hf": "a directory with config.json, or hf-hub:ORG/NAME"}
+    return "; ".join(f"{', '.join(f.suffixes) or folders[f.name]} ({f.name})" for f in FORMATS.values())
 
 
 def detect(path: Path | str, explicit: str | None = None, writing: bool = False) -> Format:
@@ -68,10 +73,14 @@ def detect(path: Path | str, explicit: str | None = None, writing: bool = False)
                                   f"{'writes' if writing else 'reads'}: "
                                   f"{'name the output' if writing else 'rename it to'} {wanted}")
         return fmt
+    if text.startswith("hf-hub:"):
+        return FORMATS["hf"]
     for f in FORMATS.values():
         if any(text.endswith(s) for s in f.suffixes):
             return f
     p = Path(text)
+    if p.is_dir() and (p / "config.json").is_file():  # a Hugging Face folder; an Orbax checkpoint has no config.json
+        return FORMATS["hf"]
     if p.is_dir() or text.endswith(("/", "\\")) or (writing and not p.exists() and p.suffix == ""):
         return FORMATS["flax"]
     raise ConversionError(f"cannot tell the format of {text} from its suffix {p.suffix!r}; known: {known()}. "
@@ -142,6 +151,8 @@ def is_previous_output(fmt: Format, path: Path) -> bool:
             return False
         names = {p.name for p in path.iterdir()}
         return "_CHECKPOINT_METADATA" in names and names <= ORBAX_NAMES
+    if fmt.name == "hf":
+        return path.is_dir() and {p.name for p in path.iterdir()} == {"config.json", "model.safetensors"}
     if not path.is_file():
         return False
     what = sniff(path)

@@ -429,8 +429,10 @@ def infer(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> Infer
         raise ConversionError(
             f"{whose}, so no spec can be inferred ({why}); the file holds {len(shapes)} tensors: {held}"[:900]
             + ". A zoo model's tensors are named after the layers `zoo summary MODEL` lists (LAYER.weight, "
-              "LAYER.bias, LAYER.running_mean, ...); another project's names need a key map (register_keymap, "
-              "in the model's family file)")
+              "LAYER.bias, LAYER.running_mean, ...). torchvision's, timm's and the d2l book's names read for the "
+              "families that have them (docs/formats.md); another project's need a key map: renaming rules, and a "
+              "layout hook (zoo.io.keymaps.LAYOUT_HOOKS) for a tensor stored in another shape, declared with "
+              "register_keymap in the model's family file")
     first = near[0].split(" ", 1)[0].rstrip(":")
     raise ConversionError(
         ("the tensors fit no registered model: " + "; ".join(r[:240] for r in near[:4])
@@ -448,6 +450,17 @@ def resolve_spec(ckpt: Checkpoint, model: str | None = None, overrides: dict | N
     """The spec to use for a checkpoint, and where it came from (said in reports)."""
     if spec is not None:
         return spec, "given"
+    model = model or ckpt.model  # a Hugging Face folder's config.json names its architecture
+    spec, origin = _resolve(ckpt, model, overrides)
+    wrong = {k: (v, getattr(spec, k)) for k, v in ckpt.expected.items() if getattr(spec, k) != v}
+    if wrong:
+        raise ConversionError("the file contradicts itself: " + "; ".join(
+            f"its config says {k} {said}, its weights have {has}" for k, (said, has) in wrong.items())
+            + ". Fix the config (or the weights) and read it again")
+    return spec, origin
+
+
+def _resolve(ckpt: Checkpoint, model: str | None, overrides: dict | None) -> tuple[ModelSpec, str]:
     if overrides:
         if not model:
             raise ConversionError("overrides need the model they apply to (e.g. zoo convert nin --set ...)")

@@ -74,6 +74,19 @@ def _conv_as_linear(name: str, w: np.ndarray) -> np.ndarray:
 LAYOUT_HOOKS = {"conv_as_linear": _conv_as_linear}
 
 
+def _linear_as_conv(name: str, w: np.ndarray, in_shape: tuple[int, ...]) -> np.ndarray:
+    """conv_as_linear's inverse, for writing: a linear layer [O, C * h * w] as the convolution [O, C, h, w]
+    that computes it on the C x h x w map it is given (`in_shape`; a vector of I features is I x 1 x 1)."""
+    c, h, wd = in_shape if len(in_shape) == 3 else (in_shape[0], 1, 1)
+    if w.ndim != 2 or w.shape[1] != c * h * wd:
+        raise LayoutError(f"{name} has shape {list(w.shape)}; the hook linear_as_conv reads a linear layer "
+                          f"of {c}x{h}x{wd} = {c * h * wd} inputs")
+    return w.reshape(w.shape[0], c, h, wd)
+
+
+WRITE_HOOKS = {"linear_as_conv": _linear_as_conv}
+
+
 def _reshaped(keymap: KeyMap, weights: dict) -> tuple[dict, list[str]]:
     """Apply the map's layout hooks to the foreign-named weights: (weights, what each hook did)."""
     hooks = [(re.compile(p), h) for p, h in keymap.reshape]
@@ -121,6 +134,46 @@ def _canonical_names(model: str) -> frozenset[str] | None:
 def _fits_by_name(names, models) -> bool:
     names = frozenset(names)
     return any(_canonical_names(m) == names for m in models)
+
+
+def _input_shapes(spec) -> dict[str, tuple[int, ...]]:
+    """Each layer's input shape (without the batch) at the spec's nominal size; a Flatten passes its input's."""
+    shapes, previous = {}, (spec.in_channels, *spec.input_size)
+    for layer, (path, out) in zip(spec.layers(), spec.layer_shapes(spec.input_size)):
+        shapes[path] = previous
+        if type(layer.node).__name__ != "Flatten":
+            previous = tuple(out[1:])
+    return shapes
+
+
+def to_foreign(keymap: KeyMap, weights: dict[str, np.ndarray], spec) -> dict[str, np.ndarray]:
+    """Canonical weights in the map's foreign names and layouts (its `writes` and `write_reshape`)."""
+    rules = [(re.compile(p), r) for p, r in keymap.writes]
+    hooks = [(re.compile(p), h) for p, h in keymap.write_reshape]
+    inputs = _input_shapes(spec) if hooks else {}
+    out = {}
+    for name, w in weights.items():
+        m = next((m for p, _ in rules if (m := p.fullmatch(name))), None)
+        if m is None:
+            raise LayoutError(f"{keymap.name}: no rule writes {name}")
+        hook = next((h for p, h in hooks if p.fullmatch(name)), None)
+        if hook is not None:
+            w = WRITE_HOOKS[hook](name, w, inputs[name.rsplit(".", 1)[0]])
+        out[m.expand(next(r for p, r in rules if p.fullmatch(name)))] = w
+    if len(out) != len(weights):
+        raise LayoutError(f"{keymap.name}: two tensors are written under one name")
+    return out
+
+
+def applied_notes(keymap: KeyMap, dropped: list[str], reshaped: list[str]) -> list[str]:
+    """What a read says of the key map it applied."""
+    notes = [f"recognised foreign keys: {keymap.name}"]
+    if reshaped:
+        notes.append(f"reshaped {len(reshaped)} tensor(s) as that key map says: {'; '.join(reshaped)}")
+    if dropped:
+        notes.append(f"left out {len(dropped)} tensor(s) on purpose, as that key map says: "
+                     f"{', '.join(dropped[:4])}{' ...' if len(dropped) > 4 else ''}")
+    return notes
 
 
 def to_canonical(weights: dict[str, np.ndarray], model: str | None = None, reshaped: list[str] | None = None
