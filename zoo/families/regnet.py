@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from zoo._registry import KeyMap, register_keymap, register_model
-from zoo.families._common import check_counts, width
+from zoo.families._common import check_counts, module_renames, width
 from zoo.families.mobilenet import conv_bn, make_divisible, squeeze_excitation
 from zoo.spec import Act, AdaptivePool, BatchNorm, Conv, Flatten, Linear, ModelSpec, Parallel, Seq, require
 
@@ -154,3 +154,29 @@ D2L_REGNET = register_keymap(KeyMap(
            (r"net\.(stage\d+\.\d+\.(?:conv[1-4]|bn[1-4])\.(?:weight|bias|running_mean|running_var))", r"\1"),
            (r"net\.head\.2\.(weight|bias)", r"fc.\1")),
     drop=(r".*\.num_batches_tracked",)))
+
+
+# timm's RegNetY-400MF (`regnety_004`, timm.models.regnet) is torchvision's network under other names: block i of
+# stage s is `s{s}.b{i + 1}` (counted from 1: the pairs are listed per block, at the preset's default depths), with
+# conv1/conv2/conv3 (each `.conv` and `.bn`), `se.fc1`/`se.fc2` and `downsample`, and the head `head.fc`. timm's
+# `regnetx_004` is not torchvision's RegNetX-400MF (its last stage is 384 wide, not 400: another width rule), so
+# only the Y maps.
+def _timm_regnet_pairs(stages) -> list[tuple[str, str]]:
+    pairs = [("stem.conv", "stem.0"), ("stem.bn", "stem.1"), ("head.fc", "fc")]
+    for s, (_, depth, _) in enumerate(stages, 1):
+        for i in range(depth):
+            timm, ours = f"s{s}.b{i + 1}", f"trunk_output.block{s}.block{s}_{i}"
+            pairs += [(f"{timm}.conv1.{p}", f"{ours}.f.a.{j}") for p, j in (("conv", 0), ("bn", 1))]
+            pairs += [(f"{timm}.conv2.{p}", f"{ours}.f.b.{j}") for p, j in (("conv", 0), ("bn", 1))]
+            pairs += [(f"{timm}.conv3.{p}", f"{ours}.f.c.{j}") for p, j in (("conv", 0), ("bn", 1))]
+            pairs += [(f"{timm}.se.fc{j}", f"{ours}.f.se.fc{j}") for j in (1, 2)]
+            pairs += [(f"{timm}.downsample.{p}", f"{ours}.proj.{j}") for p, j in (("conv", 0), ("bn", 1))]
+    return pairs
+
+
+_rules, _writes = module_renames(_timm_regnet_pairs(stage_params(16, 48, 27.89, 2.09, 8)))
+TIMM_REGNET_Y = register_keymap(KeyMap(
+    name="timm RegNetY-400MF regnety_004 (stem.conv.weight, s1.b1.conv1.conv.weight, s1.b1.se.fc1.weight, "
+         "head.fc.weight, ...)",
+    models=("regnet_y_400mf",), rules=_rules, drop=(r".*\.num_batches_tracked",), library="timm", writes=_writes,
+    architectures=(("regnet_y_400mf", "regnety_004"),)))
