@@ -7,6 +7,7 @@ and gives the zoo's to timm.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -37,15 +38,20 @@ def resnet18_folder(tmp_path_factory):
 
 
 def hub_cache(root, repo: str, folder) -> str:
-    """A Hugging Face hub cache holding `folder` as repository `repo` (ORG/NAME) at revision main."""
+    """A Hugging Face hub cache holding `folder` as repository `repo` (ORG/NAME) at revision main, laid out as
+    huggingface_hub lays it out: files in blobs/ named by their hash, snapshots/REVISION/NAME links to them."""
     org, name = repo.split("/")
     entry = root / f"models--{org}--{name}"
     (entry / "refs").mkdir(parents=True)
     (entry / "refs" / "main").write_text(REVISION)
+    (entry / "blobs").mkdir()
     snapshot = entry / "snapshots" / REVISION
     snapshot.mkdir(parents=True)
     for p in folder.iterdir():
-        (snapshot / p.name).write_bytes(p.read_bytes())
+        data = p.read_bytes()
+        blob = hashlib.sha256(data).hexdigest()
+        (entry / "blobs" / blob).write_bytes(data)
+        (snapshot / p.name).symlink_to(f"../../blobs/{blob}")
     return str(root)
 
 
@@ -118,6 +124,16 @@ def test_the_weights_file_alone_is_read_as_its_folder(resnet18_folder, tmp_path)
             zoo.load("resnet18", "torch", weights=path)
 
 
+def test_a_zoo_file_beside_a_config_reads_by_itself(resnet18_folder, tmp_path):
+    folder, spec, weights = resnet18_folder
+    (tmp_path / "config.json").write_bytes((folder / "config.json").read_bytes())
+    io_safetensors.write(weights, spec, tmp_path / "model.safetensors")  # the zoo's own file, named as HF names it
+    assert conversion.read(tmp_path / "model.safetensors").format == "safetensors"  # by itself: its metadata says
+    with pytest.raises(conversion.ConversionError, match="is a zoo canonical file, not timm's weights; read it by "
+                                                         "itself"):
+        conversion.read(tmp_path)
+
+
 def test_a_folder_of_another_architecture_says_which(resnet18_folder):
     folder, _, _ = resnet18_folder
     with pytest.raises(conversion.ConversionError, match="names the architecture 'resnet18', not 'resnet50': load "
@@ -130,6 +146,7 @@ def test_a_folder_of_another_architecture_says_which(resnet18_folder):
     ("{not json", "is not readable JSON"),
     ('{"architectures": ["ResNetForImageClassification"]}', "names no architecture .* transformers' folders"),
     ('{"architecture": "resnet18", "num_classes": "ten"}', "num_classes is 'ten'; it must be a whole number"),
+    ("[" * 100_000 + "]" * 100_000, "is not readable JSON: RecursionError"),  # nested past Python's stack
 ])
 def test_a_bad_config_is_refused_with_what_is_wrong(resnet18_folder, tmp_path, config, message):
     folder, _, _ = resnet18_folder

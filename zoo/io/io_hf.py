@@ -67,12 +67,25 @@ def is_folder(path: Path) -> bool:
 def folder_of(path: Path) -> Path | None:
     """The Hugging Face folder a weights file lies in (its name one of WEIGHT_FILES, beside a timm config.json)."""
     path = Path(path)
-    if path.name not in WEIGHT_FILES or not (path.parent / CONFIG).is_file():
+    if path.name not in WEIGHT_FILES or not (path.parent / CONFIG).is_file() or _is_zoo_file(path):
         return None
     try:
         return path.parent if isinstance(read_config(path.parent).get("architecture"), str) else None
     except ConversionError:
         return None  # not timm's config (transformers' has "architectures"): the file reads by itself
+
+
+def _is_zoo_file(path: Path) -> bool:
+    """A zoo canonical .safetensors (its own metadata names its model): it reads by itself, wherever it lies."""
+    if path.suffix != ".safetensors":
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as f:
+            return (f.metadata() or {}).get("format") == io_safetensors.FORMAT_TAG
+    except Exception:  # unreadable: the folder's reader says why
+        return False
 
 
 def read_config(folder: Path) -> dict:
@@ -85,8 +98,8 @@ def read_config(folder: Path) -> dict:
     except FileNotFoundError:
         raise ConversionError(f"{folder} has no {CONFIG}; a Hugging Face folder holds one beside its weights "
                               f"({' or '.join(WEIGHT_FILES)})") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ConversionError(f"{path} is not readable JSON: {one_line(e)}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
+        raise ConversionError(f"{path} is not readable JSON: {type(e).__name__}: {one_line(e, 200)}") from None
     if not isinstance(config, dict):
         raise ConversionError(f"{path} holds a JSON {type(config).__name__}; a config.json is an object")
     arch = config.get("architecture")
@@ -130,7 +143,8 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
                                         f"which needs torch: pip install torch") from e
         ckpt = io_torch.read(weights_file)
     if ckpt.spec is not None:  # a zoo canonical .safetensors inside: its names are not timm's
-        raise ConversionError(f"{weights_file} is a zoo canonical file, not timm's weights; read it by itself")
+        raise ConversionError(f"{weights_file} is a zoo canonical file, not timm's weights; read it by itself "
+                              f"(zoo inspect {weights_file})")
     preset = preset_of(arch)
     if model and preset and model != preset:
         raise ConversionError(f"{folder / CONFIG} names the architecture {arch!r}, not {model!r}: load it as "
