@@ -396,15 +396,16 @@ def test_parent_is_a_file(fmt, name, tmp_path):
 
 
 @pytest.mark.parametrize("fmt, name", [("torch", "out.pt"), ("safetensors", "out.safetensors"), ("flax", "out"),
-                                       ("keras", "out.weights.h5"), ("onnx", "out.onnx")])
+                                       ("keras", "out.weights.h5"), ("onnx", "out.onnx"), ("hf", "out")])
 def test_full_disk_is_one_line_no_hang_no_leftovers(fmt, name, tmp_path):
     """`ulimit -f` as a full disk. Before: tracebacks (torch, safetensors), and Flax hung forever."""
     need = {"torch": ("torch",), "safetensors": ("torch",), "flax": ("flax",), "keras": ("keras",),
-            "onnx": ("onnx", "onnxruntime")}[fmt]
+            "onnx": ("onnx", "onnxruntime"), "hf": ()}[fmt]
     if not _has(*need):
         pytest.skip("framework missing")
-    src = _write("safetensors", tmp_path / "a.safetensors", zoo.get_spec("nin"))  # 8 MB
-    r = _cli("convert", str(src), str(tmp_path / name), "--no-verify", timeout=240, max_file_kib=195)
+    spec = zoo.get_spec("resnet18" if fmt == "hf" else "nin")  # what a Hugging Face folder can hold; nin: 8 MB
+    src = _write("safetensors", tmp_path / "a.safetensors", spec)
+    r = _cli("convert", str(src), str(tmp_path / name), "--no-verify", "--to", fmt, timeout=240, max_file_kib=195)
     errors = [line for line in r.stderr.splitlines() if line.startswith("zoo: error:")]
     assert r.returncode == 2 and len(errors) == 1 and errors[0].startswith("zoo: error: could not write"), \
         r.stderr[-2000:]
@@ -435,6 +436,31 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
     # before: the .NAME.partial-PID temporary stayed forever
+    assert p.returncode == 130 and "interrupted" in err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["a.safetensors"]
+
+
+def test_sigterm_between_the_files_of_a_folder_leaves_nothing(tmp_path):
+    """A Hugging Face folder is two files: a signal after the weights, before config.json, leaves no folder."""
+    src = _write("safetensors", tmp_path / "a.safetensors", zoo.get_spec("resnet18"))
+    script = textwrap.dedent(f"""
+        import sys, time
+        import zoo.io.io_hf as io
+        real = io.save_file
+        def slow(*args, **kwargs):
+            real(*args, **kwargs)
+            print("weights written", flush=True)
+            time.sleep(60)
+        io.save_file = slow
+        from zoo import cli
+        sys.exit(cli.main(["convert", {str(src)!r}, {str(tmp_path / "out")!r}, "--to", "hf", "--no-verify"]))
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "weights written"
+    assert _zoo_files(tmp_path)  # the temporary folder is there
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "interrupted" in err
     assert sorted(x.name for x in tmp_path.iterdir()) == ["a.safetensors"]
 

@@ -146,19 +146,24 @@ def hf_saved(saved, tmp_path_factory):
             folder = tmp_path_factory.mktemp(f"{preset}-{kind}")
             save_for_hf(model, folder, safe_serialization=safe)
             out[preset, kind] = folder
+        # the folder's weights by themselves: a .safetensors as safetensors.torch.save_file(model.state_dict()) writes
+        alone = tmp_path_factory.mktemp(f"{preset}-file") / f"timm_{preset}.safetensors"
+        alone.write_bytes((out[preset, "safetensors"] / "model.safetensors").read_bytes())
+        out[preset, "file"] = alone
     return out
 
 
-@pytest.mark.parametrize("kind", ["safetensors", "bin"])
+@pytest.mark.parametrize("kind", ["safetensors", "bin", "file"])
 @pytest.mark.parametrize("preset", HF_CASES)
 def test_timm_hf_folders_agree_with_timm_in_every_framework(preset, kind, framework, saved, hf_saved,
                                                             record_error):
     _, x, ref = saved[preset]
-    folder = hf_saved[preset, kind]
-    assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors" if kind == "safetensors"
-                                                  else "pytorch_model.bin"}
-    record_error(f"timm HF folder:{preset}", framework, run(framework, zoo.load(preset, framework, weights=folder), x),
-                 ref)
+    path = hf_saved[preset, kind]
+    if kind != "file":
+        assert {p.name for p in path.iterdir()} >= {"config.json", "model.safetensors" if kind == "safetensors"
+                                                    else "pytorch_model.bin"}
+    source = {"safetensors": "timm HF folder", "bin": "timm HF folder .bin", "file": "timm .safetensors"}[kind]
+    record_error(f"{source}:{preset}", framework, run(framework, zoo.load(preset, framework, weights=path), x), ref)
 
 
 def test_a_timm_folder_in_the_hub_cache_loads_by_its_id(saved, hf_saved, tmp_path, monkeypatch):
