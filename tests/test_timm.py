@@ -20,7 +20,7 @@ import pytest
 from conftest import run
 
 import zoo
-from zoo import conversion
+from zoo import conversion, reference
 from zoo.cli import main
 from zoo.io import keymaps
 
@@ -95,10 +95,33 @@ def timm_float64(model, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("preset", list(CASES))
+def test_timm_networks_are_the_zoos_in_float64(preset, saved):
+    """timm's network and the zoo's, both in float64 from the file's float32 weights: the same function (names,
+    layouts and architecture all right) differs by float64 rounding alone. The frameworks' float32 agreement
+    with that reference is the agreement grid's (tests/test_agreement.py), and below for one model a family."""
+    path, x, ref = saved[preset]
+    spec, weights, _ = conversion.load(path, preset)
+    err, scale = float(np.abs(reference.forward(spec, weights, x) - ref).max()), float(np.abs(ref).max())
+    assert err <= 1e-9 * max(1.0, scale), f"{preset}: the zoo's float64 network is {err:.3e} from timm's ({scale:.3g})"
+
+
+# one timm model of each family, loaded in every framework (the others: float64 above, and torch below)
+EVERY_FRAMEWORK = ["vgg11_bn", "resnet18", "densenet121", "efficientnet_b0", "mobilenetv3_small_100",
+                   "regnet_y_400mf"]
+
+
+@pytest.mark.parametrize("preset", EVERY_FRAMEWORK)
 def test_timm_checkpoints_agree_with_timm_in_every_framework(preset, framework, saved, record_error):
     path, x, ref = saved[preset]
     model = zoo.load(preset, framework, weights=path)
     record_error(f"timm .pth:{preset}", framework, run(framework, model, x), ref)  # the suite's table lists it
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("preset", [p for p in CASES if p not in EVERY_FRAMEWORK])
+def test_the_other_timm_checkpoints_agree_in_torch(preset, saved, record_error):
+    path, x, ref = saved[preset]
+    record_error(f"timm .pth:{preset}", "torch", run("torch", zoo.load(preset, "torch", weights=path), x), ref)
 
 
 def test_timm_vgg_head_is_reshaped_and_said(saved, tmp_path, capsys):
@@ -153,17 +176,24 @@ def hf_saved(saved, tmp_path_factory):
     return out
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("kind", ["safetensors", "bin", "file"])
 @pytest.mark.parametrize("preset", HF_CASES)
-def test_timm_hf_folders_agree_with_timm_in_every_framework(preset, kind, framework, saved, hf_saved,
-                                                            record_error):
+def test_timm_hf_folders_agree_with_timm(preset, kind, saved, hf_saved, record_error):
+    """Each way timm saves, read (in torch: what is read is framework-independent, as the next test shows)."""
     _, x, ref = saved[preset]
     path = hf_saved[preset, kind]
     if kind != "file":
         assert {p.name for p in path.iterdir()} >= {"config.json", "model.safetensors" if kind == "safetensors"
                                                     else "pytorch_model.bin"}
     source = {"safetensors": "timm HF folder", "bin": "timm HF folder .bin", "file": "timm .safetensors"}[kind]
-    record_error(f"{source}:{preset}", framework, run(framework, zoo.load(preset, framework, weights=path), x), ref)
+    record_error(f"{source}:{preset}", "torch", run("torch", zoo.load(preset, "torch", weights=path), x), ref)
+
+
+def test_a_timm_hf_folder_agrees_with_timm_in_every_framework(framework, saved, hf_saved, record_error):
+    _, x, ref = saved["resnet18"]
+    model = zoo.load("resnet18", framework, weights=hf_saved["resnet18", "safetensors"])
+    record_error("timm HF folder:resnet18", framework, run(framework, model, x), ref)
 
 
 def test_a_timm_folder_in_the_hub_cache_loads_by_its_id(saved, hf_saved, tmp_path, monkeypatch):
@@ -192,7 +222,6 @@ def test_zoo_folders_are_what_timm_builds_and_reads(preset, overrides, size, tmp
     """zoo -> `zoo convert --to hf` -> timm.create_model('local-dir:...', pretrained=True) -> the same outputs."""
     from conftest import random_weights
 
-    from zoo import reference
     from zoo.io import io_safetensors
 
     spec = zoo.get_spec(preset, **overrides)
@@ -200,7 +229,7 @@ def test_zoo_folders_are_what_timm_builds_and_reads(preset, overrides, size, tmp
     io_safetensors.write(weights, spec, tmp_path / "zoo.safetensors")
     assert main(["convert", str(tmp_path / "zoo.safetensors"), str(tmp_path / "folder"), "--to", "hf"]) == 0
     model = timm.create_model(f"local-dir:{tmp_path / 'folder'}", pretrained=True).eval()
-    x = np.random.default_rng(2).standard_normal((2, spec.in_channels, size, size)).astype(np.float32)
+    x = np.random.default_rng(2).standard_normal((1, spec.in_channels, size, size)).astype(np.float32)
     out = timm_float64(model, x)  # the same network in float64: only the reference's own rounding differs
     ref = reference.forward(spec, weights, x)
     err, scale = float(np.abs(out - ref).max()), float(np.abs(ref).max())
