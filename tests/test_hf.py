@@ -217,3 +217,39 @@ def test_timm_vgg_heads_are_written_as_convolutions():
     assert foreign["pre_logits.fc1.weight"].shape == (16, c, 7, 7)  # the 7x7 map after avgpool
     assert foreign["pre_logits.fc2.weight"].shape == (16, 16, 1, 1)
     assert foreign["head.fc.weight"].shape == weights["classifier.6.weight"].shape
+
+
+def test_predict_preprocesses_as_the_folder_config_says(resnet18_folder, tmp_path):
+    """`zoo predict MODEL --weights FOLDER images`: timm's eval transform from config.json's pretrained_cfg
+    (shorter side to floor(size / crop_pct), centre crop, per-channel mean and std), its label names."""
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    folder, spec, weights = resnet18_folder
+    labelled = tmp_path / "labelled"
+    labelled.mkdir()
+    (labelled / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    labels = [f"thing {i}" for i in range(10)]
+    config = {"architecture": "resnet18", "num_classes": 10, "label_names": labels,
+              "pretrained_cfg": {"input_size": [3, 64, 64], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3],
+                                 "crop_pct": 0.9, "interpolation": "bilinear"}}
+    (labelled / "config.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (90, 121, 3), dtype=np.uint8))  # landscape, odd margins
+    image.save(tmp_path / "photo.png")
+    out = subprocess.run([sys.executable, "-m", "zoo", "predict", "resnet18", str(tmp_path / "photo.png"),
+                          "--weights", str(labelled), "--top", "3"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "resized (bilinear) to 71 on the shorter side, centre-cropped to 64x64" in out.stdout
+    # the same by hand: 121 x 90 -> 95 x 71 (torchvision's Resize(71)), crop at (16, 4)
+    small = np.asarray(image.resize((95, 71), Image.BILINEAR), np.float64)[4:68, 16:80] / 255.0
+    x = ((small - [0.5, 0.4, 0.3]) / [0.2, 0.25, 0.3]).transpose(2, 0, 1)[None].astype(np.float32)
+    z = reference.forward(spec, weights, x)[0]
+    p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    expected = ", ".join(f"{labels[j]} {p[j]:.3f}" for j in np.argsort(-p)[:3])
+    assert f"photo.png: {expected}" in out.stdout, out.stdout
+    (labelled / "config.json").write_text(json.dumps({**config, "pretrained_cfg": {"std": [0.2, 0.0, 0.3]}}))
+    bad = subprocess.run([sys.executable, "-m", "zoo", "predict", "resnet18", str(tmp_path / "photo.png"),
+                          "--weights", str(labelled)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "pretrained_cfg.std is [0.2, 0.0, 0.3]; it must be 3 number(s), each > 0" \
+        in bad.stderr

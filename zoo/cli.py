@@ -82,7 +82,8 @@ def version() -> str:
 
 STATE_DICT_KEY_HELP = "the entry of a .pt training checkpoint to take the state_dict from, where it holds several " \
                       "(e.g. model_ema)"
-WEIGHTS_HELP = "pretrained tag (e.g. fashion_mnist), or the weights.safetensors of a `zoo train` run"
+WEIGHTS_HELP = ("pretrained tag (e.g. fashion_mnist), or the weights.safetensors of a `zoo train` run; predict "
+                "also takes a Hugging Face folder or hf-hub:ORG/NAME (its config.json says how to preprocess)")
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -348,13 +349,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.model} {args.weights} in {args.framework}: test accuracy {acc:.4f} "
                   f"({int(round(acc * len(labels)))}/{len(labels)})")
         elif args.command == "predict":
-            from zoo.evaluate import DOMAIN, predict_files
+            from zoo.evaluate import DOMAIN, is_folder_weights, predict_files, predict_folder_files
 
             if args.top < 1:
                 raise ValueError(f"--top must be at least 1, got {args.top}")
-            results = predict_files(args.model, args.weights, args.framework, args.images, args.top, args.invert,
-                                    errors="report")  # weights, model and options refused before anything prints
-            print(f"{args.model} {args.weights} knows {DOMAIN}")
+            if is_folder_weights(args.weights):  # a Hugging Face folder: its config.json's preprocessing
+                cfg, results = predict_folder_files(args.model, args.weights, args.framework, args.images, args.top,
+                                                    errors="report")
+                print(f"{args.model} {args.weights}: {cfg.describe()}")
+            else:
+                results = predict_files(args.model, args.weights, args.framework, args.images, args.top,
+                                        args.invert, errors="report")  # weights, model, options refused first
+                print(f"{args.model} {args.weights} knows {DOMAIN}")
             for r in results:
                 if r.error:
                     print(f"zoo: error: {r.error}", file=sys.stderr)

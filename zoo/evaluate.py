@@ -220,3 +220,126 @@ def predict_files(name: str, tag: str, framework: str, paths, top: int = 3, inve
         good = {str(p): Prediction(str(p), [(cfg.label_names[j], float(row[j])) for j in np.argsort(-row)[:top]],
                                    unlike) for (p, _), row, unlike in zip(read, probs, unlike_training(images))}
     return [good.get(str(p)) or Prediction(str(p), [], [], failed[str(p)]) for p in paths]
+
+
+# ----------------------------------------------------------------------------- Hugging Face folders
+
+# timm's defaults for what a pretrained_cfg leaves out (timm.data: IMAGENET_DEFAULT_MEAN/STD, PretrainedCfg)
+TIMM_DEFAULTS = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "crop_pct": 0.875,
+                 "interpolation": "bicubic"}
+_RESAMPLE = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST", "lanczos": "LANCZOS"}
+
+
+@dataclass(frozen=True)
+class FolderCfg:
+    """A Hugging Face folder's preprocessing, as its config.json's pretrained_cfg gives it (timm's defaults for
+    what it leaves out), and its label names (`class N` where it names none)."""
+
+    input_size: tuple[int, int, int]  # channels, height, width
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_pct: float
+    interpolation: str
+    label_names: tuple[str, ...]
+
+    def describe(self) -> str:
+        c, h, w = self.input_size
+        return (f"{len(self.label_names)} classes; images resized ({self.interpolation}) to {self.resize_to()} on "
+                f"the shorter side, centre-cropped to {h}x{w}, normalised with mean {list(self.mean)}, std "
+                f"{list(self.std)}, as its config.json says")
+
+    def resize_to(self) -> int:
+        """The shorter side's length before the centre crop (timm: floor(size / crop_pct))."""
+        return int(np.floor(min(self.input_size[1:]) / self.crop_pct))
+
+
+def folder_cfg(weights, num_classes: int) -> FolderCfg:
+    """The preprocessing of a Hugging Face folder or hf-hub id, each field checked."""
+    from zoo.io import io_hf, source
+
+    folder = source(weights)
+    config = io_hf.read_config(folder)
+    cfg = config.get("pretrained_cfg") if isinstance(config.get("pretrained_cfg"), dict) else {}
+    merged = {**TIMM_DEFAULTS, **{k: cfg[k] for k in TIMM_DEFAULTS if k in cfg}}
+    where = f"{folder / io_hf.CONFIG}: pretrained_cfg"
+    size = cfg.get("input_size", [3, 224, 224])
+    if not (isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and 1 <= v <= 4096 for v in size)):
+        raise ValueError(f"{where}.input_size is {size!r}; it must be [channels, height, width]")
+    c = size[0]
+    for key in ("mean", "std"):
+        v = merged[key]
+        if not (isinstance(v, (list, tuple)) and len(v) == c and all(isinstance(x, (int, float)) for x in v)
+                and (key == "mean" or all(x > 0 for x in v))):
+            raise ValueError(f"{where}.{key} is {v!r}; it must be {c} number(s){', each > 0' if key == 'std' else ''}")
+    if not isinstance(merged["crop_pct"], (int, float)) or not 0.1 <= merged["crop_pct"] <= 1.0:
+        raise ValueError(f"{where}.crop_pct is {merged['crop_pct']!r}; it must be a number in [0.1, 1]")
+    if merged["interpolation"] not in _RESAMPLE:
+        raise ValueError(f"{where}.interpolation is {merged['interpolation']!r}; known: {', '.join(_RESAMPLE)}")
+    labels = config.get("label_names", cfg.get("label_names"))
+    if labels is None:
+        labels = [f"class {i}" for i in range(num_classes)]
+    if not (isinstance(labels, list) and len(labels) == num_classes and all(isinstance(n, str) for n in labels)):
+        raise ValueError(f"{folder / io_hf.CONFIG}: label_names must be {num_classes} strings, one a class")
+    return FolderCfg(tuple(size), tuple(map(float, merged["mean"])), tuple(map(float, merged["std"])),
+                     float(merged["crop_pct"]), merged["interpolation"], tuple(labels))
+
+
+def load_image_as(path, cfg: FolderCfg) -> np.ndarray:
+    """One image file preprocessed as timm evaluates: float32 [C, H, W] (EXIF orientation applied; RGB, or
+    grayscale for one channel; shorter side resized to size / crop_pct, centre crop, normalised)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    c, h, w = cfg.input_size
+    try:
+        with _open_regular(path) as f, Image.open(f, formats=IMAGE_FORMATS) as im:
+            if im.size[0] * im.size[1] > MAX_PIXELS:
+                raise ValueError(f"{path} is {im.size[0]} x {im.size[1]} pixels, more than the {MAX_PIXELS:,} read")
+            im = ImageOps.exif_transpose(im).convert("RGB" if c == 3 else "L")
+            # as torchvision's Resize(int) and CenterCrop compute sizes and offsets (timm's eval transform)
+            short, (iw, ih) = cfg.resize_to(), im.size
+            size = (short, int(short * ih / iw)) if iw <= ih else (int(short * iw / ih), short)
+            im = im.resize(size, getattr(Image, _RESAMPLE[cfg.interpolation]))
+            left, top = int(round((im.size[0] - w) / 2.0)), int(round((im.size[1] - h) / 2.0))
+            a = np.asarray(im.crop((left, top, left + w, top + h)), np.float32) / 255.0
+    except UnidentifiedImageError:
+        raise ValueError(f"cannot read {path}: it is not a {', '.join(IMAGE_FORMATS)} image") from None
+    except FileNotFoundError:
+        raise ValueError(f"cannot read {path}: it does not exist") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {path} as an image: {e}") from None
+    a = a.reshape(h, w, -1).transpose(2, 0, 1)
+    if a.shape[0] != c:
+        raise ValueError(f"the config's input_size asks for {c} channels; only 1 (grayscale) and 3 (RGB) are read")
+    return (a - np.asarray(cfg.mean, np.float32)[:, None, None]) / np.asarray(cfg.std, np.float32)[:, None, None]
+
+
+def predict_folder_files(name: str, weights, framework: str, paths, top: int = 3, errors: str = "raise"
+                         ) -> tuple[FolderCfg, list[Prediction]]:
+    """`predict_files` for weights in a Hugging Face folder (or hf-hub id): its pretrained_cfg preprocesses."""
+    model = load(name, framework, weights=weights)
+    from zoo.api import spec_of
+
+    cfg = folder_cfg(weights, spec_of(model).num_classes)
+    read, failed = [], {}
+    for p in paths:
+        try:
+            read.append((p, load_image_as(p, cfg)))
+        except ValueError as e:
+            if errors != "report":
+                raise
+            failed[str(p)] = str(e)
+    good = {}
+    if read:
+        probs = softmax(predict(model, np.stack([a for _, a in read]), layout="NCHW").astype(np.float64))
+        good = {str(p): Prediction(str(p), [(cfg.label_names[j], float(row[j])) for j in np.argsort(-row)[:top]], [])
+                for (p, _), row in zip(read, probs)}
+    return cfg, [good.get(str(p)) or Prediction(str(p), [], [], failed[str(p)]) for p in paths]
+
+
+def is_folder_weights(weights) -> bool:
+    """A Hugging Face folder or an hf-hub id (their config.json preprocesses), not a tag or a run's file."""
+    from pathlib import Path
+
+    from zoo.io import io_hf
+
+    return io_hf.is_hub_id(weights) or (isinstance(weights, (str, os.PathLike)) and io_hf.is_folder(Path(weights)))
