@@ -27,6 +27,10 @@ TORCH = "torch==2.13.0"
 # dependencies, since it requires torchvision, whose PyPI wheel is a CUDA build (tests/timm_shim.py).
 TIMM = ["timm==1.0.31"]
 TIMM_DEPS = ["pyyaml", "huggingface_hub"]  # what timm's import needs (huggingface_hub: also the hub extra)
+# keras-hub, for tests/test_keras_hub.py only: without its dependencies, since it requires tensorflow-text (and
+# sentencepiece, kagglehub), which its vision models never import; regex and tokenizers its import does need.
+KERAS_HUB = ["keras-hub==0.32.0"]
+KERAS_HUB_DEPS = ["regex", "tokenizers"]
 KERAS_BACKEND_PACKAGES = {"tensorflow": ["tensorflow-cpu"], "jax": ["jax"], "torch": [TORCH]}
 # Keep several frameworks in one GPU process from each taking all of its memory.
 GPU_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
@@ -50,8 +54,8 @@ PARALLEL = ["-n", os.environ.get("ZOO_TEST_WORKERS", "2"), "--durations", "15"]
 def tests(session: nox.Session) -> None:
     """The whole suite in all four frameworks (torch, flax, keras, onnx), Keras on TensorFlow."""
     # openvino: optional for users (a `zoo bench` alternative beside onnxruntime); here so that its rows are tested
-    session.install(".[all]", TORCH, "openvino", *TEST, *TIMM_DEPS)
-    session.install("--no-deps", *TIMM)
+    session.install(".[all]", TORCH, "openvino", *TEST, *TIMM_DEPS, *KERAS_HUB_DEPS)
+    session.install("--no-deps", *TIMM, *KERAS_HUB)
     session.run("pytest", *PARALLEL, *session.posargs, env={"KERAS_BACKEND": "tensorflow"})
 
 

@@ -393,8 +393,8 @@ def test_unknown_suffix_lists_known(tmp_path):
     with pytest.raises(ConversionError, match=r"cannot tell the format of .*model.bin from its suffix '.bin'; "
                                               r"known: .pt, .pth \(torch\); .safetensors"):
         conversion.convert(tmp_path / "model.bin", tmp_path / "out.pt")
-    with pytest.raises(ConversionError, match=r"unknown format 'tflite'; known: .*, onnx, hf \(or a framework name: "
-                                              r"torch, flax, keras, onnx\)"):
+    with pytest.raises(ConversionError, match=r"unknown format 'tflite'; known: .*, onnx, hf, keras_hub \(or a "
+                                              r"framework name: torch, flax, keras, onnx\)"):
         conversion.convert(tmp_path / "model.bin", tmp_path / "out.pt", src_format="tflite")
 
 

@@ -22,7 +22,7 @@ import functools
 from typing import Any
 
 from zoo._registry import KeyMap, register_keymap, register_model
-from zoo.families._common import check_counts, conv_widths, width
+from zoo.families._common import check_counts, conv_widths, module_renames, width
 from zoo.families._common import width as _width
 from zoo.spec import Act, AdaptivePool, BatchNorm, Conv, Flatten, Linear, ModelSpec, Parallel, Pool, Seq
 
@@ -175,3 +175,20 @@ D2L_RESNET = register_keymap(KeyMap(
             r"layer\1.\2.\3"),
            (r"7\.(weight|bias)", r"fc.\1")),
     drop=(r".*\.num_batches_tracked",)))
+
+
+# keras-hub's ResNets (keras_hub.models.ResNetBackbone, v1.5 as torchvision's, with its ResNetImageClassifier's
+# head): layer names conv1_conv, stack{s}_block{b}_{j}_conv/_bn (j = 0 the shortcut, 1-3 the body), predictions;
+# stages counted from 0 (zoo/io/io_keras_hub.py reads them through keras_hub, in PyTorch's layouts).
+_KERAS_HUB = [("conv1_conv", "conv1"), ("conv1_bn", "bn1"), ("predictions", "fc")]
+for _s in range(4):
+    _KERAS_HUB += [(f"stack{_s}_block{{b}}_{j}_{kind}", f"layer{_s + 1}.{{b}}.{kind}{j}")
+                   for j in (1, 2, 3) for kind in ("conv", "bn")]
+    _KERAS_HUB += [(f"stack{_s}_block{{b}}_0_conv", f"layer{_s + 1}.{{b}}.downsample.0"),
+                   (f"stack{_s}_block{{b}}_0_bn", f"layer{_s + 1}.{{b}}.downsample.1")]
+_rules, _writes = module_renames(_KERAS_HUB)
+KERAS_HUB_RESNET = register_keymap(KeyMap(
+    name="keras-hub ResNet (conv1_conv.weight, stack0_block0_1_conv.weight, stack1_block0_0_bn.running_mean, "
+         "predictions.weight, ...)",
+    models=("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"), rules=_rules, library="keras_hub",
+    writes=_writes))

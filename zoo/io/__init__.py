@@ -95,9 +95,10 @@ def _check_input_path(path: Path, fmt) -> None:
         raise ConversionError(f"{path} does not exist") from None
     except OSError as e:
         raise ConversionError(f"{path} cannot be read: {e.strerror}") from None
-    if fmt.name in ("flax", "hf"):
+    if fmt.name in ("flax", "hf", "keras_hub"):
         if not stat.S_ISDIR(mode):
-            what = "an Orbax checkpoint folder" if fmt.name == "flax" else "a folder (config.json, model.safetensors)"
+            what = {"flax": "an Orbax checkpoint folder", "hf": "a folder (config.json, model.safetensors)",
+                    "keras_hub": "a keras-hub preset folder"}[fmt.name]
             raise ConversionError(f"{path} is not a folder; a {fmt.name} checkpoint is {what}")
     elif not stat.S_ISREG(mode):
         kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device?)"

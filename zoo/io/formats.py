@@ -46,12 +46,17 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("hf", (), "torch", "zoo.io.io_hf", "read", "write", False, "torch",
            "Hugging Face folder as timm writes it: config.json and model.safetensors (or pytorch_model.bin) in "
            "timm's names; hf-hub:ORG/NAME reads one from the local hub cache", every_model=False),
+    Format("keras_hub", (), "keras", "zoo.io.io_keras_hub", "read", "write", True, "keras",
+           "keras-hub preset folder (config.json, model.weights.h5, task.json, task.weights.h5), read and written "
+           "through keras_hub", every_model=False),
 )}
-ALIASES = {"pt": "torch", "pytorch": "torch", "orbax": "flax", "h5": "keras", "timm": "hf", "huggingface": "hf"}
+ALIASES = {"pt": "torch", "pytorch": "torch", "orbax": "flax", "h5": "keras", "timm": "hf", "huggingface": "hf",
+           "keras-hub": "keras_hub"}
 
 
 def known() -> str:
-    folders = {"flax": "a directory", "hf": "a directory with config.json, or hf-hub:ORG/NAME"}
+    folders = {"flax": "a directory", "hf": "a directory with config.json, or hf-hub:ORG/NAME",
+               "keras_hub": "a keras-hub preset directory"}
     return "; ".join(f"{', '.join(f.suffixes) or folders[f.name]} ({f.name})" for f in FORMATS.values())
 
 
@@ -79,13 +84,20 @@ def detect(path: Path | str, explicit: str | None = None, writing: bool = False)
         if any(text.endswith(s) for s in f.suffixes):
             return f
     p = Path(text)
-    if p.is_dir() and (p / "config.json").is_file():  # a Hugging Face folder; an Orbax checkpoint has no config.json
-        return FORMATS["hf"]
+    if p.is_dir() and (p / "config.json").is_file():  # an Orbax checkpoint has no config.json
+        return FORMATS["keras_hub" if _names_keras_hub(p / "config.json") else "hf"]
     if p.is_dir() or text.endswith(("/", "\\")) or (writing and not p.exists() and p.suffix == ""):
         return FORMATS["flax"]
     raise ConversionError(f"cannot tell the format of {text} from its suffix {p.suffix!r}; known: {known()}. "
                           f"Rename it, or name the format: --from/--to with zoo convert, --format with zoo inspect, "
                           f"format= in Python")
+
+
+def _names_keras_hub(config: Path) -> bool:
+    """Whether a folder's config.json names a keras_hub class (keras-hub's presets; timm's name an architecture)."""
+    from zoo.io.io_keras_hub import is_folder
+
+    return is_folder(config.parent)
 
 
 def function(fmt: Format, which: str) -> Callable:
@@ -153,6 +165,10 @@ def is_previous_output(fmt: Format, path: Path) -> bool:
         return "_CHECKPOINT_METADATA" in names and names <= ORBAX_NAMES
     if fmt.name == "hf":
         return path.is_dir() and {p.name for p in path.iterdir()} == {"config.json", "model.safetensors"}
+    if fmt.name == "keras_hub":
+        names = {p.name for p in path.iterdir()} if path.is_dir() else set()
+        return {"config.json", "task.json", "model.weights.h5", "task.weights.h5", "metadata.json"} >= names >= {
+            "config.json", "task.json"}
     if not path.is_file():
         return False
     what = sniff(path)
