@@ -144,8 +144,8 @@ def inception_v3(*, in_channels: int = 3, num_classes: int = 1000, ratio: int = 
                      body=Seq(*children), input_size=input_size)
 
 
-# torchvision's checkpoint (inception_v3_google-0cc3c7bd.pth) holds the auxiliary classifier (AuxLogits.*), which
-# only training uses, and every BatchNorm's num_batches_tracked, which changes no output here.
+# torchvision's checkpoint (IMAGENET1K_V1, inception_v3_google-*.pth) holds the auxiliary classifier
+# (AuxLogits.*), which only training uses, and every BatchNorm's num_batches_tracked, which changes no output here.
 TORCHVISION_INCEPTION = register_keymap(KeyMap(
     name="torchvision Inception-v3 (Conv2d_1a_3x3.conv.weight, Mixed_5b.branch1x1.bn.running_mean, ...; "
          "AuxLogits dropped)",
