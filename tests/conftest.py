@@ -24,7 +24,7 @@ TINY = {
     "alexnet": dict(ratio=16, hidden=32), "alexnet_d2l": dict(ratio=16, hidden=32, input_size=96),
     "vgg11": dict(ratio=16, hidden=16), "vgg16": dict(ratio=16, hidden=16),
     "vgg11_d2l": dict(ratio=32, hidden=16, input_size=32),
-    "googlenet": dict(ratio=16), "googlenet_d2l": dict(ratio=16),
+    "googlenet": dict(ratio=16), "googlenet_d2l": dict(ratio=16), "inception_v3": dict(ratio=16, num_classes=10),
     "resnet18": dict(width=4), "resnet34": dict(width=4), "resnet50": dict(width=4), "resnet18_d2l": dict(width=4),
     "densenet121": dict(growth_rate=4, num_init_features=8, bn_size=2),
     "densenet_d2l": dict(growth_rate=4, num_init_features=8),
@@ -52,6 +52,7 @@ SIZES = {
     "nin": (None, 96), "nin_cifar10": (None, 32), "nin_imagenet": (None, 129),
     "lenet": (28,), "lenet_relu": (28,), "alexnet": (None, 64), "alexnet_d2l": (96,),
     "vgg11": (None, 32), "vgg16": (None, 32), "vgg11_d2l": (32,), "googlenet": (None, 32), "googlenet_d2l": (None, 32),
+    "inception_v3": (None, 107),  # 75 (its minimum): 3x3 at Mixed_6, 1x1 at Mixed_7; 107: 5x5, then 2x2
     "resnet18": (None, 32), "resnet34": (None, 32), "resnet50": (None, 32), "resnet18_d2l": (None, 32),
     "densenet121": (None, 32), "densenet_d2l": (None, 32),
     # the variants of one architecture at other widths or depths: one size, their family's first preset two

@@ -55,7 +55,7 @@ def _write(fmt: str, weights, spec, path):
 
 # One model of each family (the torchvision architecture where there is one, for BatchNorm statistics and
 # torchvision's names); each pair compiles both frameworks' models, so not every preset.
-PAIR_PRESETS = ["lenet", "alexnet", "vgg11_d2l", "nin", "googlenet", "resnet18", "densenet_d2l",
+PAIR_PRESETS = ["lenet", "alexnet", "vgg11_d2l", "nin", "googlenet", "inception_v3", "resnet18", "densenet_d2l",
                 "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf", "squeezenet1_1"]
 # Every format pair (6 x 6) for these: a flatten before a linear layer (lenet), NiN, BatchNorm with
 # torchvision's names (resnet18). The others go to and from the canonical safetensors in every format

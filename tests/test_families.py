@@ -15,13 +15,13 @@ import pytest
 import zoo
 from zoo import reference
 from zoo._registry import KEYMAPS
-from zoo.spec import BatchNorm, Pool
+from zoo.spec import BatchNorm, Dropout, Pool
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 from zoo.frameworks import torch_model  # noqa: E402  (after the skip: it imports torch)
 
-FAMILIES = ("lenet", "alexnet", "vgg", "googlenet", "resnet", "densenet")
+FAMILIES = ("lenet", "alexnet", "vgg", "googlenet", "inception", "resnet", "densenet")
 # the ResNet family's later members (ResNet-101, ResNeXt, Wide ResNet) are test_modern_families.py's
 LATER = ("resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2", "densenet161", "densenet169",
          "densenet201", "vgg13", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn")  # test_modern_families
@@ -33,6 +33,8 @@ PUBLISHED = {
     "vgg11": 132_863_336,
     "vgg16": 138_357_544,
     "googlenet": 6_624_904,
+    # torchvision's 27,161,264 with aux_logits, less AuxLogits' 3,326,696 (test_inception_v3_keymap_drops_auxlogits)
+    "inception_v3": 23_834_568,
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
     "resnet50": 25_557_032,
@@ -72,6 +74,7 @@ TINY = {
     "vgg11_d2l": (dict(ratio=32, hidden=16, input_size=32), 32),
     "googlenet": (dict(ratio=16), 32),
     "googlenet_d2l": (dict(ratio=16), 32),
+    "inception_v3": (dict(ratio=16), 75),
     "resnet18": (dict(width=4), 32),
     "resnet34": (dict(width=4), 32),
     "resnet50": (dict(width=4), 32),
@@ -138,7 +141,8 @@ def test_bad_overrides_say_which(preset, overrides, message):
 # torchvision's state_dict, less one num_batches_tracked per BatchNorm: (key count, some keys and shapes).
 # ResNet-18: 20 convs + 20 BN x 4 + fc 2 = 102 (122 with num_batches_tracked); ResNet-50: 53 convs + 53 BN x 4
 # + 2 = 267 (320); DenseNet-121: 120 convs + 121 BN x 4 + 2 = 606 (727); GoogLeNet without aux heads:
-# 57 BasicConv2d x 5 + 2 = 287 (344); VGG-16: 16 layers x 2 = 32; AlexNet: 8 layers x 2 = 16.
+# 57 BasicConv2d x 5 + 2 = 287 (344); Inception-v3 without AuxLogits: 94 BasicConv2d x 5 + 2 = 472 (566);
+# VGG-16: 16 layers x 2 = 32; AlexNet: 8 layers x 2 = 16.
 TORCHVISION_KEYS = {
     "resnet18": (102, {"conv1.weight": (64, 3, 7, 7), "bn1.running_var": (64,),
                        "layer1.0.conv1.weight": (64, 64, 3, 3), "layer1.1.bn2.bias": (64,),
@@ -162,6 +166,23 @@ TORCHVISION_KEYS = {
                         "inception3a.branch3.1.conv.weight": (32, 16, 3, 3),  # torchvision's 3x3, not 5x5
                         "inception3a.branch4.1.conv.weight": (32, 192, 1, 1),
                         "inception5b.branch4.1.bn.running_mean": (128,), "fc.weight": (1000, 1024)}),
+    "inception_v3": (472, {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "Conv2d_1a_3x3.bn.running_var": (32,),
+                           "Conv2d_2b_3x3.conv.weight": (64, 32, 3, 3), "Conv2d_4a_3x3.conv.weight": (192, 80, 3, 3),
+                           "Mixed_5b.branch1x1.conv.weight": (64, 192, 1, 1),
+                           "Mixed_5b.branch5x5_1.conv.weight": (48, 192, 1, 1),
+                           "Mixed_5b.branch5x5_2.conv.weight": (64, 48, 5, 5),
+                           "Mixed_5b.branch_pool.conv.weight": (32, 192, 1, 1),
+                           "Mixed_5d.branch3x3dbl_3.bn.bias": (96,), "Mixed_6a.branch3x3.conv.weight": (384, 288, 3, 3),
+                           "Mixed_6b.branch7x7_2.conv.weight": (128, 128, 1, 7),
+                           "Mixed_6b.branch7x7_3.conv.weight": (192, 128, 7, 1),
+                           "Mixed_6e.branch7x7dbl_5.conv.weight": (192, 192, 1, 7),
+                           "Mixed_7a.branch3x3_2.conv.weight": (320, 192, 3, 3),
+                           "Mixed_7a.branch7x7x3_4.conv.weight": (192, 192, 3, 3),
+                           "Mixed_7b.branch3x3_2a.conv.weight": (384, 384, 1, 3),
+                           "Mixed_7b.branch3x3_2b.conv.weight": (384, 384, 3, 1),
+                           "Mixed_7b.branch3x3dbl_1.conv.weight": (448, 1280, 1, 1),
+                           "Mixed_7c.branch3x3dbl_3b.bn.running_mean": (384,),
+                           "Mixed_7c.branch_pool.conv.weight": (192, 2048, 1, 1), "fc.weight": (1000, 2048)}),
     "vgg16": (32, {"features.0.weight": (64, 3, 3, 3), "features.2.weight": (64, 64, 3, 3),
                    "features.28.bias": (512,), "classifier.0.weight": (4096, 25088),
                    "classifier.3.weight": (4096, 4096), "classifier.6.bias": (1000,)}),
@@ -183,7 +204,8 @@ def test_torchvision_details():
     """The settings that names and shapes do not show: strides, BatchNorm eps, pool modes."""
     ops = zoo.get_spec("resnet50").ops()
     assert ops["layer2.0.conv1"].stride == (1, 1) and ops["layer2.0.conv2"].stride == (2, 2)  # v1.5
-    for preset, eps in (("googlenet", 0.001), ("resnet18", 1e-5), ("densenet121", 1e-5), ("densenet_d2l", 1e-5)):
+    for preset, eps in (("googlenet", 0.001), ("inception_v3", 0.001), ("resnet18", 1e-5), ("densenet121", 1e-5),
+                        ("densenet_d2l", 1e-5)):
         bns = [op for op in zoo.get_spec(preset).ops().values() if isinstance(op, BatchNorm)]
         assert bns and all(op.eps == eps and op.momentum == 0.1 for op in bns), preset
     g = {layer.path: layer.node for layer in zoo.get_spec("googlenet").layers()}
@@ -205,6 +227,49 @@ def test_googlenet_ceil_mode_shapes():
     model = zoo.load("googlenet", "torch", ratio=16)
     traced = dict(torch_model.trace(model, np.zeros((1, 3, 224, 224), np.float32)))
     assert {k: traced[k].shape[2:] for k in GOOGLENET_224} == {k: v[1:] for k, v in GOOGLENET_224.items()}
+
+
+# torchvision's own comments in Inception3._forward (N x 32 x 149 x 149 after Conv2d_1a_3x3, and so on)
+INCEPTION_299 = {"Conv2d_1a_3x3.relu": (32, 149, 149), "Conv2d_2a_3x3.relu": (32, 147, 147),
+                 "Conv2d_2b_3x3.relu": (64, 147, 147), "maxpool1": (64, 73, 73), "Conv2d_3b_1x1.relu": (80, 73, 73),
+                 "Conv2d_4a_3x3.relu": (192, 71, 71), "maxpool2": (192, 35, 35), "Mixed_5b.concat": (256, 35, 35),
+                 "Mixed_5c.concat": (288, 35, 35), "Mixed_5d.concat": (288, 35, 35), "Mixed_6a.concat": (768, 17, 17),
+                 "Mixed_6e.concat": (768, 17, 17), "Mixed_7a.concat": (1280, 8, 8), "Mixed_7b.concat": (2048, 8, 8),
+                 "Mixed_7c.concat": (2048, 8, 8), "avgpool": (2048, 1, 1)}
+
+
+def test_inception_v3_details():
+    """The factorised convs' kernels and paddings, the pools, the concatenation order and the shapes at 299."""
+    spec = zoo.get_spec("inception_v3")
+    ops = spec.ops()
+    for path, kernel, padding in (("Mixed_6b.branch7x7_2", (1, 7), (0, 3)), ("Mixed_6b.branch7x7_3", (7, 1), (3, 0)),
+                                  ("Mixed_6c.branch7x7dbl_2", (7, 1), (3, 0)),
+                                  ("Mixed_6d.branch7x7dbl_5", (1, 7), (0, 3)),
+                                  ("Mixed_7a.branch7x7x3_2", (1, 7), (0, 3)),
+                                  ("Mixed_7b.branch3x3_2a", (1, 3), (0, 1)), ("Mixed_7b.branch3x3_2b", (3, 1), (1, 0)),
+                                  ("Mixed_7c.branch3x3dbl_3a", (1, 3), (0, 1)),
+                                  ("Mixed_7c.branch3x3dbl_3b", (3, 1), (1, 0))):
+        conv = ops[f"{path}.conv"]
+        assert (conv.kernel_size, conv.padding, conv.stride, conv.bias) == (kernel, padding, (1, 1), False), path
+    assert ops["Mixed_6a.branch3x3.conv"].stride == (2, 2) and ops["Mixed_7a.branch7x7x3_4.conv"].stride == (2, 2)
+    layers = {layer.path: layer.node for layer in spec.layers()}
+    for block in ("Mixed_5b", "Mixed_6e", "Mixed_7c"):  # F.avg_pool2d(x, 3, stride=1, padding=1)
+        assert layers[f"{block}.avg_pool"] == Pool("avg", 3, 1, 1, count_include_pad=True), block
+    assert layers["Mixed_6a.max_pool"] == layers["maxpool1"] == layers["Mixed_7a.max_pool"] == Pool("max", 3, 2)
+    assert layers["dropout"] == Dropout(0.5)
+    # the branches concatenate in torchvision's order (the pool last): their first convs, in the walk's order
+    firsts = {block: [p.split(".")[1] for p in layers if p.startswith(f"{block}.") and p.endswith("_1.conv")
+                      or p in (f"{block}.branch1x1.conv", f"{block}.branch3x3.conv", f"{block}.branch_pool.conv")]
+              for block in ("Mixed_5b", "Mixed_6a", "Mixed_6b", "Mixed_7a", "Mixed_7b")}
+    assert firsts == {"Mixed_5b": ["branch1x1", "branch5x5_1", "branch3x3dbl_1", "branch_pool"],
+                      "Mixed_6a": ["branch3x3", "branch3x3dbl_1"],
+                      "Mixed_6b": ["branch1x1", "branch7x7_1", "branch7x7dbl_1", "branch_pool"],
+                      "Mixed_7a": ["branch3x3_1", "branch7x7x3_1"],
+                      "Mixed_7b": ["branch1x1", "branch3x3_1", "branch3x3dbl_1", "branch_pool"]}
+    assert [p for p in layers if p.startswith("Mixed_6a.")][-2:] == ["Mixed_6a.max_pool", "Mixed_6a.concat"]
+    shapes = dict(spec.layer_shapes((299, 299)))
+    assert {k: shapes[k][1:] for k in INCEPTION_299} == INCEPTION_299
+    assert spec.min_input_size == 75 and zoo.get_spec("inception_v3", ratio=16).min_input_size == 75
 
 
 # --------------------------------------------------------------------------- agreement
@@ -451,6 +516,37 @@ def test_torchvision_keymap(name, preset, extra):
     state = {**with_batch_counts(spec), **{k: np.zeros(s, np.float32) for k, s in extra.items()}}
     renamed = rename(keymap(name), state)
     assert set(renamed) == set(spec.param_shapes())
+
+
+# AuxLogits (InceptionAux(768, num_classes)): conv0 BasicConv2d(768, 128, 1), conv1 BasicConv2d(128, 768, 5), fc
+AUX_LOGITS = {"AuxLogits.conv0.conv.weight": (128, 768, 1, 1), "AuxLogits.conv1.conv.weight": (768, 128, 5, 5),
+              **{f"AuxLogits.conv{i}.bn.{t}": (c,) for i, c in ((0, 128), (1, 768))
+                 for t in ("weight", "bias", "running_mean", "running_var")},
+              "AuxLogits.fc.weight": (1000, 768), "AuxLogits.fc.bias": (1000,)}
+
+
+def test_inception_v3_keymap_drops_auxlogits(tmp_path):
+    """torchvision's checkpoint: its names are canonical, less AuxLogits.* and the num_batches_tracked counters
+    (AuxLogits' own too); the file loads through the map, with the spec inferred, and gives the reference's logits."""
+    aux_params = sum(int(np.prod(s)) for k, s in AUX_LOGITS.items() if "running" not in k)
+    assert zoo.get_spec("inception_v3").num_params + aux_params == 27_161_264  # torchvision with aux_logits=True
+    spec = zoo.get_spec("inception_v3")
+    aux = {k: np.zeros(s, np.float32) for k, s in AUX_LOGITS.items()}
+    aux.update({f"AuxLogits.conv{i}.bn.num_batches_tracked": np.zeros((), np.int64) for i in (0, 1)})
+    assert set(rename(keymap("torchvision Inception-v3"), {**with_batch_counts(spec), **aux})) \
+        == set(spec.param_shapes())
+    # end to end, at tiny widths: a torch.save'd state_dict as torchvision writes one
+    tiny = zoo.get_spec("inception_v3", ratio=16)
+    weights = bn_weights(tiny, seed=3)
+    state = {k: torch.from_numpy(v) for k, v in weights.items()}
+    state.update({k.replace("running_var", "num_batches_tracked"): torch.tensor(7) for k in weights
+                  if k.endswith("running_var")})
+    state.update({k: torch.zeros(s) for k, s in AUX_LOGITS.items()})
+    torch.save(state, tmp_path / "inception_v3.pth")
+    model = zoo.load("inception_v3", "torch", weights=tmp_path / "inception_v3.pth")
+    assert model.spec == tiny
+    x = np.random.default_rng(0).standard_normal((2, 3, 75, 75)).astype(np.float32)
+    np.testing.assert_allclose(zoo.predict(model, x), reference.forward(tiny, weights, x), rtol=1e-4, atol=1e-4)
 
 
 def test_torchvision_densenet_old_names():

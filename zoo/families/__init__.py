@@ -9,6 +9,7 @@ from zoo.families import (  # noqa: F401
     densenet,
     efficientnet,
     googlenet,
+    inception,
     lenet,
     mobilenet,
     nin,
