@@ -533,7 +533,7 @@ def test_inception_v3_keymap_drops_auxlogits(tmp_path):
     spec = zoo.get_spec("inception_v3")
     aux = {k: np.zeros(s, np.float32) for k, s in AUX_LOGITS.items()}
     aux.update({f"AuxLogits.conv{i}.bn.num_batches_tracked": np.zeros((), np.int64) for i in (0, 1)})
-    assert set(rename(keymap("torchvision Inception-v3"), {**with_batch_counts(spec), **aux})) \
+    assert set(rename(keymap("torchvision and timm Inception-v3"), {**with_batch_counts(spec), **aux})) \
         == set(spec.param_shapes())
     # end to end, at tiny widths: a torch.save'd state_dict as torchvision writes one
     tiny = zoo.get_spec("inception_v3", ratio=16)

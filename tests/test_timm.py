@@ -68,6 +68,7 @@ CASES = {
     "mobilenetv3_large_100": (lambda: timm.create_model("mobilenetv3_large_100", num_classes=10), 64),
     "mobilenetv3_small_100": (lambda: timm.create_model("mobilenetv3_small_100", num_classes=10), 64),
     "regnet_y_400mf": (lambda: timm.create_model("regnety_004", num_classes=10), 64),
+    "inception_v3": (lambda: timm.create_model("inception_v3", num_classes=10), 107),
 }
 
 
@@ -214,7 +215,7 @@ ROUND_TRIPS = [("resnet18", dict(num_classes=10), 64), ("densenet121", dict(num_
                ("vgg11_bn", dict(num_classes=10), 224), ("efficientnet_b1", dict(num_classes=10), 64),
                ("mobilenet_v2", dict(num_classes=10), 64), ("mobilenetv3_large_100", dict(num_classes=10), 64),
                ("mobilenetv3_small_100", dict(num_classes=10, in_channels=1), 64),
-               ("regnet_y_400mf", dict(num_classes=10), 64)]
+               ("regnet_y_400mf", dict(num_classes=10), 64), ("inception_v3", dict(num_classes=10), 75)]
 
 
 @pytest.mark.parametrize("preset, overrides, size", ROUND_TRIPS, ids=[c[0] for c in ROUND_TRIPS])

@@ -146,10 +146,12 @@ def inception_v3(*, in_channels: int = 3, num_classes: int = 1000, ratio: int = 
 
 # torchvision's checkpoint (IMAGENET1K_V1, inception_v3_google-*.pth) holds the auxiliary classifier
 # (AuxLogits.*), which only training uses, and every BatchNorm's num_batches_tracked, which changes no output here.
+# timm's inception_v3 (timm.models.inception_v3) keeps torchvision's names, so this map reads and writes its too.
 TORCHVISION_INCEPTION = register_keymap(KeyMap(
-    name="torchvision Inception-v3 (Conv2d_1a_3x3.conv.weight, Mixed_5b.branch1x1.bn.running_mean, ...; "
+    name="torchvision and timm Inception-v3 (Conv2d_1a_3x3.conv.weight, Mixed_5b.branch1x1.bn.running_mean, ...; "
          "AuxLogits dropped)",
     models=("inception_v3",),
     rules=((r"((?:Conv2d_[1-4][ab]_[13]x[13]|Mixed_[5-7][a-e]\.branch\w+)"
             r"\.(?:conv\.weight|bn\.(?:weight|bias|running_mean|running_var))|fc\.(?:weight|bias))", r"\1"),),
-    drop=(r"AuxLogits\..*", r".*\.num_batches_tracked")))
+    drop=(r"AuxLogits\..*", r".*\.num_batches_tracked"),
+    library="timm", writes=((r"(.*)", r"\1"),)))
