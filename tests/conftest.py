@@ -42,8 +42,8 @@ TINY = {
        for n, blocks in ((161, (1, 2, 2, 1)), (169, (2, 1, 1, 2)), (201, (1, 1, 3, 1)))},
     "vgg13": dict(ratio=16, hidden=16), "vgg19": dict(ratio=16, hidden=16),
     **{f"vgg{n}_bn": dict(ratio=16, hidden=16) for n in (11, 13, 16, 19)},
-    # timm's MobileNetV3s take no width multiplier (timm's _075 variants scale otherwise): full width
-    "mobilenetv3_large_100": dict(num_classes=10), "mobilenetv3_small_100": dict(num_classes=10),
+    "mobilenetv3_large_100": dict(width_mult=0.25, num_classes=10),
+    "mobilenetv3_small_100": dict(width_mult=0.25, num_classes=10),
 }
 # Input sides per preset's tiny variant: the minimum (None) at batch 1, then others at batch 3; a network
 # whose linear layer takes a fixed size has one side, its nominal one. Each size is one more compilation

@@ -169,21 +169,23 @@ def mobilenet_v3_small(*, in_channels: int = 3, num_classes: int = 1000, width_m
 
 
 @register_model
-def mobilenetv3_large_100(*, in_channels: int = 3, num_classes: int = 1000, dropout: float = 0.2,
-                          input_size: int | tuple[int, int] = 224) -> ModelSpec:
+def mobilenetv3_large_100(*, in_channels: int = 3, num_classes: int = 1000, width_mult: float = 1.0,
+                          dropout: float = 0.2, input_size: int | tuple[int, int] = 224) -> ModelSpec:
     """timm's MobileNetV3-Large (`timm.create_model('mobilenetv3_large_100')`): torchvision's network with
     PyTorch's BatchNorm defaults, eps 1e-5 and momentum 0.1 (torchvision's are 1e-3 and 0.01), so its own
-    preset; 5,483,032 parameters, 224x224 RGB input. Canonical names are torchvision's; timm's read and write."""
-    return mobilenet_v3("mobilenetv3_large_100", V3_LARGE, 1280, in_channels, num_classes, 1.0, dropout,
+    preset; 5,483,032 parameters, 224x224 RGB input. Canonical names are torchvision's; timm's read and write.
+    `width_mult` scales the widths by torchvision's rule (tiny test variants): timm's own mobilenetv3_large_075
+    rounds otherwise and keeps a 1280-wide head, so it is not this preset at 0.75."""
+    return mobilenet_v3("mobilenetv3_large_100", V3_LARGE, 1280, in_channels, num_classes, width_mult, dropout,
                         input_size, bn={})
 
 
 @register_model
-def mobilenetv3_small_100(*, in_channels: int = 3, num_classes: int = 1000, dropout: float = 0.2,
-                          input_size: int | tuple[int, int] = 224) -> ModelSpec:
+def mobilenetv3_small_100(*, in_channels: int = 3, num_classes: int = 1000, width_mult: float = 1.0,
+                          dropout: float = 0.2, input_size: int | tuple[int, int] = 224) -> ModelSpec:
     """timm's MobileNetV3-Small (`timm.create_model('mobilenetv3_small_100')`): torchvision's network with
     BatchNorm eps 1e-5 and momentum 0.1; 2,542,856 parameters, 224x224 RGB input."""
-    return mobilenet_v3("mobilenetv3_small_100", V3_SMALL, 1024, in_channels, num_classes, 1.0, dropout,
+    return mobilenet_v3("mobilenetv3_small_100", V3_SMALL, 1024, in_channels, num_classes, width_mult, dropout,
                         input_size, bn={})
 
 
