@@ -115,6 +115,13 @@ def test_only_the_classes_the_zoo_reads_are_deserialized(resnet18_preset, tmp_pa
     (other / "config.json").write_text(json.dumps({**config, "class_name": "DenseNetBackbone"}))
     with pytest.raises(conversion.ConversionError, match="its stem convolution pads 'same'"):
         conversion.read(other)
+    (other / "config.json").write_text(json.dumps(config))
+    task = json.loads((other / "task.json").read_text())
+    task["config"]["preprocessor"] = {"module": "os", "class_name": "system", "config": {"command": "true"}}
+    (other / "task.json").write_text(json.dumps(task))
+    with pytest.raises(conversion.ConversionError, match="names the module 'os' inside; a keras-hub resnet preset "
+                                                         "names only keras and keras_hub.src.models.resnet"):
+        conversion.read(other)
 
 
 def test_a_backbone_alone_says_it_lacks_the_head(tmp_path):

@@ -72,7 +72,22 @@ def _check_class(path: Path, entry: dict, allowed: dict) -> str:
     if not (isinstance(module, str) and module.startswith("keras_hub.src.models.") and name in allowed):
         raise ConversionError(f"{path} names {module}.{name}; the zoo reads keras-hub's {', '.join(allowed)} "
                               f"(the networks it has), nothing else is deserialized")
-    return allowed[name]
+    family = allowed[name]
+    for inner in _modules(entry):  # the backbone, preprocessor, dtype policy... inside: Keras' or the family's own
+        if not (inner == "keras" or inner.startswith(("keras.", f"keras_hub.src.models.{family}."))):
+            raise ConversionError(f"{path} names the module {inner!r} inside; a keras-hub {family} preset names "
+                                  f"only keras and keras_hub.src.models.{family}: nothing else is deserialized")
+    return family
+
+
+def _modules(node) -> list[str]:
+    """Every "module" a Keras config names, at any depth (a non-string one as its repr, which no check passes)."""
+    if isinstance(node, dict):
+        own = [node["module"] if isinstance(node["module"], str) else repr(node["module"])] if "module" in node else []
+        return own + [m for v in node.values() for m in _modules(v)]
+    if isinstance(node, list):
+        return [m for v in node for m in _modules(v)]
+    return []
 
 
 def _check_resnet(path: Path, c: dict) -> None:
