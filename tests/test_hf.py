@@ -253,3 +253,22 @@ def test_predict_preprocesses_as_the_folder_config_says(resnet18_folder, tmp_pat
                           "--weights", str(labelled)], capture_output=True, text=True)
     assert bad.returncode == 2 and "pretrained_cfg.std is [0.2, 0.0, 0.3]; it must be 3 number(s), each > 0" \
         in bad.stderr
+
+
+def test_an_architecture_the_zoo_lacks_is_refused_not_guessed(resnet18_folder, tmp_path):
+    """timm's resnet18d (a deep stem) or tf_efficientnet_b0 (TensorFlow's padding) is another network than any
+    preset: its folder is refused on both paths, not read by its tensors' shapes; naming the file's format reads
+    the tensors alone, on purpose."""
+    folder, _, _ = resnet18_folder
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    (other / "config.json").write_text(json.dumps({"architecture": "tf_efficientnet_b0", "num_classes": 10}))
+    for path in (other, other / "model.safetensors"):
+        with pytest.raises(conversion.ConversionError, match=r"names timm's 'tf_efficientnet_b0', which is none of "
+                                                             r"the zoo's presets .* --from safetensors"):
+            zoo.load("resnet18", "torch", weights=path)
+    assert conversion.read(other / "model.safetensors", "safetensors").format == "safetensors"
+    out = subprocess.run([sys.executable, "-m", "zoo", "inspect", str(other / "model.safetensors"), "--format",
+                          "safetensors"], capture_output=True, text=True)
+    assert out.returncode == 0 and "fits: resnet18" in out.stdout, out.stderr

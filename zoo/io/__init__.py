@@ -36,9 +36,6 @@ def read(path, format: str | None = None, *, model: str | None = None, spec: Mod
     """
     path = source(path)
     fmt = detect(path, format)
-    folder = io_hf.folder_of(path) if fmt.name in ("safetensors", "torch") else None
-    if folder is not None:  # its config.json says which model it is, and is checked as the folder's is
-        return read(folder, "hf", model=model, spec=spec)
     if state_dict_key is not None and fmt.name != "torch":
         raise ConversionError(f"state_dict_key / --state-dict-key picks an entry of a PyTorch .pt checkpoint; "
                               f"{path} is a {fmt.name} file")
@@ -95,6 +92,8 @@ def _check_input_path(path: Path, fmt) -> None:
         raise ConversionError(f"{path} does not exist") from None
     except OSError as e:
         raise ConversionError(f"{path} cannot be read: {e.strerror}") from None
+    if fmt.name == "hf" and stat.S_ISREG(mode):
+        return  # the weights file of a Hugging Face folder (zoo.io.formats.detect): read with its config.json
     if fmt.name in ("flax", "hf", "keras_hub"):
         if not stat.S_ISDIR(mode):
             what = {"flax": "an Orbax checkpoint folder", "hf": "a folder (config.json, model.safetensors)",

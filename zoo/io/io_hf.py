@@ -125,7 +125,7 @@ def expected(config: dict) -> dict[str, int]:
 
 
 def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) -> Checkpoint:
-    folder = Path(path)
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent  # the folder, or its weights file
     config = read_config(folder)
     arch = config["architecture"]
     weights_file = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
@@ -146,14 +146,21 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
         raise ConversionError(f"{weights_file} is a zoo canonical file, not timm's weights; read it by itself "
                               f"(zoo inspect {weights_file})")
     preset = preset_of(arch)
-    if model and preset and model != preset:
+    fmt = "safetensors" if weights_file.suffix == ".safetensors" else "torch"
+    if preset is None:  # timm builds another network under this name (tf_efficientnet_b0 pads as TensorFlow does)
+        known = sorted({lib for k in _registry.KEYMAPS if k.library == LIBRARY for lib in _timm_names(k)})
+        raise ConversionError(
+            f"{folder / CONFIG} names timm's {arch!r}, which is none of the zoo's presets (timm's that the zoo "
+            f"reads: {', '.join(known)}): timm builds another network under that name, and its weights would be "
+            f"read as something else. To read the tensors anyway, as their names and shapes say, name the weights "
+            f"file and its format: zoo convert MODEL {weights_file} OUT --from {fmt}")
+    if model and model != preset:
         raise ConversionError(f"{folder / CONFIG} names the architecture {arch!r}, not {model!r}: load it as "
                               f"{preset} (zoo.load({preset!r}, ...), zoo convert {preset} ...)")
     ckpt.format, ckpt.model, ckpt.expected = "hf", preset, expected(config)
     ckpt.notes.insert(0, f"Hugging Face folder: {CONFIG} names {LIBRARY}'s {arch!r}"
                          + (f" (the zoo's {preset})" if preset and preset != arch else "")
                          + (f" with {config['num_classes']} classes" if "num_classes" in config else "")
-                         + ("" if preset else " (not a zoo preset: the weights' shapes pick the model)")
                          + f"; weights from {weights_file.name}")
     # timm's names become canonical here, so that a reader given the spec (verification) gets them too
     reshaped = []
@@ -165,6 +172,11 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
     if keymap is not None:
         ckpt.notes += keymaps.applied_notes(keymap, dropped, reshaped)
     return ckpt
+
+
+def _timm_names(keymap) -> list[str]:
+    """The timm architectures a timm key map's models are."""
+    return [dict(keymap.architectures).get(m, m) for m in keymap.models]
 
 
 def preset_of(architecture: str) -> str | None:
