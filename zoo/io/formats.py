@@ -82,8 +82,9 @@ def detect(path: Path | str, explicit: str | None = None, writing: bool = False)
         return FORMATS["hf"]
     from zoo.io.io_hf import folder_of
 
-    if folder_of(Path(text)) is not None:  # model.safetensors beside timm's config.json: read with it (a format
-        return FORMATS["hf"]  # named explicitly, --from safetensors, reads the file by itself)
+    # a model.safetensors beside timm's config.json is read with it (--from safetensors reads the file alone)
+    if not writing and folder_of(Path(text)) is not None:
+        return FORMATS["hf"]
     for f in FORMATS.values():
         if any(text.endswith(s) for s in f.suffixes):
             return f
