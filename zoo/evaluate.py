@@ -197,6 +197,19 @@ class Prediction:
     error: str = ""  # why the file could not be read (predict_files(errors='report')); then `top` is empty
 
 
+def _read_images(paths, load_one, errors: str) -> tuple[list, dict[str, str]]:
+    """([(path, image)], {path: why it could not be read}); with errors='raise' the first failure raises."""
+    read, failed = [], {}
+    for p in paths:
+        try:
+            read.append((p, load_one(p)))
+        except ValueError as e:
+            if errors != "report":
+                raise
+            failed[str(p)] = str(e)
+    return read, failed
+
+
 def predict_files(name: str, tag: str, framework: str, paths, top: int = 3, invert: str = "auto",
                   errors: str = "raise") -> list[Prediction]:
     """The top classes by softmax probability for each image file, and how it is unlike the training images.
@@ -205,14 +218,7 @@ def predict_files(name: str, tag: str, framework: str, paths, top: int = 3, inve
         raise ValueError(f"top must be at least 1 class, got {top!r}")
     cfg = cfg_for(name, tag)
     model = load(name, framework, weights=tag)
-    read, failed = [], {}
-    for p in paths:
-        try:
-            read.append((p, load_image(p, invert, cfg.fit)))
-        except ValueError as e:
-            if errors != "report":
-                raise
-            failed[str(p)] = str(e)
+    read, failed = _read_images(paths, lambda p: load_image(p, invert, cfg.fit), errors)
     good = {}
     if read:
         images = np.stack([a for _, a in read])
@@ -320,14 +326,7 @@ def predict_folder_files(name: str, weights, framework: str, paths, top: int = 3
     from zoo.api import spec_of
 
     cfg = folder_cfg(weights, spec_of(model).num_classes)
-    read, failed = [], {}
-    for p in paths:
-        try:
-            read.append((p, load_image_as(p, cfg)))
-        except ValueError as e:
-            if errors != "report":
-                raise
-            failed[str(p)] = str(e)
+    read, failed = _read_images(paths, lambda p: load_image_as(p, cfg), errors)
     good = {}
     if read:
         probs = softmax(predict(model, np.stack([a for _, a in read]), layout="NCHW").astype(np.float64))
