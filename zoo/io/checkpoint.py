@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -249,6 +250,23 @@ def _remove(p: Path) -> None:
             p.unlink()
         except OSError:
             pass
+
+
+def read_json_object(path: Path, max_bytes: int, what: str, missing: str) -> dict:
+    """A small JSON file holding an object (a config), every failure one ConversionError: `missing` when it is
+    absent, else what was wrong (too large, not JSON, nested past the stack, not an object `what` is)."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ConversionError(f"{path} is {size:,} bytes; {what} is far smaller: refused")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConversionError(missing) from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
+        raise ConversionError(f"{path} is not readable JSON: {type(e).__name__}: {one_line(e, 200)}") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path} holds a JSON {type(data).__name__}; {what} is an object")
+    return data
 
 
 def one_line(e: BaseException, limit: int = 400) -> str:

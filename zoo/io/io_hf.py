@@ -21,7 +21,7 @@ from safetensors.numpy import save_file
 from zoo import _registry
 from zoo._frameworks import FrameworkNotInstalled
 from zoo.io import io_safetensors, keymaps
-from zoo.io.checkpoint import Checkpoint, ConversionError, one_line
+from zoo.io.checkpoint import Checkpoint, ConversionError, read_json_object
 from zoo.spec import ModelSpec
 
 HUB_PREFIX = "hf-hub:"
@@ -90,18 +90,9 @@ def _is_zoo_file(path: Path) -> bool:
 
 def read_config(folder: Path) -> dict:
     path = folder / CONFIG
-    try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConversionError(f"{path} is {size:,} bytes; a config.json is far smaller: refused")
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConversionError(f"{folder} has no {CONFIG}; a Hugging Face folder holds one beside its weights "
-                              f"({' or '.join(WEIGHT_FILES)})") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
-        raise ConversionError(f"{path} is not readable JSON: {type(e).__name__}: {one_line(e, 200)}") from None
-    if not isinstance(config, dict):
-        raise ConversionError(f"{path} holds a JSON {type(config).__name__}; a config.json is an object")
+    config = read_json_object(path, MAX_CONFIG_BYTES, "a config.json",
+                              f"{folder} has no {CONFIG}; a Hugging Face folder holds one beside its weights "
+                              f"({' or '.join(WEIGHT_FILES)})")
     arch = config.get("architecture")
     if not isinstance(arch, str) or not arch:
         raise ConversionError(f"{path} names no architecture (a string, as timm writes: \"architecture\": "

@@ -12,7 +12,6 @@ same names, and saves the preset.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import numpy as np
 from zoo import _registry
 from zoo._frameworks import FrameworkNotInstalled
 from zoo.io import keymaps
-from zoo.io.checkpoint import Checkpoint, ConversionError, one_line
+from zoo.io.checkpoint import Checkpoint, ConversionError, one_line, read_json_object
 from zoo.spec import Conv, ModelSpec
 
 LIBRARY = "keras_hub"
@@ -42,17 +41,7 @@ def is_folder(path: Path) -> bool:
 
 
 def _json(path: Path) -> dict:
-    try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise ConversionError(f"{path} is {path.stat().st_size:,} bytes; a keras-hub config is far smaller")
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConversionError(f"{path.parent} has no {path.name}") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ConversionError(f"{path} is not readable JSON: {type(e).__name__}: {one_line(e, 200)}") from None
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path} holds a JSON {type(data).__name__}; a keras-hub config is an object")
-    return data
+    return read_json_object(path, MAX_JSON_BYTES, "a keras-hub config", f"{path.parent} has no {path.name}")
 
 
 # keras-hub's networks of the zoo's families that the zoo does not read, and why
