@@ -153,13 +153,13 @@ def to_foreign(keymap: KeyMap, weights: dict[str, np.ndarray], spec) -> dict[str
     inputs = _input_shapes(spec) if hooks else {}
     out = {}
     for name, w in weights.items():
-        m = next((m for p, _ in rules if (m := p.fullmatch(name))), None)
+        m, replacement = next(((m, r) for p, r in rules if (m := p.fullmatch(name))), (None, None))
         if m is None:
             raise LayoutError(f"{keymap.name}: no rule writes {name}")
         hook = next((h for p, h in hooks if p.fullmatch(name)), None)
         if hook is not None:
             w = WRITE_HOOKS[hook](name, w, inputs[name.rsplit(".", 1)[0]])
-        out[m.expand(next(r for p, r in rules if p.fullmatch(name)))] = w
+        out[m.expand(replacement)] = w
     if len(out) != len(weights):
         raise LayoutError(f"{keymap.name}: two tensors are written under one name")
     return out
