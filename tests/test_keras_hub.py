@@ -129,3 +129,60 @@ def test_a_backbone_alone_says_it_lacks_the_head(tmp_path):
     keras_hub.models.ResNetBackbone(**RESNET18, image_shape=(None, None, 3)).save_to_preset(str(tmp_path / "bb"))
     with pytest.raises(conversion.ConversionError, match="a keras-hub backbone has no classifier head"):
         zoo.load("resnet18", "torch", weights=tmp_path / "bb")
+
+
+def _vgg11(tmp_path, name: str = "vgg11", image_shape=(None, None, 3), **task):
+    """keras-hub's VGG-11 at a sixteenth of its conv widths, a 32-wide head, 10 classes."""
+    keras.utils.set_random_seed(0)
+    bb = keras_hub.models.VGGBackbone(stackwise_num_repeats=[1, 1, 2, 2, 2], stackwise_num_filters=[4, 8, 16, 32, 32],
+                                      image_shape=image_shape)
+    model = keras_hub.models.VGGImageClassifier(backbone=bb, num_classes=10, activation=None,
+                                                **{"pooling": "avg", "pooling_hidden_dim": 32, **task})
+    model.save_to_preset(str(tmp_path / name))
+    return model, tmp_path / name
+
+
+@pytest.fixture(scope="module")
+def vgg11_preset(tmp_path_factory):
+    task, folder = _vgg11(tmp_path_factory.mktemp("kh"))
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)  # 224: the 7x7 map
+    return folder, x, np.asarray(task.predict(x.transpose(0, 2, 3, 1), verbose=0), np.float64)
+
+
+def test_a_keras_hub_vgg_preset_agrees_in_every_framework(vgg11_preset, framework, record_error):
+    """Its head of convolutions (fc1 7x7, fc2 1x1, as timm's) read as torchvision's classifier, exact at 224."""
+    folder, x, ref = vgg11_preset
+    record_error("keras-hub preset:vgg11", framework, run(framework, zoo.load("vgg11", framework, weights=folder), x),
+                 ref)
+
+
+def test_a_keras_hub_vgg_read_says_its_head_is_reshaped(vgg11_preset):
+    folder, _, _ = vgg11_preset
+    ckpt = conversion.read(folder)
+    assert ckpt.weights["classifier.0.weight"].shape == (32, 32 * 7 * 7)
+    assert ckpt.weights["features.18.weight"].shape == (32, 32, 3, 3)  # block5_conv2: torchvision's numbering
+    said = "\n".join(ckpt.notes)
+    assert "the same network at 224x224 input only" in said and "fc1.weight [32, 32, 7, 7] -> [32, 1568]" in said
+
+
+def test_zoo_vgg_weights_written_as_a_preset_are_what_keras_hub_computes(vgg11_preset, tmp_path):
+    folder, x, _ = vgg11_preset
+    spec, _, _ = conversion.load(folder)  # the tiny VGG-11, from the preset's shapes
+    weights = random_weights(spec, 0)
+    io_safetensors.write(weights, spec, tmp_path / "vgg.safetensors")
+    report = conversion.convert(tmp_path / "vgg.safetensors", tmp_path / "preset", dst_format="keras_hub")
+    assert report.max_rel <= 1e-5
+    task = keras_hub.models.ImageClassifier.from_preset(str(tmp_path / "preset"))
+    out = np.asarray(task.predict(x.transpose(0, 2, 3, 1), verbose=0), np.float64)
+    ref = reference.forward(spec, weights, x)
+    assert float(np.abs(out - ref).max()) <= 1e-5 * max(1.0, float(np.abs(ref).max()))
+    with pytest.raises(conversion.ConversionError, match="vgg11_bn has no keras-hub preset"):
+        bn = zoo.get_spec("vgg11_bn", ratio=16, hidden=32, num_classes=10)
+        io_safetensors.write(random_weights(bn, 0), bn, tmp_path / "bn.safetensors")
+        conversion.convert(tmp_path / "bn.safetensors", tmp_path / "bn", dst_format="keras_hub")
+
+
+def test_a_keras_hub_vgg_flatten_head_is_refused_saying_why(tmp_path):
+    _, folder = _vgg11(tmp_path, "flat", image_shape=(224, 224, 3), pooling="flatten")  # a fixed size: its Dense
+    with pytest.raises(conversion.ConversionError, match=r"pooling 'flatten'.*orders its dense inputs \(H, W, C\)"):
+        zoo.load("vgg11", "torch", weights=folder)

@@ -21,7 +21,7 @@ import re
 from typing import Any
 
 from zoo._registry import KeyMap, register_keymap, register_model
-from zoo.families._common import check_counts, dropout_rate, out_shape, scaled, width
+from zoo.families._common import check_counts, dropout_rate, module_renames, out_shape, scaled, width
 from zoo.spec import Act, AdaptivePool, BatchNorm, Conv, Dropout, Flatten, Linear, ModelSpec, Pool, Seq
 
 # (convs, width) per block: configurations A (11 layers) and D (16 layers) of the paper's table 1
@@ -176,3 +176,28 @@ TIMM_VGG = register_keymap(KeyMap(
     writes=((r"(features\..*)", r"\1"), (r"classifier\.0\.(.*)", r"pre_logits.fc1.\1"),
             (r"classifier\.3\.(.*)", r"pre_logits.fc2.\1"), (r"classifier\.6\.(.*)", r"head.fc.\1")),
     write_reshape=((r"classifier\.[03]\.weight", "linear_as_conv"),)))
+
+
+def _keras_hub_vgg(name: str, arch: Any) -> KeyMap:
+    """keras-hub's VGG (keras_hub.models.VGGBackbone with its VGGImageClassifier, pooling 'avg'): convs named
+    block{b}_conv{j} (both from 1), a head of convolutions as timm's (`fc1` 7x7, `fc2` 1x1, then global average
+    pooling and the dense `predictions`), read as torchvision's classifier: the same network at 224x224 only,
+    as timm's (zoo/io/io_keras_hub.py reads the preset through keras_hub, in PyTorch's layouts)."""
+    pairs, n = [], 0
+    for b, (convs, _) in enumerate(arch, 1):
+        for j in range(1, convs + 1):
+            pairs.append((f"block{b}_conv{j}", f"features.{n}"))
+            n += 2  # the conv and its ReLU
+        n += 1  # the block's max pool
+    pairs += [("fc1", "classifier.0"), ("fc2", "classifier.3"), ("predictions", "classifier.6")]
+    rules, writes = module_renames(pairs)
+    return register_keymap(KeyMap(
+        name=f"keras-hub {name.upper()[:3]}-{name[3:]} (block1_conv1.weight, ..., fc1/fc2 convolutions read as "
+             f"classifier.0/3, predictions)",
+        models=(name,), rules=rules, library="keras_hub", writes=writes,
+        reshape=((r"fc[12]\.weight", "conv_as_linear"),),
+        write_reshape=((r"classifier\.[03]\.weight", "linear_as_conv"),)))
+
+
+KERAS_HUB_VGG = {name: _keras_hub_vgg(name, arch)
+                 for name, arch in (("vgg11", VGG11), ("vgg13", VGG13), ("vgg16", VGG16), ("vgg19", VGG19))}

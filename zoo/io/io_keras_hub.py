@@ -5,8 +5,9 @@ Keras 3's weight files name layers by type and position (`layers/conv2d_12/vars/
 (`stack0_block0_1_conv`), so the preset is read through keras_hub itself: its config builds the model (only the
 classes below, checked before anything is deserialized), and each layer's weights are taken by its keras-hub
 name in PyTorch's layout (kernels OIHW, dense [out, in]); the families' key maps (`library="keras_hub"`) rename
-them. A backbone whose network is not the zoo's (a pre-activation ResNet, keras-hub's `_vd` blocks, another
-stem) is refused, saying what differs. Writing builds the keras-hub model from the spec, sets its weights by the
+them. ResNet and VGG are read (VGG's head of convolutions, as timm's, through the `conv_as_linear` layout hook:
+the same network at 224x224). A backbone whose network is not the zoo's (a pre-activation ResNet, keras-hub's
+`_vd` blocks, another stem, its DenseNet's padding) is refused, saying what differs. Writing builds the keras-hub model from the spec, sets its weights by the
 same names, and saves the preset.
 """
 
@@ -20,14 +21,14 @@ from zoo import _registry
 from zoo._frameworks import FrameworkNotInstalled
 from zoo.io import keymaps
 from zoo.io.checkpoint import Checkpoint, ConversionError, one_line, read_json_object
-from zoo.spec import Conv, ModelSpec
+from zoo.spec import BatchNorm, Conv, ModelSpec, Pool
 
 LIBRARY = "keras_hub"
 CONFIG, TASK = "config.json", "task.json"
 MAX_JSON_BYTES = 1 << 20
 # the keras-hub classes read here, each with its zoo family: nothing else in a config is deserialized
-BACKBONES = {"ResNetBackbone": "resnet"}
-TASKS = {"ResNetImageClassifier": "resnet"}
+BACKBONES = {"ResNetBackbone": "resnet", "VGGBackbone": "vgg"}
+TASKS = {"ResNetImageClassifier": "resnet", "VGGImageClassifier": "vgg"}
 INSTALL = ("pip install keras-hub (where its tensorflow-text dependency has no wheel: pip install --no-deps "
            "keras-hub regex tokenizers)")
 
@@ -49,8 +50,12 @@ NOT_READ = {
     "DenseNetBackbone": "its stem convolution pads 'same' (unevenly at even input sizes: 2 before and 3 after at "
                         "224x224), where torchvision's pads 3 on every side, so it is another network than the zoo's "
                         "densenet presets (5e-2 from timm's DenseNet-121 at 224x224, measured with both loaded alike)",
-    "VGGBackbone": "not read yet: its classifier flattens the feature map in Keras' (H, W, C) order without "
-                   "torchvision's adaptive pooling, which needs a layout hook the zoo does not have yet",
+    "EfficientNetBackbone": "not read: whether it is torchvision's EfficientNet (its stem padding, its 'same' "
+                            "padding of strided depthwise convs, its BatchNorm settings) has not been checked "
+                            "against the zoo's efficientnet presets; timm's EfficientNet files are read",
+    "MobileNetBackbone": "not read: whether it is torchvision's MobileNetV3 (its padding of strided depthwise convs, "
+                         "its BatchNorm settings) has not been checked against the zoo's mobilenet presets; "
+                         "timm's MobileNetV3 files are read",
 }
 
 
@@ -95,7 +100,33 @@ def _check_resnet(path: Path, c: dict) -> None:
                               f"preset computes it")
 
 
-CHECKS = {"resnet": _check_resnet}
+def _check_vgg(path: Path, c: dict) -> None:
+    """keras-hub's VGGBackbone is torchvision's features (3x3 convs padded 'same', 2x2 max pools) as it is."""
+
+
+def _check_task(path: Path, family: str, c: dict) -> list[str]:
+    """The head's settings that the zoo's network computes; returns what the read should say of it."""
+    pooling = c.get("pooling", "avg")
+    if family == "vgg" and pooling != "avg":
+        raise ConversionError(f"{path}: pooling {pooling!r}; the zoo reads keras-hub's VGG head with pooling 'avg' "
+                              f"(its default: 7x7 and 1x1 convolutions, as timm's), which is torchvision's "
+                              f"classifier at 224x224"
+                              + (" (a 'flatten' head orders its dense inputs (H, W, C), torchvision's (C, H, W): "
+                                 "not read)" if pooling == "flatten" else ""))
+    if pooling != "avg":
+        raise ConversionError(f"{path}: pooling {pooling!r}; the zoo's {family} pools by average")
+    notes = []
+    if family == "vgg":
+        notes.append("keras-hub's VGG head is convolutions (7x7 fc1, 1x1 fc2, global average pooling), read as "
+                     "torchvision's linear classifier: the same network at 224x224 input only (at other sizes "
+                     "keras-hub slides fc1 over the map; the zoo pools it to 7x7 first, as torchvision does)")
+    if c.get("activation") not in (None, "linear"):
+        notes.append(f"the task applies {c['activation']!r} to its outputs; the zoo's model gives the logits "
+                     f"before it")
+    return notes
+
+
+CHECKS = {"resnet": _check_resnet, "vgg": _check_vgg}
 
 
 def _keras_hub():
@@ -107,14 +138,20 @@ def _keras_hub():
     return keras_hub
 
 
+def _leaf_layers(model) -> list:
+    """A keras-hub model's layers, those of the models inside it (the backbone, a Sequential head) in their place."""
+    import keras
+
+    return [leaf for layer in model.layers
+            for leaf in (_leaf_layers(layer) if isinstance(layer, keras.Model) else [layer])]
+
+
 def _layer_weights(layers) -> dict[str, np.ndarray]:
     """keras-hub's layers' weights by layer name, in PyTorch's layouts and names."""
     import keras
 
     out = {}
     for layer in layers:
-        if isinstance(layer, keras.Model):  # the backbone inside the task: its layers are listed themselves
-            continue
         if isinstance(layer, keras.layers.Conv2D):
             out[f"{layer.name}.weight"] = np.asarray(layer.kernel).transpose(3, 2, 0, 1)
             if layer.use_bias:
@@ -141,21 +178,17 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
     notes, task_name = [], None
     if task.is_file():
         task_config = _json(task)
-        _check_class(task, task_config, TASKS)
+        if _check_class(task, task_config, TASKS) != family:
+            raise ConversionError(f"{task} names {task_config['class_name']} over a {config['class_name']}: "
+                                  f"a preset's task and backbone are one network")
         task_name = task_config["class_name"]
-        tc = task_config.get("config") or {}
-        if tc.get("pooling", "avg") != "avg":
-            raise ConversionError(f"{task}: pooling {tc.get('pooling')!r}; the zoo's {family} pools by average")
-        if tc.get("activation") not in (None, "linear"):
-            notes.append(f"the task applies {tc['activation']!r} to its outputs; the zoo's model gives the logits "
-                         f"before it")
+        notes = _check_task(task, family, task_config.get("config") or {})
     keras_hub = _keras_hub()
     try:
         if task.is_file():
-            task_model = keras_hub.models.ImageClassifier.from_preset(str(folder), load_weights=True)
-            layers = [*task_model.backbone.layers, *task_model.layers]
+            layers = _leaf_layers(keras_hub.models.ImageClassifier.from_preset(str(folder), load_weights=True))
         else:
-            layers = keras_hub.models.Backbone.from_preset(str(folder), load_weights=True).layers
+            layers = _leaf_layers(keras_hub.models.Backbone.from_preset(str(folder), load_weights=True))
     except ConversionError:
         raise
     except Exception as e:  # a missing or damaged weights file, a config keras-hub refuses
@@ -167,6 +200,8 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
     ckpt.weights, keymap, dropped = keymaps.to_canonical(ckpt.weights, model or (spec and spec.name), reshaped)
     if keymap is not None:
         ckpt.notes += keymaps.applied_notes(keymap, dropped, reshaped)
+        if len(keymap.models) == 1:  # keras-hub's VGG-11 is torchvision's vgg11, not d2l's of the same shapes
+            ckpt.model = keymap.models[0]
     if not task.is_file():
         ckpt.hint = ("a keras-hub backbone has no classifier head; the zoo's models have one: save the "
                      "ImageClassifier's preset (task.json, task.weights.h5)")
@@ -182,9 +217,16 @@ def write(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
                               f"{', '.join(known)}); write another format")
     keras_hub = _keras_hub()
     foreign = keymaps.to_foreign(keymap, weights, spec)
-    backbone = keras_hub.models.ResNetBackbone(**resnet_config(spec))
-    task = keras_hub.models.ResNetImageClassifier(backbone=backbone, num_classes=spec.num_classes, activation=None)
-    for layer in [*backbone.layers, *task.layers]:
+    if spec.family == "vgg":
+        backbone = keras_hub.models.VGGBackbone(**vgg_config(spec))
+        task = keras_hub.models.VGGImageClassifier(backbone=backbone, num_classes=spec.num_classes, pooling="avg",
+                                                   pooling_hidden_dim=spec.ops()["classifier.0"].out_features,
+                                                   activation=None)
+    else:
+        backbone = keras_hub.models.ResNetBackbone(**resnet_config(spec))
+        task = keras_hub.models.ResNetImageClassifier(backbone=backbone, num_classes=spec.num_classes,
+                                                      activation=None)
+    for layer in _leaf_layers(task):
         mine = {k.split(".", 1)[1]: v for k, v in foreign.items() if k.split(".", 1)[0] == layer.name}
         if not mine:
             continue
@@ -195,6 +237,23 @@ def write(weights: dict[str, np.ndarray], spec: ModelSpec, path: Path) -> None:
         else:
             layer.set_weights([mine["weight"].T, mine["bias"]])
     task.save_to_preset(str(path))
+
+
+def vgg_config(spec: ModelSpec) -> dict:
+    """keras-hub's VGGBackbone arguments for a zoo VGG spec without BatchNorm: the convs between max pools."""
+    repeats, filters, convs = [], [], 0
+    for layer in spec.layers():
+        path, op = layer.path, layer.node
+        if not path.startswith("features."):
+            continue
+        if isinstance(op, BatchNorm):
+            raise ConversionError(f"{spec.name}: keras-hub's VGG has no BatchNorm")
+        if isinstance(op, Conv):
+            convs, width = convs + 1, op.out_channels
+        elif isinstance(op, Pool):
+            repeats, filters, convs = repeats + [convs], filters + [width], 0
+    return {"stackwise_num_repeats": repeats, "stackwise_num_filters": filters,
+            "image_shape": (None, None, spec.in_channels)}
 
 
 def resnet_config(spec: ModelSpec) -> dict:
