@@ -320,3 +320,32 @@ def test_verification_meets_nan_or_inf_on_one_side(bad, tmp_path, monkeypatch):
                                                  r"0 and the destination 1")):
         conversion.convert(tmp_path / "a.safetensors", tmp_path / "b.pt")
     assert not (tmp_path / "b.pt").exists()
+
+
+def _shapes_only(spec) -> dict:
+    """A checkpoint's tensors as the spec's shapes, without their memory (inference reads shapes alone)."""
+    return {k: np.broadcast_to(np.float32(0), s) for k, s in spec.param_shapes().items()}
+
+
+def test_another_preset_named_as_this_one_is_read_with_a_warning(capsys):
+    """A ResNet-101 file given as resnet50 fits it only with layers=(3, 4, 23, 3): read so (the same network),
+    with a warning that names the preset it is; a fine-tuned head alone (num_classes) warns of nothing."""
+    import warnings
+
+    from zoo.io import infer
+    from zoo.io.checkpoint import Checkpoint
+
+    ckpt = Checkpoint(_shapes_only(zoo.get_spec("resnet101", num_classes=10)), "safetensors")
+    with pytest.warns(UserWarning, match=r"the file is resnet101 with num_classes=10: it fits resnet50 with .*"
+                                         r"layers=\(3, 4, 23, 3\).*name 'resnet101' to read it as what it is"):
+        spec, origin = infer.resolve_spec(ckpt, "resnet50")
+    assert spec.name == "resnet50" and spec.num_params == zoo.get_spec("resnet101", num_classes=10).num_params
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert infer.resolve_spec(ckpt, "resnet101")[0].num_classes == 10
+        fine_tuned = Checkpoint(_shapes_only(zoo.get_spec("resnet50", num_classes=10)), "safetensors")
+        assert infer.resolve_spec(fine_tuned, "resnet50")[0].num_classes == 10
+    from zoo.cli import _show_warning
+
+    _show_warning(UserWarning("the file is resnet101"), UserWarning, infer.__file__, 1)
+    assert capsys.readouterr().err == "zoo: warning: the file is resnet101\n"

@@ -20,6 +20,7 @@ import dataclasses
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import zoo
@@ -312,11 +313,24 @@ def _check_model_name(args) -> None:
         zoo.get_spec(name)  # raises UnknownModelError: "unknown model 'nim'. Did you mean 'nin'? ..."
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(zoo.__file__))
+_framework_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """The zoo's own warnings as one line, `zoo: warning: ...`; others as Python shows them."""
+    if issubclass(category, UserWarning) and os.path.abspath(filename).startswith(_PACKAGE):
+        print(f"zoo: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        _framework_warning(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `zoo` program (argv None: sys.argv), or one command of it called from Python (an exit status)."""
     program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         _check_model_name(args)
         if args.command == "list":

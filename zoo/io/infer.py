@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -476,4 +477,19 @@ def _resolve(ckpt: Checkpoint, model: str | None, overrides: dict | None) -> tup
         if not ckpt.hint:
             raise
         raise ConversionError(f"{str(e).rstrip('.')}. {ckpt.hint}") from None
+    if model and found.overrides:
+        _say_a_closer_preset(shapes, found)
     return found.spec, f"inferred from the tensor shapes: {found.describe()}"
+
+
+def _say_a_closer_preset(shapes: dict[str, tuple[int, ...]], found: Inferred) -> None:
+    """Warn when the file fits the named model only with overrides that another preset needs fewer of (a
+    ResNet-101 loaded as resnet50 with layers=(3, 4, 23, 3)): the same network either way, but not the one
+    the user named."""
+    try:
+        closest = infer(shapes)
+    except ConversionError:
+        return
+    if closest.spec.name != found.spec.name and len(closest.overrides) < len(found.overrides):
+        warnings.warn(f"the file is {closest.describe()}: it fits {found.describe()}, which computes the same, "
+                      f"and is read so; name {closest.spec.name!r} to read it as what it is", stacklevel=2)
