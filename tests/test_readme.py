@@ -46,6 +46,7 @@ def page_lines(page: Path) -> list[tuple[str, str]]:
     in order; the comment is what follows ` #`."""
     lines, block = [], None
     for line in page.read_text().splitlines():
+        line = line.strip()  # a block inside a list item is indented
         if line.startswith("```"):
             block = None if block is not None else line[3:].strip()
             continue
@@ -94,9 +95,11 @@ def test_readme_has_commands():
 def test_slow_lines_are_marked(tmp_path: Path):
     """The marker's own extraction: a `# slow: ...` comment takes the line out of the run, and only those."""
     page = tmp_path / "page.md"
-    page.write_text("```bash\nzoo list            # every model\nzoo bench --rounds 15   # slow: a full bench\n```\n")
-    assert page_lines(page) == [("zoo list", "every model"), ("zoo bench --rounds 15", "slow: a full bench")]
-    assert page_commands(page) == ["zoo list"]
+    page.write_text("```bash\nzoo list            # every model\nzoo bench --rounds 15   # slow: a full bench\n```\n"
+                    "- an item:\n\n  ```bash\n  zoo inspect model.pt   # indented in a list item\n  ```\n")
+    assert page_lines(page) == [("zoo list", "every model"), ("zoo bench --rounds 15", "slow: a full bench"),
+                                ("zoo inspect model.pt", "indented in a list item")]
+    assert page_commands(page) == ["zoo list", "zoo inspect model.pt"]
 
 
 @pytest.mark.parametrize("page, line, comment", SLOW_LINES or [pytest.param("", "", "", marks=pytest.mark.skip(
@@ -221,9 +224,10 @@ def _run_command(line: str, workdir: Path):
             first = re.search(rf"{re.escape(name)}: ([^,]+?) \d\.\d{{3}}", out)
             assert first and first.group(1) == zoo.data.LABELS[label], out
     elif argv[0] == "convert":
-        assert "verified:" in out and (workdir / argv[-1].rstrip("/")).exists(), out
+        assert "verified:" in out and (workdir / _positionals(argv)[-1].rstrip("/")).exists(), out
     elif argv[0] == "inspect":
-        assert "fits: nin" in out and ("onnx format" in out) == argv[1].endswith(".onnx"), out
+        fits = "resnet18" if "resnet18" in argv[1] else "nin"  # the stand-ins: model.*, hf-hub:timm/resnet18...
+        assert f"fits: {fits}" in out and ("onnx format" in out) == argv[1].endswith(".onnx"), out
     elif argv[0] == "train":
         run = workdir / argv[argv.index("--out") + 1]
         assert "test accuracy" in out and (run / "weights.safetensors").exists(), out
@@ -231,6 +235,22 @@ def _run_command(line: str, workdir: Path):
         assert "zoo.predict(model, x) [default]" in out, out
     leftovers = [p.name for p in workdir.iterdir() if ".partial-" in p.name]
     assert not leftovers, leftovers
+
+
+def _positionals(argv: list[str]) -> list[str]:
+    """A command's arguments without its options (`--to hf`, `--set k=v`, `--no-verify`)."""
+    out, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+        elif a.startswith("--"):
+            skip = "=" not in a and i + 1 < len(argv) and not argv[i + 1].startswith("--") and a not in FLAGS
+        else:
+            out.append(a)
+    return out
+
+
+FLAGS = ("--no-verify", "--force", "--allow-nonfinite", "--markdown", "--resume")
 
 
 @pytest.mark.parametrize("page, i, code", PYTHON, ids=[f"{page}-python-block-{i}" for page, i, _ in PYTHON])
