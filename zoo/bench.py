@@ -365,8 +365,15 @@ def run(args: argparse.Namespace) -> None:
             print(f"{text}: measured in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     print(format_results(results, machine, args.markdown))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "results": results}, f, indent=1)
+        write_json(args.json, {"machine": machine, "results": results})
+
+
+def write_json(path: str, data: dict) -> None:
+    """A bench's JSON, whole or not at all: written beside the path, then renamed over it."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.partial-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

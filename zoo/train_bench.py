@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     if args.child:
         _child(args)
         return 0
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        p.error(f"--json {args.json}: its folder does not exist (checked now, not after the measurements)")
     rates: dict[str, list[float]] = {fw: [] for fw in args.frameworks}
     for r in range(args.rounds):
         order = args.frameworks[r % len(args.frameworks):] + args.frameworks[:r % len(args.frameworks)]
@@ -96,9 +98,10 @@ def main(argv=None) -> int:
         m = statistics.median(v)
         print(f"{fw:<18}{m:>16.0f}{max(v) / min(v) - 1:>8.0%}{m / best:>11.2f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": args.model, "input_size": args.input_size, "batch_size": args.batch_size,
-                       "images_per_s": rates}, f, indent=1)
+        from zoo.bench import _machine, write_json
+
+        write_json(args.json, {"model": args.model, "input_size": args.input_size, "batch_size": args.batch_size,
+                               "machine": _machine(), "images_per_s": rates})
     return 0
 
 
