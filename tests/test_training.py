@@ -89,19 +89,10 @@ def reference_steps():
     return get
 
 
-# Open (issue 21): tiny RegNetY's SGD steps in float32 stay within 1e-7 of the float64 reference in Flax (XLA),
-# but leave it by 6e-6 after one step and 4e-3 (a BatchNorm running variance) after five in PyTorch, and at a
-# wider tiny variant (w_0=16, 48x48) in Keras on TensorFlow too: both run their CPU convolutions on oneDNN.
-# Grouped convolutions alone agree (probe: 4e-7); where the rounding grows is not found yet.
-REGNET_STEPS = "float32 steps leave the float64 ones in PyTorch/TensorFlow (oneDNN), not in Flax: not understood yet"
-
-
 # AdamW on d2l's ResNet is not among them: see the test after this one.
 @pytest.mark.parametrize("model, optimizer", [("nin", "sgd"), ("nin", "adamw"), ("resnet18_d2l", "sgd"),
                                               ("mobilenet_v3_small", "sgd"), ("regnet_y_400mf", "sgd")])
 def test_steps_match_the_float64_reference(framework, model, optimizer, reference_steps, request):
-    if model == "regnet_y_400mf" and framework == "torch":  # Flax and Keras must agree; torch may, on another CPU
-        request.applymarker(pytest.mark.xfail(strict=False, reason=REGNET_STEPS))
     spec, recipe = case(model, optimizer)
     ref = reference_steps(model, optimizer)
     t = trainer_module(framework).Trainer(spec, recipe, SUBSET, SUBSET, dropout=False)

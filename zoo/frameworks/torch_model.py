@@ -91,9 +91,10 @@ _FRESH = (Conv, BatchNorm, Linear, Pool, AdaptivePool, Parallel)
 
 
 class ZooModel(nn.Module):
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, memory_format: torch.memory_format = torch.channels_last):
         super().__init__()
         self.spec = spec
+        self.memory_format = memory_format  # of the activations, which forward turns its input into
         for layer in spec.layers():
             if not isinstance(layer.node, Parallel):
                 self._register(layer.path, _module(layer.node))
@@ -139,7 +140,7 @@ class ZooModel(nn.Module):
         # TracerWarnings, and torch.compile re-traces for each new shape anyway: check only when run.
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             self.spec.check_input(tuple(x.shape), LAYOUT)
-        return _chain(self._plan, x.contiguous(memory_format=torch.channels_last))
+        return _chain(self._plan, x.contiguous(memory_format=self.memory_format))
 
 
 def _spliced(seq: Seq, prefix: str):
@@ -191,8 +192,11 @@ def _pool_relu(pool: nn.Module):
 
 # --------------------------------------------------------------------------- adapter
 
-def build(spec: ModelSpec, weights: dict[str, np.ndarray]) -> ZooModel:
-    model = ZooModel(spec).to(memory_format=torch.channels_last)
+def build(spec: ModelSpec, weights: dict[str, np.ndarray],
+          memory_format: torch.memory_format = torch.channels_last) -> ZooModel:
+    """The spec as a PyTorch module holding `weights`, in eval mode; its conv weights and activations in
+    `memory_format` (channels_last unless asked: the faster on CPUs, see the module's docstring)."""
+    model = ZooModel(spec, memory_format).to(memory_format=memory_format)
     set_weights(model, weights)
     return model.eval()
 
