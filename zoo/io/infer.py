@@ -477,7 +477,7 @@ def _resolve(ckpt: Checkpoint, model: str | None, overrides: dict | None) -> tup
         if not ckpt.hint:
             raise
         raise ConversionError(f"{str(e).rstrip('.')}. {ckpt.hint}") from None
-    if model and found.overrides:
+    if model and set(found.overrides) - {"num_classes", "in_channels"}:  # not a fine-tuned head alone
         _say_a_closer_preset(shapes, found)
     return found.spec, f"inferred from the tensor shapes: {found.describe()}"
 
@@ -486,10 +486,16 @@ def _say_a_closer_preset(shapes: dict[str, tuple[int, ...]], found: Inferred) ->
     """Warn when the file fits the named model only with overrides that another preset needs fewer of (a
     ResNet-101 loaded as resnet50 with layers=(3, 4, 23, 3)): the same network either way, but not the one
     the user named."""
-    try:
-        closest = infer(shapes)
-    except ConversionError:
-        return
-    if closest.spec.name != found.spec.name and len(closest.overrides) < len(found.overrides):
+    closest = found
+    for name in registry.list_models():  # the family's other presets: building every preset would take seconds
+        if name == found.spec.name or _default(name).family != found.spec.family:
+            continue
+        try:
+            other = infer(shapes, name)
+        except ConversionError:
+            continue
+        if len(other.overrides) < len(closest.overrides):
+            closest = other
+    if closest is not found:
         warnings.warn(f"the file is {closest.describe()}: it fits {found.describe()}, which computes the same, "
                       f"and is read so; name {closest.spec.name!r} to read it as what it is", stacklevel=2)

@@ -7,8 +7,8 @@ classes below, checked before anything is deserialized), and each layer's weight
 name in PyTorch's layout (kernels OIHW, dense [out, in]); the families' key maps (`library="keras_hub"`) rename
 them. ResNet and VGG are read (VGG's head of convolutions, as timm's, through the `conv_as_linear` layout hook:
 the same network at 224x224). A backbone whose network is not the zoo's (a pre-activation ResNet, keras-hub's
-`_vd` blocks, another stem, its DenseNet's padding) is refused, saying what differs. Writing builds the keras-hub model from the spec, sets its weights by the
-same names, and saves the preset.
+`_vd` blocks, another stem, its DenseNet's padding) is refused, saying what differs. Writing builds the
+keras-hub model from the spec, sets its weights by the same names, and saves the preset.
 """
 
 from __future__ import annotations
