@@ -67,7 +67,8 @@ def keras(session: nox.Session, backend: str) -> None:
     `tests` runs them on TensorFlow, with every other framework beside it (conversions to and from Keras files).
     """
     session.install(".", "keras", *KERAS_BACKEND_PACKAGES[backend], *TEST)
-    session.run("pytest", *PARALLEL, "-m", "keras", *(session.posargs or KERAS_BACKEND_TESTS),
+    named = any(a.startswith("tests/") for a in session.posargs)  # else options only: for the usual files
+    session.run("pytest", *PARALLEL, "-m", "keras", *session.posargs, *([] if named else KERAS_BACKEND_TESTS),
                 env={"KERAS_BACKEND": backend})
 
 

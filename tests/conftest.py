@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,6 +92,19 @@ def fw_params():
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", choices=("cpu", "gpu"),
                      help="where the framework models run (default: cpu)")
+    parser.addoption("--errors-json", metavar="FILE", default=None,
+                     help="also write the worst errors against the float64 reference to FILE (JSON), from which "
+                          "python -m zoo.docs_tables renders docs/testing.md's agreement tables")
+
+
+# The longest tests (30-120 s each on a 2-core machine) run first: at the end of the run they would leave one
+# pytest-xdist worker idle while the other finishes them.
+LONGEST = ("tests/test_readme.py::test_commands_in_order", "tests/test_pretrained.py::test_same_class_for_every",
+           "tests/test_fuzz.py", "tests/test_data_parallel.py", "tests/test_timm.py::test_timm_networks_are")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not item.nodeid.startswith(LONGEST))  # stable: the rest keep their order
 
 
 def pytest_configure(config):
@@ -224,3 +238,20 @@ def pytest_terminal_summary(terminalreporter, config):
     tr.write_line(f"{'preset':<{width}}{'framework':<20}{'max abs':>12}{'max rel':>12}")
     for (preset, fw), (a, r) in sorted(errors.items()):
         tr.write_line(f"{preset:<{width}}{fw:<20}{a:>12.3e}{r:>12.3e}")
+    path = config.getoption("--errors-json")
+    if path:
+        _write_errors(Path(path), errors, config.getoption("--device"))
+        tr.write_line(f"wrote {path}")
+
+
+def _write_errors(path: Path, errors: dict, device: str) -> None:
+    """The worst errors as JSON (what docs/testing.md's tables are rendered from), written whole or not at all."""
+    import json
+
+    from zoo.bench import _machine
+
+    rows = [{"preset": p, "framework": f, "max_abs": a, "max_rel": r} for (p, f), (a, r) in sorted(errors.items())]
+    data = {"machine": _machine(), "device": device, "keras_backend": keras_backend(), "errors": rows}
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)

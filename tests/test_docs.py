@@ -126,6 +126,28 @@ def test_tables_render_from_json(tmp_path: Path):
     assert docs_tables.main(["--check", str(page)]) == 0  # and now it is in step
 
 
+def test_error_tables_render_from_the_suites_json(tmp_path: Path):
+    """`pytest --errors-json` files: per family the worst over its presets and files (two Keras backends), the
+    other libraries' files per source, the training steps; a framework without a cell has no column."""
+    def rows(*r):
+        return {"machine": "m", "device": "cpu", "keras_backend": "?",
+                "errors": [{"preset": p, "framework": f, "max_abs": 0.0, "max_rel": v} for p, f, v in r]}
+
+    page = _page(tmp_path, "<!-- bench:agreement tf jax -->\n<!-- /bench -->\n\n<!-- bench:sources tf -->\n"
+                           "<!-- /bench -->\n\n<!-- bench:steps tf -->\n<!-- /bench -->",
+                 tf=rows(("resnet18", "torch", 1e-7), ("resnet50 (full size)", "torch", 3e-7),
+                         ("resnet18", "keras[tensorflow]", 2e-7), ("timm .pth:resnet18", "flax", 4e-7),
+                         ("convert:resnet18", "onnx", 9e-7), ("train nin/sgd, 1 step", "torch", 1e-8),
+                         ("train nin/sgd, 5 steps", "torch", 5e-8)),
+                 jax=rows(("resnet18", "keras[jax]", 6e-7), ("nin", "keras[jax]", 5e-7)))
+    assert docs_tables.main([str(page)]) == 0
+    text = page.read_text()
+    assert "| family | torch | keras[tensorflow] | keras[jax] |" in text  # no onnx: convert:* is not a preset
+    assert "| nin |  |  | 5.0e-07 |" in text and "| resnet | 3.0e-07 | 2.0e-07 | 6.0e-07 |" in text
+    assert "| source | model | flax |\n|---|---|---|\n| timm .pth | `resnet18` | 4.0e-07 |" in text
+    assert "| model, optimizer: 1 / 5 steps | torch |\n|---|---|\n| `nin`, sgd | 1.0e-08 / 5.0e-08 |" in text
+
+
 def test_tables_name_a_missing_or_wrong_json(tmp_path: Path, capsys):
     page = _page(tmp_path, "<!-- bench:inference gone -->\n<!-- /bench -->")
     with pytest.raises(SystemExit) as stop:

@@ -12,6 +12,10 @@ files it is made from, NAME for `bench/NAME.json` beside the page (docs/bench/ f
                call as a multiple of onnxruntime's speed, and the fastest
   training     `python -m zoo.train_bench MODEL ... --json docs/bench/NAME.json`: a row per file, images/s
                per framework (the fastest in bold, the others as a multiple of it)
+  agreement    `pytest --errors-json docs/bench/NAME.json` (a file per Keras backend): per family, the worst
+               error relative to the float64 reference's scale, per framework
+  sources      the same files: a row per other library's file checked (timm's, keras-hub's) and model
+  steps        the same files: the training steps against float64 PyTorch, per model and optimizer
 
     python -m zoo.docs_tables docs/speed.md docs/training.md     # rewrite the tables from their JSON
     python -m zoo.docs_tables --check docs/*.md                  # exit 1 where a table differs from its JSON
@@ -83,8 +87,78 @@ def training(files: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# the frameworks' columns of the agreement tables, in this order (others after them)
+COLUMNS = ("torch", "flax", "keras[tensorflow]", "keras[jax]", "keras[torch]", "onnx")
+
+
+def _errors(files: list[dict]) -> tuple[list[dict], list[str]]:
+    """Every file's rows, and the frameworks among them in COLUMNS' order."""
+    rows = [row for f in files for row in f["errors"]]
+    present = {row["framework"] for row in rows}
+    return rows, [fw for fw in COLUMNS if fw in present] + sorted(present - set(COLUMNS))
+
+
+def _table(head: list[str], frameworks: list[str], groups: dict[tuple, dict[str, float]]) -> str:
+    frameworks = [fw for fw in frameworks if any(fw in worst for worst in groups.values())]  # columns with a cell
+    lines = ["| " + " | ".join(head + frameworks) + " |", "|---" * (len(head) + len(frameworks)) + "|"]
+    for key, worst in groups.items():
+        lines.append("| " + " | ".join([*key, *(f"{worst[fw]:.1e}" if fw in worst else "" for fw in frameworks)])
+                     + " |")
+    return "\n".join(lines)
+
+
+def agreement(files: list[dict]) -> str:
+    """`pytest --errors-json` files (one per Keras backend): per family, the worst relative error (max abs /
+    max |reference|) over the checks of its presets, per framework."""
+    from zoo import _registry
+
+    family = {name: _registry.get_spec(name).family for name in _registry.list_models()}
+    rows, frameworks = _errors(files)
+    groups: dict[tuple, dict[str, float]] = {(f,): {} for f in dict.fromkeys(family.values())}
+    for row in rows:
+        model = row["preset"].split(" (")[0]  # "alexnet_d2l (full size)"
+        if model in family:
+            worst = groups[(family[model],)]
+            worst[row["framework"]] = max(worst.get(row["framework"], 0.0), row["max_rel"])
+    return _table(["family"], frameworks, {k: v for k, v in groups.items() if v})
+
+
+def sources(files: list[dict]) -> str:
+    """The same files' checks of other libraries' files ("timm .pth:resnet18"): a row per source and model."""
+    rows, frameworks = _errors(files)
+    groups: dict[tuple, dict[str, float]] = {}
+    for row in sorted(rows, key=lambda r: r["preset"]):
+        source, colon, model = row["preset"].rpartition(":")
+        if colon and source and " " in source:
+            worst = groups.setdefault((source, f"`{model}`"), {})
+            worst[row["framework"]] = max(worst.get(row["framework"], 0.0), row["max_rel"])
+    return _table(["source", "model"], frameworks, groups)
+
+
+def steps(files: list[dict]) -> str:
+    """The same files' training checks ("train nin/sgd, 5 steps"): per model and optimizer, the worst normalised
+    error after one step and after five, per framework."""
+    rows, frameworks = _errors(files)
+    found = [(m, row) for row in rows if (m := re.fullmatch(r"train (\S+)/(\S+), (\d+) steps?", row["preset"]))]
+    frameworks = [fw for fw in frameworks if any(row["framework"] == fw for _, row in found)]
+    cases = list(dict.fromkeys((m[1], m[2]) for m, _ in found))
+    counts = sorted({int(m[3]) for m, _ in found})
+    worst: dict[tuple, float] = {}
+    for m, row in found:
+        key = (m[1], m[2], int(m[3]), row["framework"])
+        worst[key] = max(worst.get(key, 0.0), row["max_rel"])
+    lines = [f"| model, optimizer: {' / '.join(map(str, counts))} steps | " + " | ".join(frameworks) + " |",
+             "|---" * (len(frameworks) + 1) + "|"]
+    for model, opt in cases:
+        cells = [" / ".join(f"{worst[model, opt, n, fw]:.1e}" if (model, opt, n, fw) in worst else "-"
+                            for n in counts) for fw in frameworks]
+        lines.append(f"| `{model}`, {opt} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 KINDS = {"inference": (inference, "results"), "onnxruntime": (onnxruntime, "results"),
-         "training": (training, "images_per_s")}
+         "training": (training, "images_per_s"), "agreement": (agreement, "errors"), "sources": (sources, "errors"),
+         "steps": (steps, "errors")}
 
 
 def render(page: Path) -> str:
