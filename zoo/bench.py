@@ -242,10 +242,11 @@ def format_results(results: list[dict], machine: str, markdown: bool = False) ->
             ratios = [f"b{c['batch']} {c['size']}x{c['size']} {_vs_onnxruntime(c, default, res)}" for c in cases]
             lines.append(f"{REFERENCE}: the zoo's ONNX model on the same weights, timed here in the same rounds; "
                          f"the default's speed / onnxruntime's: {', '.join(ratios)}")
-        first = res["first"]
-        lines.append(f"time to first prediction ({res['model']}, batch 1, {res['nominal']}): bare import "
-                     f"{first['bare_import_s']:.2f} s, then zoo.load {first['load_s']:.2f} s + first call "
-                     f"{first['first_predict_s']:.2f} s = {first['load_s'] + first['first_predict_s']:.2f} s")
+        first = res.get("first")
+        if first:
+            lines.append(f"time to first prediction ({res['model']}, batch 1, {res['nominal']}): bare import "
+                         f"{first['bare_import_s']:.2f} s, then zoo.load {first['load_s']:.2f} s + first call "
+                         f"{first['first_predict_s']:.2f} s = {first['load_s'] + first['first_predict_s']:.2f} s")
         lines.append("")
     if any(res.get("onnxruntime_row") for res in results):
         lines += _against_onnxruntime(results, markdown)
@@ -310,6 +311,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-time", type=float, default=0.3, help="seconds each alternative runs in a round")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     p.add_argument("--json", metavar="FILE", help="also write every measurement to FILE")
+    p.add_argument("--no-first-prediction", dest="first_prediction", action="store_false",
+                   help="skip the time to first prediction (two fresh processes per framework)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--first", help=argparse.SUPPRESS)
 
@@ -357,7 +360,8 @@ def run(args: argparse.Namespace) -> None:
         print(f"{text} ...", file=sys.stderr, flush=True)
         res = _worker([args.model, "--worker", framework, "--cases", *cases, "--rounds", str(args.rounds),
                        "--min-time", str(args.min_time), *only], env)
-        res["first"] = _worker([args.model, "--first", framework], env)
+        if args.first_prediction:
+            res["first"] = _worker([args.model, "--first", framework], env)
         res["target"], res["nominal"] = text, "x".join(map(str, spec.input_size))
         results.append(res)
         if len(targets) > 1:  # the whole table, every framework side by side, follows at the end
