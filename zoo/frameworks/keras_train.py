@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import threading
 import time
 from pathlib import Path
@@ -273,9 +274,17 @@ class Trainer(training.Loop):
         if self.epoch >= last:
             return self.history
         batches = Batches(self.train_x, self.train_y, self.recipe, self.epoch, last, self.spec.num_classes)
-        with self._scope():
-            self.model.fit(batches, epochs=last, initial_epoch=self.epoch, steps_per_epoch=self.steps_per_epoch,
-                           shuffle=False, verbose=0, callbacks=[EpochEnd(self, Path(out), progress), *callbacks])
+        interrupt = Interrupt()
+        main = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
+        before = signal.signal(signal.SIGINT, interrupt) if main else None
+        try:
+            with self._scope():
+                self.model.fit(batches, epochs=last, initial_epoch=self.epoch, steps_per_epoch=self.steps_per_epoch,
+                               shuffle=False, verbose=0,
+                               callbacks=[EpochEnd(self, Path(out), progress, interrupt), *callbacks])
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, before)
         return self.history
 
     def fit_epoch_end(self, out: Path, logs: dict, losses: list, seconds: float, progress: bool) -> None:
@@ -311,12 +320,25 @@ class Trainer(training.Loop):
                 v.assign(np.asarray(arrays[k]).astype(v.dtype))
 
 
+class Interrupt:
+    """SIGINT's handler during `model.fit`: KeyboardInterrupt at once, and again at the end of the next batch
+    (EpochEnd), should the first be lost: in CI, once, a Ctrl-C raised while TensorFlow ran Keras' data
+    pipeline was swallowed and training went on to the next epoch."""
+
+    def __init__(self):
+        self.asked = False
+
+    def __call__(self, signum, frame):
+        self.asked = True
+        raise KeyboardInterrupt
+
+
 class EpochEnd(keras.callbacks.Callback):
     """The trainer's callback in `model.fit`: a progress bar per epoch, then `Trainer.end_epoch`."""
 
-    def __init__(self, trainer: Trainer, out: Path, progress: bool):
+    def __init__(self, trainer: Trainer, out: Path, progress: bool, interrupt: Interrupt | None = None):
         super().__init__()
-        self.trainer, self.out, self.progress = trainer, out, progress
+        self.trainer, self.out, self.progress, self.interrupt = trainer, out, progress, interrupt
 
     def on_epoch_begin(self, epoch, logs=None):
         from zoo._progress import bar
@@ -326,6 +348,8 @@ class EpochEnd(keras.callbacks.Callback):
         self.bar = bar(self.trainer.steps_per_epoch * r.batch_size, f"epoch {epoch + 1}/{r.epochs}", self.progress)
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.interrupt is not None and self.interrupt.asked:
+            raise KeyboardInterrupt("interrupted (Ctrl-C)")
         self.bar.update(self.trainer.recipe.batch_size)  # in images/s
         self.losses.append(logs["loss"])  # the epoch's mean so far: not finite from the first step that is not
         if batch % 20 == 19:  # float() waits for the device
