@@ -246,12 +246,7 @@ def pytest_terminal_summary(terminalreporter, config):
 
 def _write_errors(path: Path, errors: dict, device: str) -> None:
     """The worst errors as JSON (what docs/testing.md's tables are rendered from), written whole or not at all."""
-    import json
-
-    from zoo.bench import _machine
+    from zoo.bench import _machine, write_json
 
     rows = [{"preset": p, "framework": f, "max_abs": a, "max_rel": r} for (p, f), (a, r) in sorted(errors.items())]
-    data = {"machine": _machine(), "device": device, "keras_backend": keras_backend(), "errors": rows}
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json(path, {"machine": _machine(), "device": device, "keras_backend": keras_backend(), "errors": rows})

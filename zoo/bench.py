@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -372,12 +373,12 @@ def run(args: argparse.Namespace) -> None:
         write_json(args.json, {"machine": machine, "results": results})
 
 
-def write_json(path: str, data: dict) -> None:
-    """A bench's JSON, whole or not at all: written beside the path, then renamed over it."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.partial-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+def write_json(path: str | Path, data: dict) -> None:
+    """A bench's JSON, whole or not at all (zoo.io.checkpoint.atomic_output: a previous one is replaced)."""
+    from zoo.io.checkpoint import atomic_output
+
+    with atomic_output(Path(path), force=True, is_previous=Path.is_file) as tmp:  # never over a folder
+        tmp.write_text(json.dumps(data, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,13 +98,18 @@ def _errors(files: list[dict]) -> tuple[list[dict], list[str]]:
     return rows, [fw for fw in COLUMNS if fw in present] + sorted(present - set(COLUMNS))
 
 
-def _table(head: list[str], frameworks: list[str], groups: dict[tuple, dict[str, float]]) -> str:
-    frameworks = [fw for fw in frameworks if any(fw in worst for worst in groups.values())]  # columns with a cell
+def _table(head: list[str], frameworks: list[str], groups: dict[tuple, dict[str, str]]) -> str:
+    """A Markdown table: a row per group (its key's cells, then a cell per framework); a framework without a
+    cell in any row has no column."""
+    frameworks = [fw for fw in frameworks if any(fw in cells for cells in groups.values())]
     lines = ["| " + " | ".join(head + frameworks) + " |", "|---" * (len(head) + len(frameworks)) + "|"]
-    for key, worst in groups.items():
-        lines.append("| " + " | ".join([*key, *(f"{worst[fw]:.1e}" if fw in worst else "" for fw in frameworks)])
-                     + " |")
+    for key, cells in groups.items():
+        lines.append("| " + " | ".join([*key, *(cells.get(fw, "") for fw in frameworks)]) + " |")
     return "\n".join(lines)
+
+
+def _worst_rel(groups: dict[tuple, dict[str, float]]) -> dict[tuple, dict[str, str]]:
+    return {key: {fw: f"{v:.1e}" for fw, v in worst.items()} for key, worst in groups.items()}
 
 
 def agreement(files: list[dict]) -> str:
@@ -120,7 +125,7 @@ def agreement(files: list[dict]) -> str:
         if model in family:
             worst = groups[(family[model],)]
             worst[row["framework"]] = max(worst.get(row["framework"], 0.0), row["max_rel"])
-    return _table(["family"], frameworks, {k: v for k, v in groups.items() if v})
+    return _table(["family"], frameworks, _worst_rel({k: v for k, v in groups.items() if v}))
 
 
 def sources(files: list[dict]) -> str:
@@ -132,7 +137,7 @@ def sources(files: list[dict]) -> str:
         if colon and source and " " in source:
             worst = groups.setdefault((source, f"`{model}`"), {})
             worst[row["framework"]] = max(worst.get(row["framework"], 0.0), row["max_rel"])
-    return _table(["source", "model"], frameworks, groups)
+    return _table(["source", "model"], frameworks, _worst_rel(groups))
 
 
 def steps(files: list[dict]) -> str:
@@ -147,13 +152,10 @@ def steps(files: list[dict]) -> str:
     for m, row in found:
         key = (m[1], m[2], int(m[3]), row["framework"])
         worst[key] = max(worst.get(key, 0.0), row["max_rel"])
-    lines = [f"| model, optimizer: {' / '.join(map(str, counts))} steps | " + " | ".join(frameworks) + " |",
-             "|---" * (len(frameworks) + 1) + "|"]
-    for model, opt in cases:
-        cells = [" / ".join(f"{worst[model, opt, n, fw]:.1e}" if (model, opt, n, fw) in worst else "-"
-                            for n in counts) for fw in frameworks]
-        lines.append(f"| `{model}`, {opt} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    groups = {(f"`{model}`, {opt}",): {fw: " / ".join(f"{worst[model, opt, n, fw]:.1e}"
+                                                       if (model, opt, n, fw) in worst else "-" for n in counts)
+                                      for fw in frameworks} for model, opt in cases}
+    return _table([f"model, optimizer: {' / '.join(map(str, counts))} steps"], frameworks, groups)
 
 
 KINDS = {"inference": (inference, "results"), "onnxruntime": (onnxruntime, "results"),
