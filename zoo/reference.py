@@ -10,21 +10,30 @@ all three frameworks would still show. Each op follows PyTorch's documented sema
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from zoo.spec import (
+    GELU,
     Act,
     AdaptivePool,
     BatchNorm,
+    ClassToken,
     Conv,
     Dropout,
     DropPath,
     Flatten,
+    LayerNorm,
+    LayerScale,
     Linear,
     ModelSpec,
     Pool,
+    PosEmbedding,
+    SelfAttention,
+    TakeToken,
+    Tokens,
     adaptive_bins,
     run,
 )
@@ -103,6 +112,52 @@ def batch_norm(x: np.ndarray, w: dict[str, np.ndarray], op: BatchNorm, train: bo
     return (x - mean[None, :, None, None]) * scale[None, :, None, None] + w["bias"][None, :, None, None]
 
 
+_erf = np.frompyfunc(math.erf, 1, 1)  # NumPy has no erf; math.erf is correctly rounded to float64
+
+
+def gelu(x: np.ndarray, approximate: str) -> np.ndarray:
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)).astype(np.float64))
+
+
+def layer_norm(x: np.ndarray, w: dict[str, np.ndarray], op: LayerNorm) -> np.ndarray:
+    """Over the features: axis 1 of an NCHW image, the last axis of tokens or vectors; biased variance."""
+    axis = 1 if x.ndim == 4 else -1
+    mean = x.mean(axis=axis, keepdims=True)
+    var = np.square(x - mean).mean(axis=axis, keepdims=True)
+    shape = (-1, 1, 1) if x.ndim == 4 else (-1,)
+    return (x - mean) / np.sqrt(var + op.eps) * w["weight"].reshape(shape) + w["bias"].reshape(shape)
+
+
+def linear(x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
+    """On the feature axis: the channels of an NCHW image, the last axis otherwise."""
+    if x.ndim == 4:
+        y = np.einsum("bchw,oc->bohw", x, w["weight"], optimize=True)
+        return y if "bias" not in w else y + w["bias"][None, :, None, None]
+    y = x @ w["weight"].T
+    return y if "bias" not in w else y + w["bias"]
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def self_attention(x: np.ndarray, w: dict[str, np.ndarray], op: SelfAttention) -> np.ndarray:
+    """torchvision's nn.MultiheadAttention(batch_first=True)(x, x, x): [B, N, D] -> [B, N, D]."""
+    b, n, d = x.shape
+    h, hd = op.num_heads, op.head_dim
+    qkv = x @ w["in_proj_weight"].T
+    if op.bias:
+        qkv = qkv + w["in_proj_bias"]
+    q, k, v = (qkv[..., i * d:(i + 1) * d].reshape(b, n, h, hd).transpose(0, 2, 1, 3) for i in range(3))
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd)  # [B, heads, N, N]
+    y = (softmax(scores) @ v).transpose(0, 2, 1, 3).reshape(b, n, d)  # heads concatenated in order
+    y = y @ w["out_proj.weight"].T
+    return y + w["out_proj.bias"] if op.bias else y
+
+
 def forward(spec: ModelSpec, weights: dict[str, np.ndarray], x: np.ndarray, *, trace: list | None = None,
             train: bool = False, updates: dict | None = None) -> np.ndarray:
     """Logits [B, num_classes] in float64 for an NCHW input.
@@ -113,9 +168,12 @@ def forward(spec: ModelSpec, weights: dict[str, np.ndarray], x: np.ndarray, *, t
     """
     spec.check_input(x.shape, "NCHW")
 
+    by_layer: dict[str, dict[str, np.ndarray]] = {}
+    for name, (path, key) in spec.tensor_keys().items():
+        by_layer.setdefault(path, {})[key] = np.asarray(weights[name], np.float64)
+
     def tensors(path: str) -> dict[str, np.ndarray]:
-        return {k.rpartition(".")[2]: np.asarray(v, np.float64) for k, v in weights.items()
-                if k.rpartition(".")[0] == path}
+        return by_layer.get(path, {})
 
     def leaf(path, op, x):
         if isinstance(op, Conv):
@@ -130,9 +188,23 @@ def forward(spec: ModelSpec, weights: dict[str, np.ndarray], x: np.ndarray, *, t
         if isinstance(op, AdaptivePool):
             return adaptive_pool2d(x, op)
         if isinstance(op, Linear):
-            t = tensors(path)
-            y = x @ t["weight"].T
-            return y if "bias" not in t else y + t["bias"]
+            return linear(x, tensors(path))
+        if isinstance(op, LayerNorm):
+            return layer_norm(x, tensors(path), op)
+        if isinstance(op, GELU):
+            return gelu(x, op.approximate)
+        if isinstance(op, LayerScale):
+            return x * tensors(path)[""][None]
+        if isinstance(op, Tokens):
+            return x.reshape(x.shape[0], x.shape[1], -1).transpose(0, 2, 1)
+        if isinstance(op, ClassToken):
+            return np.concatenate([np.broadcast_to(tensors(path)[""], (x.shape[0], 1, x.shape[2])), x], axis=1)
+        if isinstance(op, PosEmbedding):
+            return x + tensors(path)[""]
+        if isinstance(op, TakeToken):
+            return x[:, op.index]
+        if isinstance(op, SelfAttention):
+            return self_attention(x, tensors(path), op)
         if isinstance(op, (Dropout, DropPath)):
             return x  # off: at inference, and in the agreement tests of training mode
         if isinstance(op, Flatten):

@@ -1,7 +1,9 @@
 """The language every model of the zoo is written in: layer ops, two containers, and `ModelSpec`.
 
 A model is a tree. Its leaves are layer ops (small frozen dataclasses: `Conv`, `BatchNorm`,
-`Act`, `Pool`, `AdaptivePool`, `Linear`, `Dropout`, `DropPath`, `Flatten`); its inner nodes are
+`Act`, `Pool`, `AdaptivePool`, `Linear`, `Dropout`, `DropPath`, `Flatten`, and for transformers and
+ConvNeXt `LayerNorm`, `GELU`, `LayerScale`, `Tokens`, `ClassToken`, `PosEmbedding`, `TakeToken`,
+`SelfAttention`); its inner nodes are
 `Seq` (children run one after another) and `Parallel` (branches that all take the same input,
 joined by channel concatenation, addition or a broadcasting product). Every node sits in its parent under a name;
 names join with dots into paths, and a leaf's path is its canonical weight prefix:
@@ -10,8 +12,10 @@ names join with dots into paths, and a leaf's path is its canonical weight prefi
       -> conv1.weight, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var
 
 A name may hold dots ('blocks.0') and may be '' (the node adds nothing to its children's
-paths), so the paths can equal another project's `state_dict` keys. A `Parallel` never adds
-its own name to its branches' paths: its name only labels its output in summaries and traces.
+paths), so the paths can equal another project's `state_dict` keys. An op's tensor key may be ''
+(the path itself names the tensor: `class_token`) or hold dots (`out_proj.weight`):
+`ModelSpec.tensor_keys` splits names, never the last dot. A `Parallel` never adds its own name to
+its branches' paths: its name only labels its output in summaries and traces.
 
 Canonical weights: PyTorch's names and layouts (conv OIHW, linear [out, in]), float32, the
 BatchNorm running statistics included (torch's convention: the running variance is updated
@@ -277,6 +281,8 @@ def adaptive_bins(n: int, out: int) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class Linear:
+    """y = x W^T + b on the feature axis; the weight is [out, in], torch's."""
+
     in_features: int
     out_features: int
     bias: bool = True
@@ -294,12 +300,16 @@ class Linear:
         return {}
 
     def out_shape(self, shape: Shape) -> Shape:
-        require(shape == (self.in_features,),
+        """A vector [F], each of N tokens [N, F], or each pixel of an image [F, H, W] (ConvNeXt's
+        Linear after a permute to channels last): the feature axis is the channel axis."""
+        require(len(shape) in (1, 2, 3) and _features(shape, self) == self.in_features,
                 f"takes {self.in_features} features, gets shape {shape}")
-        return (self.out_features,)
+        if len(shape) == 3:
+            return (self.out_features, *shape[1:])
+        return (*shape[:-1], self.out_features)
 
     def flops(self, shape: Shape) -> int:
-        return 2 * self.in_features * self.out_features
+        return 2 * self.in_features * self.out_features * math.prod(shape) // self.in_features
 
 
 @dataclass(frozen=True)
@@ -341,6 +351,217 @@ class Flatten(_NoTensors):
         return (int(np.prod(shape)),)
 
 
+# --------------------------------------------------------------------------- the vocabulary of transformers
+# Shapes: an image is (C, H, W), tokens are (N, D), a vector is (F,). Tokens are [B, N, D] in every
+# framework (no layout differs); on an image, "the feature axis" is the channel axis.
+
+def _features(shape: Shape, op) -> int:
+    """The feature count of an image (its channels), of tokens (D) or of a vector."""
+    require(len(shape) in (1, 2, 3), f"{type(op).__name__} takes an image, tokens or a vector, gets shape {shape}")
+    return shape[0] if len(shape) == 3 else shape[-1]
+
+
+def _eps(v: Any, what: str) -> float:
+    require(isinstance(v, float) and 0 < v < 1, f"{what} eps must be a float in (0, 1), got {v!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class LayerNorm:
+    """LayerNorm over the feature axis: each token's D features, or each pixel's C channels of an
+    image (ConvNeXt's LayerNorm2d, which torch computes through a permute to channels last). The
+    biased variance, as torch's. `eps` has no default: torch's is 1e-5, Keras' 1e-3, Flax's 1e-6, and
+    ViT and ConvNeXt set 1e-6; a spec always says which."""
+
+    num_features: int
+    eps: float
+
+    def __post_init__(self):
+        require(_bounded(self.num_features, 1, MAX_WIDTH),
+                f"LayerNorm num_features must be an int in [1, {MAX_WIDTH}], got {self.num_features!r}")
+        _eps(self.eps, "LayerNorm")
+
+    def params(self) -> dict[str, Shape]:
+        return {"weight": (self.num_features,), "bias": (self.num_features,)}
+
+    def buffers(self) -> dict[str, Shape]:
+        return {}
+
+    def out_shape(self, shape: Shape) -> Shape:
+        n = _features(shape, self)
+        require(n == self.num_features, f"normalises {self.num_features} features, gets shape {shape}")
+        return shape
+
+    def flops(self, shape: Shape) -> int:
+        return 0
+
+
+GELU_APPROXIMATIONS = ("none", "tanh")
+
+
+@dataclass(frozen=True)
+class GELU(_NoTensors):
+    """x * Phi(x). `approximate` has no default: 'none' is the exact erf form (torch's and Keras'
+    default), 'tanh' the approximation (jax.nn.gelu's default); they differ by up to about 5e-4."""
+
+    approximate: str
+
+    def __post_init__(self):
+        require(self.approximate in GELU_APPROXIMATIONS,
+                f"GELU approximate must be one of {GELU_APPROXIMATIONS}, got {self.approximate!r}")
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape
+
+
+@dataclass(frozen=True)
+class LayerScale:
+    """A learned per-channel scale of an image (ConvNeXt, CaiT): x * gamma. Its one tensor is named by
+    the layer's path itself, with no '.weight' (torchvision's `features.1.0.layer_scale`, a bare
+    nn.Parameter), and shaped as torchvision stores it: [C, 1, 1]."""
+
+    num_features: int
+
+    def __post_init__(self):
+        require(_bounded(self.num_features, 1, MAX_WIDTH),
+                f"LayerScale num_features must be an int in [1, {MAX_WIDTH}], got {self.num_features!r}")
+
+    def params(self) -> dict[str, Shape]:
+        return {"": (self.num_features, 1, 1)}
+
+    def buffers(self) -> dict[str, Shape]:
+        return {}
+
+    def out_shape(self, shape: Shape) -> Shape:
+        c, _, _ = _image(shape, self)
+        require(c == self.num_features, f"scales {self.num_features} channels, gets shape {shape}")
+        return shape
+
+    def flops(self, shape: Shape) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class Tokens(_NoTensors):
+    """An image [C, H, W] as H*W tokens of C features, row by row (torchvision's ViT: a patch embedding
+    conv, then x.reshape(B, C, H*W).permute(0, 2, 1)); in a channels-last framework a reshape."""
+
+    def out_shape(self, shape: Shape) -> Shape:
+        c, h, w = _image(shape, self)
+        return (h * w, c)
+
+
+@dataclass(frozen=True)
+class ClassToken:
+    """Prepends a learned token: [N, D] -> [N + 1, D], the class token first. Its tensor, named by the
+    layer's path (torchvision's `class_token`), is [1, 1, D]."""
+
+    dim: int
+
+    def __post_init__(self):
+        require(_bounded(self.dim, 1, MAX_WIDTH), f"ClassToken dim must be an int in [1, {MAX_WIDTH}], got {self.dim!r}")
+
+    def params(self) -> dict[str, Shape]:
+        return {"": (1, 1, self.dim)}
+
+    def buffers(self) -> dict[str, Shape]:
+        return {}
+
+    def out_shape(self, shape: Shape) -> Shape:
+        require(len(shape) == 2 and shape[1] == self.dim, f"takes tokens of {self.dim} features, gets shape {shape}")
+        return (shape[0] + 1, self.dim)
+
+    def flops(self, shape: Shape) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class PosEmbedding:
+    """Adds a learned table [1, N, D] to N tokens (after the class token is prepended: its row is the
+    first). The tensor is named by the layer's path (torchvision's `encoder.pos_embedding`).
+
+    Only N tokens fit, so only input sizes that give N tokens: torchvision interpolates the table
+    bicubically when it loads weights for another size, which makes other weights; the zoo refuses
+    other sizes instead (spec.check_input says which size fits)."""
+
+    num_tokens: int
+    dim: int
+
+    def __post_init__(self):
+        require(_bounded(self.num_tokens, 1, MAX_WIDTH) and _bounded(self.dim, 1, MAX_WIDTH),
+                f"PosEmbedding num_tokens and dim must be ints in [1, {MAX_WIDTH}], got {self.num_tokens!r}, "
+                f"{self.dim!r}")
+
+    def params(self) -> dict[str, Shape]:
+        return {"": (1, self.num_tokens, self.dim)}
+
+    def buffers(self) -> dict[str, Shape]:
+        return {}
+
+    def out_shape(self, shape: Shape) -> Shape:
+        require(shape == (self.num_tokens, self.dim),
+                f"its position embedding holds {self.num_tokens} tokens of {self.dim} features, gets {shape}")
+        return shape
+
+    def flops(self, shape: Shape) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class TakeToken(_NoTensors):
+    """One token's features: [N, D] -> [D] (ViT's class token, x[:, 0], at the end)."""
+
+    index: int = 0
+
+    def __post_init__(self):
+        require(_bounded(self.index, 0, MAX_WIDTH), f"TakeToken index must be an int >= 0, got {self.index!r}")
+
+    def out_shape(self, shape: Shape) -> Shape:
+        require(len(shape) == 2 and shape[0] > self.index, f"takes token {self.index} of tokens, gets shape {shape}")
+        return (shape[1],)
+
+
+@dataclass(frozen=True)
+class SelfAttention:
+    """Multi-head self-attention in torchvision's layout (nn.MultiheadAttention, batch_first):
+    `in_proj_weight` [3D, D] packs the query, key and value projections in that order (`in_proj_bias`
+    [3D]), `out_proj.weight` [D, D] and `out_proj.bias` [D]. Head h reads features [h * hd, (h + 1) * hd)
+    of the query, key and value (hd = D / heads); its scores q k^T are scaled by 1 / sqrt(hd), softmaxed
+    over the keys in float32, and the heads' outputs are concatenated in head order before out_proj.
+    No dropout on the attention weights (torchvision's ViT default, attention_dropout=0)."""
+
+    dim: int
+    num_heads: int
+    bias: bool = True
+
+    def __post_init__(self):
+        require(_bounded(self.dim, 1, MAX_WIDTH) and _bounded(self.num_heads, 1, MAX_WIDTH)
+                and self.dim % self.num_heads == 0,
+                f"SelfAttention needs ints dim and num_heads with num_heads dividing dim, got {self.dim!r}, "
+                f"{self.num_heads!r}")
+        require(isinstance(self.bias, bool), f"bias must be True or False, got {self.bias!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def params(self) -> dict[str, Shape]:
+        d = self.dim
+        w = {"in_proj_weight": (3 * d, d), "in_proj_bias": (3 * d,), "out_proj.weight": (d, d), "out_proj.bias": (d,)}
+        return w if self.bias else {k: v for k, v in w.items() if "bias" not in k}
+
+    def buffers(self) -> dict[str, Shape]:
+        return {}
+
+    def out_shape(self, shape: Shape) -> Shape:
+        require(len(shape) == 2 and shape[1] == self.dim, f"takes tokens of {self.dim} features, gets shape {shape}")
+        return shape
+
+    def flops(self, shape: Shape) -> int:
+        n, d = shape
+        return 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d  # projections, q k^T and a v, out_proj
+
+
 def _window_out(n: int, k: int, s: int, p: int) -> int:
     return (n + 2 * p - k) // s + 1
 
@@ -350,9 +571,11 @@ def _image(shape: Shape, op) -> tuple[int, int, int]:
     return shape
 
 
-Op = Conv | BatchNorm | Act | Pool | AdaptivePool | Linear | Dropout | DropPath | Flatten
+Op = (Conv | BatchNorm | Act | Pool | AdaptivePool | Linear | Dropout | DropPath | Flatten | LayerNorm | GELU
+      | LayerScale | Tokens | ClassToken | PosEmbedding | TakeToken | SelfAttention)
 OPS: dict[str, type] = {t.__name__: t for t in (Conv, BatchNorm, Act, Pool, AdaptivePool, Linear, Dropout, DropPath,
-                                                Flatten)}
+                                                Flatten, LayerNorm, GELU, LayerScale, Tokens, ClassToken,
+                                                PosEmbedding, TakeToken, SelfAttention)}
 
 # Fields added after specs were first written: left out of a spec's JSON at their default, so that the
 # JSON (and the digest over it) of every model that does not use them is what earlier zoos wrote.
@@ -394,6 +617,11 @@ Node = Op | Seq | Parallel
 
 def join_path(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def tensor_name(path: str, key: str) -> str:
+    """A canonical tensor's name: its layer's path and the op's key ('' for a tensor the path names)."""
+    return f"{path}.{key}" if key else path
 
 
 @dataclass(frozen=True)
@@ -522,15 +750,24 @@ class ModelSpec:
 
     @functools.cached_property
     def _param_shapes(self) -> dict[str, Shape]:
-        shapes = {}
-        for path, op in self.ops().items():
-            for k, s in {**op.params(), **op.buffers()}.items():
-                shapes[f"{path}.{k}"] = s
-        return shapes
+        ops = self.ops()
+        return {name: {**ops[path].params(), **ops[path].buffers()}[key] for name, (path, key) in self._tensor_keys.items()}
+
+    def tensor_keys(self) -> dict[str, tuple[str, str]]:
+        """Each canonical tensor's name -> (its layer's path, the op's key for it), in layer order. A key
+        may hold dots (SelfAttention's 'out_proj.weight'), and may be '' where the path itself names the
+        tensor (LayerScale's `features.1.0.layer_scale`, ClassToken's `class_token`): split names with
+        this, never at their last dot."""
+        return dict(self._tensor_keys)
+
+    @functools.cached_property
+    def _tensor_keys(self) -> dict[str, tuple[str, str]]:
+        return {tensor_name(path, k): (path, k) for path, op in self.ops().items() for k in {**op.params(),
+                                                                                            **op.buffers()}}
 
     def buffer_names(self) -> set[str]:
         """The canonical tensors that are state, not trained parameters (BatchNorm running statistics)."""
-        return {f"{p}.{k}" for p, op in self.ops().items() for k in op.buffers()}
+        return {tensor_name(p, k) for p, op in self.ops().items() for k in op.buffers()}
 
     @functools.cached_property
     def num_params(self) -> int:
@@ -661,7 +898,10 @@ class ModelSpec:
 
     @functools.cached_property
     def needs_exact_size(self) -> bool:
-        """Whether a Flatten reaches a Linear with no AdaptivePool to fix the size: then only some sizes fit."""
+        """Whether a Flatten reaches a Linear with no AdaptivePool to fix the size, or a position embedding
+        holds a fixed number of tokens: then only some sizes fit."""
+        if self._position_embedding:
+            return True
         seen_adaptive = False
         for layer in self.layers():
             if isinstance(layer.node, AdaptivePool):
@@ -700,11 +940,18 @@ class ModelSpec:
             return
         if self.needs_exact_size:
             H, W = self.input_size
-            raise ValueError(f"input {h}x{w} does not fit {self.name}: its linear layer takes a fixed number of "
-                             f"features, which its nominal input {H}x{W} gives ({why}); resize the images to {H}x{W}")
+            what = (f"its position embedding ({self._position_embedding}) holds a fixed number of tokens"
+                    if self._position_embedding else "its linear layer takes a fixed number of features")
+            raise ValueError(f"input {h}x{w} does not fit {self.name}: {what}, which its nominal input {H}x{W} "
+                             f"gives ({why}); resize the images to {H}x{W}")
         m = self.min_input_size
         raise ValueError(f"input {h}x{w} is too small for {self.name}: the minimum is {m}x{m} "
                          f"(any larger size works); resize or pad the images ({why})")
+
+    @functools.cached_property
+    def _position_embedding(self) -> str:
+        """The path of the first PosEmbedding, or ''."""
+        return next((layer.path for layer in self.layers() if isinstance(layer.node, PosEmbedding)), "")
 
     def _fits_cached(self, h: int, w: int) -> str | None:
         """`fits`, remembered per size: check_input runs on every forward call."""
@@ -724,17 +971,23 @@ class ModelSpec:
     def init_weights(self, seed: int = 0) -> dict[str, np.ndarray]:
         """Initial canonical weights, drawn once in NumPy so that every framework starts from the same values.
 
-        He-normal conv and linear weights (std sqrt(2 / fan_in)), zero biases; BatchNorm: weight 1,
-        bias 0, running mean 0, running variance 1.
+        He-normal conv, linear and attention weights (std sqrt(2 / fan_in)), zero biases; BatchNorm
+        and LayerNorm: weight 1, bias 0, running mean 0, running variance 1; layer scales 1e-6
+        (torchvision's ConvNeXt); class tokens 0; position embeddings normal with std 0.02 (torchvision's ViT).
         """
         rng = np.random.default_rng(seed)
         weights = {}
-        for name, shape in self.param_shapes().items():
-            leaf = name.rpartition(".")[2]
-            if leaf == "weight" and len(shape) >= 2:
+        shapes, ops = self.param_shapes(), self.ops()
+        for name, (path, key) in self.tensor_keys().items():
+            shape, op = shapes[name], ops[path]
+            if isinstance(op, PosEmbedding):
+                weights[name] = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+            elif isinstance(op, LayerScale):
+                weights[name] = np.full(shape, 1e-6, np.float32)
+            elif key.endswith("weight") and len(shape) >= 2:
                 fan_in = math.prod(shape[1:])
                 weights[name] = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-            elif leaf in ("weight", "running_var"):
+            elif key in ("weight", "running_var"):
                 weights[name] = np.ones(shape, np.float32)
             else:
                 weights[name] = np.zeros(shape, np.float32)
@@ -858,6 +1111,38 @@ def nhwc_to_nchw_columns(weight: np.ndarray, chw: Shape) -> np.ndarray:
     """The inverse of `nchw_to_nhwc_columns`."""
     c, h, w = chw
     return weight.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(weight.shape[0], -1)
+
+
+# Keras' and Flax's attention layers keep the query, key and value projections as three kernels
+# [D, heads, head_dim] (biases [heads, head_dim]) and the output projection as [heads, head_dim, D]:
+# torchvision's packed in_proj, split. One layout, shared by both adapters (each names the parts its way).
+ATTENTION_PARTS = ("query", "key", "value", "out")
+
+
+def attention_to_heads(t: dict[str, np.ndarray], op: SelfAttention) -> dict[str, np.ndarray]:
+    """SelfAttention's canonical tensors (keyed as `op.params()`) -> '{part}.kernel' and '{part}.bias'."""
+    d, h, hd = op.dim, op.num_heads, op.head_dim
+    out = {}
+    for i, part in enumerate(ATTENTION_PARTS[:3]):
+        out[f"{part}.kernel"] = t["in_proj_weight"][i * d:(i + 1) * d].T.reshape(d, h, hd)  # [D] -> [heads, hd]
+        if op.bias:
+            out[f"{part}.bias"] = t["in_proj_bias"][i * d:(i + 1) * d].reshape(h, hd)
+    out["out.kernel"] = t["out_proj.weight"].T.reshape(h, hd, d)
+    if op.bias:
+        out["out.bias"] = t["out_proj.bias"]
+    return out
+
+
+def attention_from_heads(t: dict[str, np.ndarray], op: SelfAttention) -> dict[str, np.ndarray]:
+    """The inverse of `attention_to_heads`."""
+    d = op.dim
+    out = {"in_proj_weight": np.concatenate([t[f"{p}.kernel"].reshape(d, d).T for p in ATTENTION_PARTS[:3]])}
+    if op.bias:
+        out["in_proj_bias"] = np.concatenate([t[f"{p}.bias"].reshape(d) for p in ATTENTION_PARTS[:3]])
+    out["out_proj.weight"] = t["out.kernel"].reshape(d, d).T
+    if op.bias:
+        out["out_proj.bias"] = t["out.bias"]
+    return {k: out[k] for k in op.params()}
 
 
 def init_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ converter or reader: everything else walks the spec it returns.
 
 from zoo.families import (  # noqa: F401
     alexnet,
+    convnext,
     densenet,
     efficientnet,
     googlenet,
@@ -17,4 +18,5 @@ from zoo.families import (  # noqa: F401
     resnet,
     squeezenet,
     vgg,
+    vit,
 )

@@ -23,18 +23,26 @@ import torch
 from torch import nn
 
 from zoo.spec import (
+    GELU,
     Act,
     AdaptivePool,
     BatchNorm,
+    ClassToken,
     Conv,
     Dropout,
     DropPath,
     Flatten,
+    LayerNorm,
+    LayerScale,
     Linear,
     ModelSpec,
     Parallel,
     Pool,
+    PosEmbedding,
+    SelfAttention,
     Seq,
+    TakeToken,
+    Tokens,
     join_path,
     run,
 )
@@ -54,6 +62,73 @@ class StochasticDepth(nn.Dropout):
         mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
         return x * mask.div_(keep)
 
+
+class FeatureLinear(nn.Linear):
+    """Linear on the feature axis: the last of tokens, the channels of an NCHW image (through a permute
+    to channels last, torchvision's ConvNeXt's way: a view of a channels_last tensor, no copy)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4:
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
+class FeatureLayerNorm(nn.LayerNorm):
+    """LayerNorm over the feature axis, as FeatureLinear: an NCHW image's channels (ConvNeXt's LayerNorm2d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4:
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
+class SelfAttentionModule(nn.MultiheadAttention):
+    """nn.MultiheadAttention on one input (batch first), its state_dict torchvision's: in_proj_weight [3D, D]
+    (query, key, value), in_proj_bias, out_proj.weight, out_proj.bias. In inference it takes PyTorch's fused
+    path (scaled_dot_product_attention)."""
+
+    def __init__(self, op: SelfAttention):
+        super().__init__(op.dim, op.num_heads, bias=op.bias, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x, x, x, need_weights=False)[0]
+
+
+class ToTokens(nn.Module):
+    """[B, C, H, W] -> [B, H*W, C], row by row (of a channels_last tensor, a view)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).transpose(1, 2)
+
+
+class TakeTokenModule(nn.Module):
+    def __init__(self, index: int):
+        super().__init__()
+        self.index = index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.index]
+
+
+class BareTensorOp:
+    """An op whose one tensor the layer's path names (LayerScale, ClassToken, PosEmbedding): the tensor is
+    a parameter of the parent module under the path's last name (torchvision's `class_token`,
+    `features.1.0.layer_scale`), and this callable, not a module, applies it. Looked up on each call, so
+    `.to(device)` and `set_weights` are seen; a deepcopy of the model copies it with its owner."""
+
+    def __init__(self, op, owner: nn.Module, name: str):
+        self.op, self.owner, self.name = op, owner, name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        p = getattr(self.owner, self.name)
+        if isinstance(self.op, LayerScale):
+            return x * p  # [C, 1, 1] over [B, C, H, W]
+        if isinstance(self.op, ClassToken):
+            return torch.cat([p.expand(x.shape[0], -1, -1), x], 1)
+        return x + p  # PosEmbedding: [1, N, D] over [B, N, D]
+
+
+BARE = (LayerScale, ClassToken, PosEmbedding)
 
 _ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU, "relu6": nn.ReLU6,
                 "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid}
@@ -76,7 +151,17 @@ def _module(op) -> nn.Module:
     if isinstance(op, AdaptivePool):
         return nn.AdaptiveAvgPool2d(op.output_size)
     if isinstance(op, Linear):
-        return nn.Linear(op.in_features, op.out_features, bias=op.bias)
+        return FeatureLinear(op.in_features, op.out_features, bias=op.bias)
+    if isinstance(op, LayerNorm):
+        return FeatureLayerNorm(op.num_features, eps=op.eps)
+    if isinstance(op, GELU):
+        return nn.GELU(approximate=op.approximate)
+    if isinstance(op, SelfAttention):
+        return SelfAttentionModule(op)
+    if isinstance(op, Tokens):
+        return ToTokens()
+    if isinstance(op, TakeToken):
+        return TakeTokenModule(op.index)
     if isinstance(op, Dropout):
         return nn.Dropout(op.rate)
     if isinstance(op, DropPath):
@@ -95,19 +180,34 @@ class ZooModel(nn.Module):
         super().__init__()
         self.spec = spec
         self.memory_format = memory_format  # of the activations, which forward turns its input into
+        self._bare: dict[str, BareTensorOp] = {}
         for layer in spec.layers():
-            if not isinstance(layer.node, Parallel):
+            if isinstance(layer.node, BARE):
+                owner, name = self._owner(layer.path)
+                shape = {**layer.node.params()}[""]
+                owner.register_parameter(name, nn.Parameter(torch.zeros(shape)))
+                self._bare[layer.path] = BareTensorOp(layer.node, owner, name)
+            elif not isinstance(layer.node, Parallel):
                 self._register(layer.path, _module(layer.node))
         self._plan = self._compile(spec.body, "")
 
-    def _register(self, path: str, module: nn.Module) -> None:
+    def _owner(self, path: str) -> tuple[nn.Module, str]:
+        """The module that holds the layer at `path` (made where missing), and the layer's name in it."""
         *parents, leaf = path.split(".")
         owner = self
         for name in parents:
             if not hasattr(owner, name):
                 owner.add_module(name, nn.Module())
             owner = getattr(owner, name)
+        return owner, leaf
+
+    def _register(self, path: str, module: nn.Module) -> None:
+        owner, leaf = self._owner(path)
         owner.add_module(leaf, module)
+
+    def layer(self, path: str):
+        """The callable that runs the layer at `path`: its module, or for a bare tensor op its BareTensorOp."""
+        return self._bare[path] if path in self._bare else self.get_submodule(path)
 
     def _compile(self, seq: Seq, prefix: str):
         """The tree as nested lists of callables (nested sequences spliced into one list, so the
@@ -130,7 +230,7 @@ class ZooModel(nn.Module):
                 fresh = bool(kinds) and isinstance(kinds[-1], _FRESH)
                 steps.append(torch.relu_ if fresh else torch.relu)
             else:
-                steps.append(self.get_submodule(path))
+                steps.append(self.layer(path))
             kinds.append(node)
             i += 1
         return steps
@@ -253,7 +353,7 @@ def trace(model: ZooModel, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
     out = []
 
     def leaf(path, op, t):
-        return model.get_submodule(path)(t)
+        return model.layer(path)(t)
 
     with torch.inference_mode():
         run(model.spec.body, torch.as_tensor(x, device=_device(model)), leaf, _join,
