@@ -45,6 +45,11 @@ TINY = {
     **{f"vgg{n}_bn": dict(ratio=16, hidden=16) for n in (11, 13, 16, 19)},
     "mobilenetv3_large_100": dict(width_mult=0.25, num_classes=10),
     "mobilenetv3_small_100": dict(width_mult=0.25, num_classes=10),
+    "convnext_tiny": dict(dims=(8, 16, 16, 24), depths=(1, 1, 2, 1), num_classes=10),
+    "convnext_small": dict(dims=(8, 8, 16, 16), depths=(1, 1, 3, 1), num_classes=10),
+    "vit_b_16": dict(hidden_dim=16, num_heads=2, mlp_dim=24, num_layers=2, input_size=32, num_classes=10),
+    "vit_b_32": dict(hidden_dim=16, num_heads=4, mlp_dim=16, num_layers=1, input_size=64, num_classes=10),
+    "vit_d2l": dict(num_hiddens=16, num_heads=4, mlp_num_hiddens=24),
 }
 # Input sides per preset's tiny variant: the minimum (None) at batch 1, then others at batch 3; a network
 # whose linear layer takes a fixed size has one side, its nominal one. Each size is one more compilation
@@ -65,10 +70,12 @@ SIZES = {
     "resnet152": (None,), "densenet161": (None,), "densenet169": (None,), "densenet201": (None,),
     "vgg13": (None,), "vgg19": (None,), "vgg11_bn": (None, 32), "vgg13_bn": (None,), "vgg16_bn": (None,),
     "vgg19_bn": (None,), "mobilenetv3_large_100": (None,), "mobilenetv3_small_100": (None,),
+    "convnext_tiny": (None, 37), "convnext_small": (None,),
+    "vit_b_16": (None,), "vit_b_32": (None,), "vit_d2l": (None,),  # a position embedding: one size fits
 }
 # One full-width preset per family, run at its nominal input size (the d2l variants: what the book trains).
 FULL_SIZE = ["lenet", "alexnet_d2l", "vgg11_d2l", "nin", "googlenet_d2l", "resnet18_d2l", "densenet_d2l",
-             "mobilenet_v3_small", "efficientnet_b0", "regnet_d2l", "squeezenet1_1"]
+             "mobilenet_v3_small", "efficientnet_b0", "regnet_d2l", "squeezenet1_1", "convnext_tiny", "vit_b_16"]
 
 
 def keras_backend() -> str:

@@ -21,18 +21,26 @@ from __future__ import annotations
 import numpy as np
 
 from zoo.spec import (
+    GELU,
     Act,
     AdaptivePool,
     BatchNorm,
+    ClassToken,
     Conv,
     Dropout,
     DropPath,
     Flatten,
+    LayerNorm,
+    LayerScale,
     Linear,
     ModelSpec,
     Parallel,
     Pool,
+    PosEmbedding,
+    SelfAttention,
     Seq,
+    TakeToken,
+    Tokens,
 )
 
 
@@ -83,6 +91,44 @@ def modern_ops(in_channels: int = 3, num_classes: int = 5, input_size=(21, 19)) 
                      body=body, input_size=input_size)
 
 
+def transformer_ops(in_channels: int = 3, num_classes: int = 5, input_size=(12, 8)) -> ModelSpec:
+    """The ops of ViT and ConvNeXt, each where a port goes wrong: a ConvNeXt block on a non-square map (depthwise
+    7x7, LayerNorm over the channels with eps 1e-6, Linear on the channels, tanh GELU, layer scale, stochastic
+    depth), the patches as tokens (row by row: a 3x2 grid shows a transposed order), a class token and a position
+    embedding (the class token's row is the first), a pre-norm encoder block with 3 heads of 4 features (the packed
+    q, k, v order and the head order show) and biases, another without biases, exact GELU, LayerNorm eps 1e-5 on
+    tokens, and the class token taken at the end."""
+    d = 12
+    cnblock = Seq(("0", Conv(8, 8, 7, 1, 3, groups=8)), ("2", LayerNorm(8, 1e-6)), ("3", Linear(8, 16)),
+                  ("4", GELU("tanh")), ("5", Linear(16, 8)))
+    cn = Seq(("block", cnblock), ("layer_scale", LayerScale(8)), ("drop", DropPath(0.3)))
+
+    def residual(*layers):
+        return Parallel("add", ("", Seq(*layers)), ("", Seq()))
+
+    def encoder_layer(i: int, bias: bool) -> Seq:
+        mlp = Seq(("0", Linear(d, 20)), ("1", GELU("none")), ("2", Dropout(0.2)), ("3", Linear(20, d)))
+        return Seq(("add_1", residual((f"ln_{i}a", LayerNorm(d, 1e-5)), ("attn", SelfAttention(d, 3, bias=bias)))),
+                   ("add_2", residual((f"ln_{i}b", LayerNorm(d, 1e-5)), ("mlp", mlp))))
+
+    body = Seq(
+        ("stem", Seq(("0", Conv(in_channels, 8, 1)), ("1", LayerNorm(8, 1e-6)))),
+        ("cn", Seq(("add", Parallel("add", ("", cn), ("", Seq()))))),
+        ("patch", Conv(8, d, 4, 4, 0)),  # 12x8 -> 3x2 patches
+        ("tokens", Tokens()),
+        ("class_token", ClassToken(d)),
+        ("pos_embedding", PosEmbedding(7, d)),
+        ("dropout", Dropout(0.4)),
+        ("layer0", encoder_layer(0, True)),
+        ("layer1", encoder_layer(1, False)),
+        ("ln", LayerNorm(d, 1e-6)),
+        ("take", TakeToken(0)),
+        ("head", Linear(d, num_classes)),
+    )
+    return ModelSpec(name="transformer_ops", family="test", in_channels=in_channels, num_classes=num_classes,
+                     body=body, input_size=input_size)
+
+
 def flatten_spec(input_size=(11, 7)) -> ModelSpec:
     """Conv -> Flatten -> Linear on a non-square, many-channel map: only the right column order agrees."""
     body = Seq(("conv", Conv(3, 4, 3, 1, 0)), ("act", Act()), ("flatten", Flatten()),
@@ -96,9 +142,12 @@ def revealing_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     by 3x in the scale), non-zero running means, BatchNorm scales around 1 (0.01 on the tiny-variance channels)."""
     rng = np.random.default_rng(seed)
     out = {}
+    keys = spec.tensor_keys()
     for name, w in spec.init_weights(seed).items():
-        leaf = name.rpartition(".")[2]
-        if leaf == "running_var":
+        leaf = keys[name][1].rpartition(".")[2]  # 'weight' of 'out_proj.weight'; '' for a tensor the path names
+        if leaf == "":  # class token, position embedding, layer scale: far from their initial 0, 0.02 and 1e-6,
+            out[name] = rng.normal(0, 0.5, w.shape).astype(np.float32)  # so that an order or broadcast mistake shows
+        elif leaf == "running_var":
             v = rng.uniform(0.5, 2.0, w.shape)
             v[::4] = 1e-4
             out[name] = v.astype(np.float32)
@@ -108,7 +157,7 @@ def revealing_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
             g = rng.uniform(0.5, 1.5, w.shape)  # activations keep a unit scale (no saturated sigmoid hides
             g[::4] *= 0.01  # an error) while eps still weighs: sqrt(1e-4 + 1e-5) vs sqrt(1e-4 + 1e-3) is 3x
             out[name] = g.astype(np.float32)
-        elif leaf == "bias":
+        elif leaf.endswith("bias"):  # in_proj_bias too
             out[name] = rng.normal(0, 0.1, w.shape).astype(np.float32)
         else:
             out[name] = w

@@ -56,7 +56,7 @@ def _write(fmt: str, weights, spec, path):
 # One model of each family (the torchvision architecture where there is one, for BatchNorm statistics and
 # torchvision's names); each pair compiles both frameworks' models, so not every preset.
 PAIR_PRESETS = ["lenet", "alexnet", "vgg11_d2l", "nin", "googlenet", "inception_v3", "resnet18", "densenet_d2l",
-                "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf", "squeezenet1_1"]
+                "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf", "squeezenet1_1", "convnext_tiny", "vit_d2l"]
 # Every format pair (6 x 6) for these: a flatten before a linear layer (lenet), NiN. The others go to and
 # from the canonical safetensors in every format (11 pairs): a conversion is a reader and a writer through
 # canonical weights, so that proves each format's adapter on each family. BatchNorm's statistics go through
@@ -189,6 +189,8 @@ NOT_INFERRED = {
     "resnext50_32x4d": "groups and width_per_group set the bottleneck widths only together, with the base width",
     "regnet_x_400mf": "w_0, w_a and w_m are a quantised rule: many values give one network",
     "regnet_y_400mf": "w_0, w_a and w_m are a quantised rule: many values give one network",
+    **{vit: "num_heads shows in no tensor's shape; at other widths than the preset's it is asked for"
+       for vit in ("vit_b_16", "vit_b_32", "vit_d2l")},
 }
 
 

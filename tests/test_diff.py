@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import TINY, random_weights
-from op_specs import every_op
+from op_specs import every_op, transformer_ops
 from op_specs import revealing_weights as bn_weights
 
 import zoo
@@ -37,7 +37,8 @@ def bn_net(num_classes: int = 4) -> ModelSpec:
     return ModelSpec(name="bn_net", family="test", in_channels=3, num_classes=num_classes, body=body, input_size=20)
 
 
-SPECS = {"nin": lambda: zoo.get_spec("nin", input_size=67, **NIN), "every_op": every_op, "bn_net": bn_net}
+SPECS = {"nin": lambda: zoo.get_spec("nin", input_size=67, **NIN), "every_op": every_op, "bn_net": bn_net,
+         "transformer_ops": transformer_ops}
 # (spec, the tensor changed, the layer that must be reported first)
 PERTURBED = [
     ("nin", "blocks.2.conv1.weight", "blocks.2.conv1"),
@@ -49,6 +50,12 @@ PERTURBED = [
     ("bn_net", "layer1.0.bn2.weight", "layer1.0.bn2"),  # a Parallel's branches hang from its parent's path
     ("bn_net", "layer1.0.downsample.1.running_mean", "layer1.0.downsample.1"),
     ("bn_net", "fc.weight", "fc"),
+    ("transformer_ops", "cn.layer_scale", "cn.layer_scale"),  # a tensor its layer's path names
+    ("transformer_ops", "stem.1.weight", "stem.1"),  # LayerNorm over an image's channels
+    ("transformer_ops", "class_token", "class_token"),
+    ("transformer_ops", "layer0.attn.in_proj_weight", "layer0.attn"),  # attention, by its layer's name
+    ("transformer_ops", "layer1.attn.out_proj.weight", "layer1.attn"),
+    ("transformer_ops", "layer1.ln_1b.bias", "layer1.ln_1b"),  # LayerNorm over tokens
 ]
 
 

@@ -299,14 +299,15 @@ def test_modern_ops_agree(framework, record_error):
 
 
 def test_the_test_specs_hold_every_op_kind_and_join():
-    """The op tables are isinstance chains: every op class, activation and join must be in every_op() or
-    modern_ops(), which run in every framework and the reference (test_modern_ops_agree and the conversion
-    tests), so that a backend without an entry fails here, in CI."""
-    from op_specs import every_op
+    """The op tables are isinstance chains: every op class, activation and join must be in every_op(),
+    modern_ops() or transformer_ops(), which run in every framework and the reference (test_modern_ops_agree,
+    test_transformers.test_transformer_ops_agree, test_diff and the conversion tests), so that a backend
+    without an entry fails here, in CI."""
+    from op_specs import every_op, transformer_ops
 
     from zoo.spec import ACTIVATIONS, JOINS, OPS, walk_layers
 
-    nodes = [layer.node for spec in (every_op(), modern_ops()) for layer in walk_layers(spec.body)]
+    nodes = [layer.node for spec in (every_op(), modern_ops(), transformer_ops()) for layer in walk_layers(spec.body)]
     assert {type(n).__name__ for n in nodes if not isinstance(n, Parallel)} == set(OPS)
     assert {n.kind for n in nodes if isinstance(n, Act)} == set(ACTIVATIONS)
     assert {n.join for n in nodes if isinstance(n, Parallel)} == set(JOINS)

@@ -8,7 +8,10 @@ reference is timm's own forward in float64 (`model.double()`): timm's float32 fo
 it on the perturbed MobileNets, which would leave a float32-to-float32 comparison measuring two roundings.
 
 timm's ResNet and DenseNet keep torchvision's names; its VGG builds the head as convolutions, which the
-key map `TIMM_VGG` (zoo/families/vgg.py) reads as torchvision's linear layers through a layout hook.
+key map `TIMM_VGG` (zoo/families/vgg.py) reads as torchvision's linear layers through a layout hook. Its
+VisionTransformer and ConvNeXt are torchvision's networks under other names (zoo/families/vit.py, convnext.py),
+a ConvNeXt's layer scale a vector: an independent implementation of attention, LayerNorm over channels, GELU,
+the class token and the position embedding, against which the zoo's float64 reference is checked.
 """
 
 from __future__ import annotations
@@ -69,7 +72,34 @@ CASES = {
     "mobilenetv3_small_100": (lambda: timm.create_model("mobilenetv3_small_100", num_classes=10), 64),
     "regnet_y_400mf": (lambda: timm.create_model("regnety_004", num_classes=10), 64),
     "inception_v3": (lambda: timm.create_model("inception_v3", num_classes=10), 107),
+    "vit_b_16": (lambda: _tiny_vit(), 32),
+    "convnext_tiny": (lambda: _tiny_convnext(), 37),
 }
+# What shapes do not show, named as a user names it (zoo convert vit_b_16 --set num_heads=2 ...)
+NAMED = {"vit_b_16": dict(hidden_dim=16, num_heads=2, mlp_dim=24, num_layers=2, input_size=32, num_classes=10)}
+
+
+def _randomised(model):
+    """Every parameter moved off its initial value (timm starts layer scales at 1e-6, class tokens at 0)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+def _tiny_vit():
+    """timm's VisionTransformer (vit_base_patch16_224's class) with 2 heads of 8 features, 2 blocks, 32x32 input."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return _randomised(VisionTransformer(img_size=32, patch_size=16, embed_dim=16, depth=2, num_heads=2,
+                                         mlp_ratio=1.5, num_classes=10))
+
+
+def _tiny_convnext():
+    from timm.models.convnext import ConvNeXt
+
+    return _randomised(ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 16, 24), num_classes=10))
 
 
 @pytest.fixture(scope="module")
@@ -101,20 +131,20 @@ def test_timm_networks_are_the_zoos_in_float64(preset, saved):
     layouts and architecture all right) differs by float64 rounding alone. The frameworks' float32 agreement
     with that reference is the agreement grid's (tests/test_agreement.py), and below for one model a family."""
     path, x, ref = saved[preset]
-    spec, weights, _ = conversion.load(path, preset)
+    spec, weights, _ = conversion.load(path, preset, NAMED.get(preset))
     err, scale = float(np.abs(reference.forward(spec, weights, x) - ref).max()), float(np.abs(ref).max())
     assert err <= 1e-9 * max(1.0, scale), f"{preset}: the zoo's float64 network is {err:.3e} from timm's ({scale:.3g})"
 
 
 # one timm model of each family, loaded in every framework (the others: float64 above, and torch below)
 EVERY_FRAMEWORK = ["vgg11_bn", "resnet18", "densenet121", "efficientnet_b0", "mobilenetv3_small_100",
-                   "regnet_y_400mf"]
+                   "regnet_y_400mf", "vit_b_16", "convnext_tiny"]
 
 
 @pytest.mark.parametrize("preset", EVERY_FRAMEWORK)
 def test_timm_checkpoints_agree_with_timm_in_every_framework(preset, framework, saved, record_error):
     path, x, ref = saved[preset]
-    model = zoo.load(preset, framework, weights=path)
+    model = zoo.load(preset, framework, weights=path, **NAMED.get(preset, {}))
     record_error(f"timm .pth:{preset}", framework, run(framework, model, x), ref)  # the suite's table lists it
 
 
@@ -258,3 +288,19 @@ def test_vgg_weights_written_in_timms_names_are_timms_vgg(batch_norm, tmp_path):
     x = np.random.default_rng(3).standard_normal((1, 3, 224, 224)).astype(np.float32)
     out, ref = timm_float64(timm_model, x), reference.forward(spec, weights, x)
     assert float(np.abs(out - ref).max()) <= 1e-9 * max(1.0, float(np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("preset", ["vit_b_16", "convnext_tiny"])
+def test_the_zoos_timm_names_load_strictly_into_timms_networks(preset, saved):
+    """What `zoo convert ... --to hf` writes for these families (the timm key maps' writes and write hooks) is
+    timm's state_dict exactly: a strict load_state_dict into a fresh timm network, whose forward is then timm's."""
+    from zoo.families.convnext import TIMM_CONVNEXT
+    from zoo.families.vit import TIMM_VIT
+
+    path, x, ref = saved[preset]
+    spec, weights, _ = conversion.load(path, preset, NAMED.get(preset))
+    foreign = keymaps.to_foreign(TIMM_VIT if preset == "vit_b_16" else TIMM_CONVNEXT, weights, spec)
+    fresh = CASES[preset][0]()
+    fresh.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in foreign.items()}, strict=True)
+    got = timm_float64(fresh.eval(), x)
+    assert float(np.abs(got - ref).max()) <= 1e-12 * max(1.0, float(np.abs(ref).max()))

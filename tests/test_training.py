@@ -27,10 +27,12 @@ IMAGES, LABELS = data.load_fashion_mnist("train")
 SUBSET = (IMAGES[:160], LABELS[:160])
 # NiN (no BatchNorm, dropout) and d2l's ResNet-18 (BatchNorm before every ReLU), narrow; MobileNetV3-small
 # (depthwise convs, hardswish, SE gates with a hardsigmoid, BatchNorm momentum 0.01) and RegNetY (grouped convs,
-# SE with sigmoid), tiny
+# SE with sigmoid), tiny; d2l's ViT (LayerNorm, attention without biases, GELU, a class token and a position
+# embedding), tiny, with AdamW: what transformers are trained with
 MODELS = {"nin": (dict(widths=(16, 32, 32)), 67), "resnet18_d2l": (dict(width=8, layers=(1, 1, 1, 1)), 32),
           "mobilenet_v3_small": (dict(width_mult=0.25, in_channels=1, num_classes=10), 32),
-          "regnet_y_400mf": (dict(depth=4, w_0=8, w_a=8.0, w_m=2.0, group_width=4, in_channels=1, num_classes=10), 32)}
+          "regnet_y_400mf": (dict(depth=4, w_0=8, w_a=8.0, w_m=2.0, group_width=4, in_channels=1, num_classes=10), 32),
+          "vit_d2l": (dict(num_hiddens=16, num_heads=4, mlp_num_hiddens=24, patch_size=8), 32)}
 LRS = {"sgd": 0.05, "adamw": 1e-3}
 
 
@@ -91,7 +93,8 @@ def reference_steps():
 
 # AdamW on d2l's ResNet is not among them: see the test after this one.
 @pytest.mark.parametrize("model, optimizer", [("nin", "sgd"), ("nin", "adamw"), ("resnet18_d2l", "sgd"),
-                                              ("mobilenet_v3_small", "sgd"), ("regnet_y_400mf", "sgd")])
+                                              ("mobilenet_v3_small", "sgd"), ("regnet_y_400mf", "sgd"),
+                                              ("vit_d2l", "adamw")])
 def test_steps_match_the_float64_reference(framework, model, optimizer, reference_steps, request):
     spec, recipe = case(model, optimizer)
     ref = reference_steps(model, optimizer)

@@ -139,6 +139,16 @@ def linear(x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
     return y if "bias" not in w else y + w["bias"]
 
 
+def to_tokens(x: np.ndarray) -> np.ndarray:
+    """[B, C, H, W] -> [B, H*W, C], row by row."""
+    return x.reshape(x.shape[0], x.shape[1], -1).transpose(0, 2, 1)
+
+
+def prepend_token(x: np.ndarray, token: np.ndarray) -> np.ndarray:
+    """The class token [1, 1, D] first, then the N tokens of [B, N, D]."""
+    return np.concatenate([np.broadcast_to(token, (x.shape[0], 1, x.shape[2])), x], axis=1)
+
+
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
@@ -196,9 +206,9 @@ def forward(spec: ModelSpec, weights: dict[str, np.ndarray], x: np.ndarray, *, t
         if isinstance(op, LayerScale):
             return x * tensors(path)[""][None]
         if isinstance(op, Tokens):
-            return x.reshape(x.shape[0], x.shape[1], -1).transpose(0, 2, 1)
+            return to_tokens(x)
         if isinstance(op, ClassToken):
-            return np.concatenate([np.broadcast_to(tensors(path)[""], (x.shape[0], 1, x.shape[2])), x], axis=1)
+            return prepend_token(x, tensors(path)[""])
         if isinstance(op, PosEmbedding):
             return x + tensors(path)[""]
         if isinstance(op, TakeToken):

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo._registry import register_model
-from zoo.families._common import check_counts, conv_widths, widths
+from zoo._registry import KeyMap, register_keymap, register_model
+from zoo.families._common import check_counts, conv_widths, module_renames, widths
 from zoo.spec import (
     GELU,
     AdaptivePool,
@@ -91,3 +91,33 @@ def convnext_small(*, in_channels: int = 3, num_classes: int = 1000, dims: tuple
                    input_size: int | tuple[int, int] = 224) -> ModelSpec:
     """torchvision's ConvNeXt-S (`torchvision.models.convnext_small`): 50,223,688 parameters, 224x224 RGB."""
     return network("convnext_small", dims, depths, stochastic_depth, in_channels, num_classes, input_size)
+
+
+TORCHVISION_CONVNEXT = register_keymap(KeyMap(
+    name="torchvision ConvNeXt (features.0.0.weight, features.1.0.block.0.weight, features.1.0.layer_scale, "
+         "classifier.2.weight, ...)",
+    models=("convnext_tiny", "convnext_small"),
+    rules=((r"((?:features|classifier)\.[\w.]+)", r"\1"),)))
+
+# timm's ConvNeXt (`convnext_tiny`, `convnext_small`: timm.models.convnext, conv_mlp=False) is torchvision's network
+# under other names: stage s is `stages.{s}` (torchvision's features.{2s + 1}), its downsampling LayerNorm and conv
+# `stages.{s}.downsample.0/1` (features.{2s}), a block's layer scale `gamma` a vector [C] (torchvision's [C, 1, 1]:
+# the layout hook vector_as_scale), the head `head.norm` and `head.fc`.
+_TIMM_CONVNEXT_MODULES = (
+    [("stem.0", "features.0.0"), ("stem.1", "features.0.1"), ("head.norm", "classifier.0"), ("head.fc", "classifier.2")]
+    + [(f"stages.{s}.downsample.{i}", f"features.{2 * s}.{i}") for s in (1, 2, 3) for i in (0, 1)]
+    + [(f"stages.{s}.blocks.{{b}}.{a}", f"features.{2 * s + 1}.{{b}}.block.{c}") for s in range(4) for a, c in (
+        ("conv_dw", "0"), ("norm", "2"), ("mlp.fc1", "3"), ("mlp.fc2", "5"))])
+_rules, _writes = module_renames(_TIMM_CONVNEXT_MODULES)
+TIMM_CONVNEXT = register_keymap(KeyMap(
+    name="timm ConvNeXt (stem.0.weight, stages.0.blocks.0.conv_dw.weight, stages.0.blocks.0.gamma, head.fc.weight, "
+         "...)",
+    models=("convnext_tiny", "convnext_small"),
+    rules=(*[(rf"stages\.{s}\.blocks\.(\d+)\.gamma", rf"features.{2 * s + 1}.\1.layer_scale") for s in range(4)],
+           *_rules),
+    reshape=((r"stages\.\d\.blocks\.\d+\.gamma", "vector_as_scale"),),
+    library="timm",
+    writes=(*[(rf"features\.{2 * s + 1}\.(\d+)\.layer_scale", rf"stages.{s}.blocks.\1.gamma") for s in range(4)],
+            *_writes),
+    write_reshape=((r"features\.\d\.\d+\.layer_scale", "scale_as_vector"),),
+    architectures=(("convnext_tiny", "convnext_tiny"), ("convnext_small", "convnext_small"))))

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo._registry import register_model
-from zoo.families._common import check_counts, dropout_rate, size_pair, width
+from zoo._registry import KeyMap, register_keymap, register_model
+from zoo.families._common import check_counts, dropout_rate, module_renames, size_pair, width
 from zoo.spec import (
     GELU,
     ClassToken,
@@ -129,3 +129,33 @@ def vit_d2l(*, in_channels: int = 1, num_classes: int = 10, patch_size: int = 16
                ("class_token_out", TakeToken(0)), ("head", Seq(("0", LayerNorm(d, 1e-5)), ("1", Linear(d, num_classes)))))
     return ModelSpec(name="vit_d2l", family="vit", in_channels=in_channels, num_classes=num_classes, body=body,
                      input_size=size)
+
+
+TORCHVISION_VIT = register_keymap(KeyMap(
+    name="torchvision ViT (conv_proj.weight, class_token, encoder.pos_embedding, "
+         "encoder.layers.encoder_layer_0.self_attention.in_proj_weight, heads.head.weight, ...)",
+    models=("vit_b_16", "vit_b_32"),
+    # before torchvision 0.13 the MLP's Linears were mlp.linear_1 and mlp.linear_2 (its MLPBlock still renames them
+    # when it loads such a file); the released ViT-B weights hold either
+    rules=((r"(encoder\.layers\.encoder_layer_\d+\.mlp)\.linear_1\.(weight|bias)", r"\1.0.\2"),
+           (r"(encoder\.layers\.encoder_layer_\d+\.mlp)\.linear_2\.(weight|bias)", r"\1.3.\2"),
+           (r"((?:conv_proj|class_token|encoder|heads)\b[\w.]*)", r"\1"))))
+
+# timm's VisionTransformer (`vit_base_patch16_224`, `vit_base_patch32_224`: timm.models.vision_transformer) is
+# torchvision's network under other names: its packed `attn.qkv` is [3D, D] in the same q, k, v order and the same
+# head-major split, its `pos_embed` holds the class token's row first, LayerNorm eps 1e-6, exact GELU.
+_TIMM_VIT_MODULES = [(f"blocks.{{b}}.{a}", f"encoder.layers.encoder_layer_{{b}}.{c}") for a, c in (
+    ("norm1", "ln_1"), ("attn.proj", "self_attention.out_proj"), ("norm2", "ln_2"), ("mlp.fc1", "mlp.0"),
+    ("mlp.fc2", "mlp.3"))] + [("patch_embed.proj", "conv_proj"), ("norm", "encoder.ln"), ("head", "heads.head")]
+_rules, _writes = module_renames(_TIMM_VIT_MODULES)
+_TENSORS = [("cls_token", "class_token"), ("pos_embed", "encoder.pos_embedding"),
+            (r"blocks\.(\d+)\.attn\.qkv\.weight", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_weight"),
+            (r"blocks\.(\d+)\.attn\.qkv\.bias", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_bias")]
+_WRITES = [("class_token", "cls_token"), (r"encoder\.pos_embedding", "pos_embed"),
+           (r"encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_weight", r"blocks.\1.attn.qkv.weight"),
+           (r"encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_bias", r"blocks.\1.attn.qkv.bias")]
+TIMM_VIT = register_keymap(KeyMap(
+    name="timm VisionTransformer (patch_embed.proj.weight, cls_token, pos_embed, blocks.0.attn.qkv.weight, "
+         "head.weight, ...)",
+    models=("vit_b_16", "vit_b_32"), rules=(*_TENSORS, *_rules), library="timm", writes=(*_WRITES, *_writes),
+    architectures=(("vit_b_16", "vit_base_patch16_224"), ("vit_b_32", "vit_base_patch32_224"))))

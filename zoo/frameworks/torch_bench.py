@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import zoo
+from zoo.frameworks import torch_model
 from zoo.spec import Act, Parallel
 
 LAYOUT = "NCHW"
@@ -45,8 +46,8 @@ def _sequential(model) -> torch.nn.Sequential | None:
     """For a chain (no branches), the zoo model's layers (copies, same weights) in a plain nn.Sequential,
     as d2l writes its networks, with in-place ReLU modules; None for a network with branches."""
     spec = zoo.spec_of(model)
-    if any(isinstance(layer.node, Parallel) for layer in spec.layers()):
-        return None
+    if any(isinstance(layer.node, (Parallel, *torch_model.BARE)) for layer in spec.layers()):
+        return None  # a branch, or a tensor held by its parent module (a class token): not an nn.Sequential
     layers = [torch.nn.ReLU(inplace=True) if isinstance(layer.node, Act) and layer.node.kind == "relu"
               else copy.deepcopy(model.get_submodule(layer.path)) for layer in spec.layers()]
     return torch.nn.Sequential(*layers).eval()

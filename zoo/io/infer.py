@@ -15,8 +15,9 @@ Strides, padding, pooling and dropout come from the preset. The candidate must t
 shapes exactly; a preset that fits at its defaults is preferred.
 
 Not read: overrides that set a width only together with another, where the other order of solving
-is needed (ResNeXt's groups with its width per group when the base width changes too), and a RegNet's
-w_0, w_a, w_m, a quantised rule that many values map to one network. Those files need the overrides
+is needed (ResNeXt's groups with its width per group when the base width changes too), a RegNet's
+w_0, w_a, w_m, a quantised rule that many values map to one network, and a ViT's head count (`UNSEEN`),
+which no shape shows: assumed the preset's only at the preset's widths. Those files need the overrides
 named (zoo convert MODEL --set ...); the error says so.
 
     >>> infer_spec({'blocks.0.conv0.weight': (8, 1, 11, 11), ...}).name
@@ -37,7 +38,10 @@ from zoo.io import keymaps
 from zoo.io.checkpoint import Checkpoint, ConversionError
 from zoo.spec import MAX_WIDTH, Conv, Linear, ModelSpec, SpecError, is_int
 
-_READ = ("in_channels", "num_classes")  # overrides read straight from the first and last layers' tensors
+_READ = ("in_channels", "num_classes")
+# Overrides that no tensor shape shows: a file at the preset's widths is read with the preset's value (a
+# torchvision ViT-B/16 has 12 heads); at other widths inference stops and asks for them.
+UNSEEN = ("num_heads",)  # overrides read straight from the first and last layers' tensors
 _SCAN = 64  # values tried after the bisection, where several give the first dimension (ratios, input sizes)
 
 
@@ -391,6 +395,12 @@ def infer(shapes: dict[str, tuple[int, ...]], model: str | None = None) -> Infer
         overrides = _read_overrides(name, base, shapes, start)
         changed = {k: v for k, v in overrides.items() if v != defaults[k]}
         hint = f" ({', '.join(f'{k}={v!r}' for k, v in changed.items())} read from the shapes)" if changed else ""
+        unseen = [k for k in UNSEEN if k in defaults]
+        if unseen and set(changed) - set(_READ):
+            near.append(f"{name}{hint}: {', '.join(unseen)} cannot be read from tensor shapes (an attention's "
+                        f"tensors are [3D, D] whatever its head count), and at other widths than the preset's the "
+                        f"preset's {', '.join(f'{k}={defaults[k]!r}' for k in unseen)} need not be the file's")
+            continue
         try:
             spec = registry.get_spec(name, **overrides)
         except (ValueError, TypeError) as e:  # SpecError, or a preset's own check

@@ -71,7 +71,14 @@ def _conv_as_linear(name: str, w: np.ndarray) -> np.ndarray:
     return w.reshape(w.shape[0], -1)
 
 
-LAYOUT_HOOKS = {"conv_as_linear": _conv_as_linear}
+def _vector_as_scale(name: str, w: np.ndarray) -> np.ndarray:
+    """A per-channel scale stored as a vector [C] (timm's ConvNeXt `gamma`) as torchvision's [C, 1, 1]."""
+    if w.ndim != 1:
+        raise LayoutError(f"{name} has shape {list(w.shape)}; the hook vector_as_scale reads a vector [C]")
+    return w.reshape(-1, 1, 1)
+
+
+LAYOUT_HOOKS = {"conv_as_linear": _conv_as_linear, "vector_as_scale": _vector_as_scale}
 
 
 def _linear_as_conv(name: str, w: np.ndarray, in_shape: tuple[int, ...]) -> np.ndarray:
@@ -84,7 +91,14 @@ def _linear_as_conv(name: str, w: np.ndarray, in_shape: tuple[int, ...]) -> np.n
     return w.reshape(w.shape[0], c, h, wd)
 
 
-WRITE_HOOKS = {"linear_as_conv": _linear_as_conv}
+def _scale_as_vector(name: str, w: np.ndarray, in_shape: tuple[int, ...]) -> np.ndarray:
+    """vector_as_scale's inverse, for writing: [C, 1, 1] as [C]."""
+    if w.ndim != 3 or w.shape[1:] != (1, 1):
+        raise LayoutError(f"{name} has shape {list(w.shape)}; the hook scale_as_vector reads a scale [C, 1, 1]")
+    return w.reshape(-1)
+
+
+WRITE_HOOKS = {"linear_as_conv": _linear_as_conv, "scale_as_vector": _scale_as_vector}
 
 
 def _reshaped(keymap: KeyMap, weights: dict) -> tuple[dict, list[str]]:
@@ -158,7 +172,7 @@ def to_foreign(keymap: KeyMap, weights: dict[str, np.ndarray], spec) -> dict[str
             raise LayoutError(f"{keymap.name}: no rule writes {name}")
         hook = next((h for p, h in hooks if p.fullmatch(name)), None)
         if hook is not None:
-            w = WRITE_HOOKS[hook](name, w, inputs[name.rsplit(".", 1)[0]])
+            w = WRITE_HOOKS[hook](name, w, inputs[spec.tensor_keys()[name][0]])
         out[m.expand(replacement)] = w
     if len(out) != len(weights):
         raise LayoutError(f"{keymap.name}: two tensors are written under one name")
