@@ -141,10 +141,69 @@ def test_bench_runs_every_alternative_and_they_agree(framework, tmp_path):
             assert row["max_abs_diff"] < 1e-4, f"{label(framework)} {name} differs by {row['max_abs_diff']:.2e}"
             assert row["images_per_s"] > 0 and row["gflops"] > 0 and row["vs_default"] > 0
             assert row["vs_onnxruntime"] > 0 if has_ort else row["vs_onnxruntime"] is None
+            low, high = row["vs_default_interval"]
+            assert low <= row["vs_default"] <= high and len(row["times"]) == len(row["cpu_times"]) == 2
+            assert row["cpu_seconds"] > 0
     first = result["first"]
     assert first["bare_import_s"] > 0 and first["load_s"] > 0 and first["first_predict_s"] > 0
     for name in names:
         assert name in proc.stdout  # the printed table has a row per alternative
+
+
+# --------------------------------------------------------------------------- the bench's statistics, on synthetic
+# timings: per-round times of a default A (1 ms a call) and an alternative B twice as fast, as the rounds would
+# record them on a quiet machine (1% jitter), with one slow round, on a drifting machine, and on a noisy one.
+
+def _rounds(kind: str, n: int = 7, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    a, b = 1e-3 * (1 + 0.01 * rng.standard_normal(n)), 0.5e-3 * (1 + 0.01 * rng.standard_normal(n))
+    if kind == "one slow round":  # another process took the machine for round 3, while B ran
+        b[3] *= 3.0
+    elif kind == "drifting":  # the machine slows by 15% a round (throttling), both alternatives alike
+        a, b = a * 1.15 ** np.arange(n), b * 1.15 ** np.arange(n)
+    elif kind == "noisy":  # B's own times scatter by a factor of two from round to round
+        b *= rng.uniform(0.7, 1.4, n)
+    return list(a), list(b)
+
+
+@pytest.mark.parametrize("kind", ["quiet", "one slow round", "drifting"])
+def test_a_steady_ratio_survives_a_slow_round_and_a_drift(kind):
+    """The ratio is the median of per-round ratios, and steadiness comes from its interval: one slow round and
+    a drifting machine leave it 2.0 and steady, though they spread the raw times far past the old 25% guard."""
+    from zoo.bench import UNSTABLE_SPREAD, ratio_stats, steady
+
+    a, b = _rounds(kind)
+    ratio, low, high = ratio_stats(a, b)
+    assert abs(ratio - 2.0) < 0.03 and low <= ratio <= high and steady((ratio, low, high)), (ratio, low, high)
+    if kind != "quiet":
+        assert max(b) / min(b) - 1 > UNSTABLE_SPREAD  # what the spread guard refused
+
+
+def test_a_noisy_ratio_is_marked_unsteady_and_not_printed():
+    from zoo.bench import format_results, ratio_stats, steady, summarise
+
+    a, b = _rounds("noisy")
+    stats = ratio_stats(a, b)
+    assert not steady(stats) and stats[2] - stats[1] > 0.2 * stats[0]
+    rows = {"zoo.predict(model, x)": {"times": a, "cpu_times": a, "max_abs_diff": 0.0, "first_call_s": 0.1},
+            "fast path": {"times": b, "cpu_times": [2 * t for t in b], "max_abs_diff": 0.0, "first_call_s": 0.1}}
+    for row in rows.values():
+        summarise(row, 1, 10**9, a, None)
+    assert rows["fast path"]["cpu_seconds"] == pytest.approx(2 * rows["fast path"]["seconds"])  # two cores busy
+    result = {"target": "torch", "framework": "torch", "describe": "test", "matmul_gflops": 1.0, "model": "nin",
+              "onnxruntime_row": None, "cases": [{"batch": 1, "size": 224, "flops": 10**9, "rows": rows}]}
+    table = format_results([result], "test machine")
+    assert "x? (unsteady [" in table and "90% interval of the per-round ratios is wider than 20%" in table
+    assert f"x{stats[0]:.2f}" not in table
+
+
+def test_the_intervals_are_deterministic_and_bracket_the_median():
+    from zoo.bench import ratio_stats
+
+    a, b = _rounds("quiet", seed=3)
+    assert ratio_stats(a, b) == ratio_stats(a, b)
+    r, lo, hi = ratio_stats([1.0] * 5, [0.5] * 5)
+    assert r == lo == hi == 2.0
 
 
 @pytest.mark.parametrize("args, message", [

@@ -12,17 +12,24 @@ from zoo._frameworks import adapter, adapter_for
 from zoo._frameworks import framework as framework_info
 from zoo._registry import get_spec, preset_overrides
 from zoo.spec import (
+    GELU,
     Act,
     AdaptivePool,
     BatchNorm,
+    ClassToken,
     Conv,
     Dropout,
     DropPath,
     Flatten,
+    LayerNorm,
+    LayerScale,
     Linear,
     ModelSpec,
     Parallel,
     Pool,
+    PosEmbedding,
+    SelfAttention,
+    TakeToken,
     init_weights,
 )
 
@@ -179,6 +186,18 @@ def _describe(op) -> str:
         return "Flatten"
     if isinstance(op, Parallel):
         return f"{ {'concat': 'Concat', 'add': 'Add', 'mul': 'Mul'}[op.join]} of {len(op.branches)}"
+    if isinstance(op, LayerNorm):
+        return f"LayerNorm {op.num_features}, eps {op.eps:g}"
+    if isinstance(op, GELU):
+        return "GELU (erf)" if op.approximate == "none" else "GELU (tanh)"
+    if isinstance(op, SelfAttention):
+        return f"SelfAttention {op.dim}, {op.num_heads} heads{'' if op.bias else ', no bias'}"
+    if isinstance(op, PosEmbedding):
+        return f"PosEmbedding {op.num_tokens}x{op.dim}"
+    if isinstance(op, (ClassToken, LayerScale)):
+        return f"{type(op).__name__} {op.dim if isinstance(op, ClassToken) else op.num_features}"
+    if isinstance(op, TakeToken):
+        return f"TakeToken {op.index}"
     return type(op).__name__
 
 

@@ -4,11 +4,14 @@ For each framework, in a process of its own (so that imports don't interfere):
   * every way of running the model that the framework offers (`zoo/frameworks/<fw>_bench.py`),
     on the same random batch, for each batch size x input size;
   * warm-up (compilation included) excluded; then `rounds` rounds in which each alternative,
-    in turn, runs for at least `min_time` seconds; the median round gives images/s. Taking
-    turns spreads any slowdown of the machine over all alternatives alike;
-  * each alternative's speed relative to the zoo's default call (the first row; the median of
-    the ratios within each round), its achieved GFLOP/s (FLOPs counted from the spec), and
-    the framework's float32 matmul rate, measured in the same process, as the ceiling;
+    in turn, runs for at least `min_time` seconds; the median round gives images/s, and the
+    process's CPU time per call is kept beside the wall time. Taking turns spreads any slowdown
+    of the machine over all alternatives alike;
+  * each alternative's speed relative to the zoo's default call (the first row): the median of
+    the ratios within each round, with a 90% bootstrap interval (`ratio_stats`); a ratio whose
+    interval is wider than UNSTEADY_WIDTH of it is marked unsteady (`x?`) instead; its achieved
+    GFLOP/s (FLOPs counted from the spec), and the framework's float32 matmul rate, measured in
+    the same process, as the ceiling;
   * the largest difference of its logits from the default's, so a fast but wrong path shows;
   * where onnxruntime is installed, one common yardstick: the zoo's ONNX model on the same
     weights (the onnx framework's default) is one more row of every other framework, timed in
@@ -43,10 +46,15 @@ import zoo
 from zoo._frameworks import FRAMEWORKS, quiet_import
 
 CASES = ((1, 96), (32, 96), (1, 224), (32, 224))  # (batch, input size)
-# A time per call that varies by more than this between rounds (slowest / fastest - 1) means the
-# machine was not steady (another load, throttling): its speed ratio is not printed. Idle, this
-# project's 2-core VM stays within 10% over 7 rounds.
+# A speed ratio is the median over rounds of the two alternatives' time ratios within each round (they
+# take turns, so a slow spell of the machine touches both); its interval is a 90% bootstrap interval of
+# that median. A ratio whose interval is wider than this fraction of it is not steady, and not printed.
+# A slow round, or a machine whose speed drifts, widens no interval: the ratios within rounds stay.
+UNSTEADY_WIDTH = 0.20
+# Older JSON (no intervals): a time per call that varied by more than this between rounds (slowest /
+# fastest - 1) marked its ratios unsteady.
 UNSTABLE_SPREAD = 0.25
+BOOTSTRAP = 2000  # resamples of the rounds
 
 
 class BenchError(RuntimeError):
@@ -79,15 +87,31 @@ def _case(text: str) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- in a framework's process
 
-def _time(run, min_time: float) -> float:
-    """Seconds per call over a stretch of at least min_time."""
-    calls, start = 0, time.perf_counter()
+def _time(run, min_time: float) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) per call, over a stretch of at least min_time."""
+    calls, start, cpu = 0, time.perf_counter(), time.process_time()
     while True:
         run()
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_time:
-            return elapsed / calls
+            return elapsed / calls, (time.process_time() - cpu) / calls
+
+
+def ratio_stats(base: list[float], times: list[float], seed: int = 0) -> tuple[float, float, float]:
+    """How many times faster than `base` one alternative is, from their per-round times: (median of the
+    per-round ratios base / time, and the 5th and 95th percentiles of that median over bootstrap
+    resamples of the rounds). Deterministic: the resamples are seeded."""
+    ratios = np.asarray(base, np.float64) / np.asarray(times, np.float64)
+    picks = np.random.default_rng(seed).integers(0, len(ratios), (BOOTSTRAP, len(ratios)))
+    medians = np.median(ratios[picks], axis=1)
+    return float(np.median(ratios)), float(np.percentile(medians, 5)), float(np.percentile(medians, 95))
+
+
+def steady(stats) -> bool:
+    """Whether a (ratio, low, high) is steady enough to print: its interval within UNSTEADY_WIDTH of it."""
+    ratio, low, high = stats
+    return bool(ratio > 0 and (high - low) / ratio <= UNSTEADY_WIDTH)
 
 
 def _onnxruntime_reference(model, layout: str):
@@ -101,9 +125,6 @@ def _onnxruntime_reference(model, layout: str):
     return make
 
 
-def _ratio(base: list[float] | None, times: list[float]) -> float | None:
-    """How many times faster than `base`: the median over rounds of base's time / this time."""
-    return statistics.median(b / t for b, t in zip(base, times)) if base else None
 
 
 def measure(framework: str, model_name: str, cases, rounds: int, min_time: float,
@@ -146,28 +167,52 @@ def measure(framework: str, model_name: str, cases, rounds: int, min_time: float
             out = np.asarray(out)
             default_out = out if default_out is None else default_out
             runs[name] = run
-            rows[name] = {"first_call_s": first, "max_abs_diff": float(np.abs(out - default_out).max()), "times": []}
+            rows[name] = {"first_call_s": first, "max_abs_diff": float(np.abs(out - default_out).max()), "times": [],
+                          "cpu_times": []}
         for r in range(rounds):
             names = list(runs)
             names = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
             for name in names:
-                rows[name]["times"].append(_time(runs[name], min_time))
+                wall, cpu = _time(runs[name], min_time)
+                rows[name]["times"].append(wall)
+                rows[name]["cpu_times"].append(cpu)
         default = rows[next(iter(rows))].get("times")
         ort_times = rows.get(result["onnxruntime_row"], {}).get("times")
         for row in rows.values():
             if "times" in row:
-                times = row.pop("times")
-                row["seconds"] = statistics.median(times)
-                row["spread"] = max(times) / min(times) - 1
-                row["images_per_s"] = batch / row["seconds"]
-                row["gflops"] = flops / row["seconds"] / 1e9
-                # speed relative to the default in the same round, so that a slow spell of
-                # the machine, which touches both, cancels out; the same for onnxruntime
-                row["vs_default"] = _ratio(default, times)
-                row["vs_onnxruntime"] = _ratio(ort_times, times)
+                summarise(row, batch, flops, default, ort_times)
         result["cases"].append({"batch": batch, "size": size, "flops": flops, "rows": rows})
         print(f"  {framework}: {batch}x{size} done", file=sys.stderr, flush=True)
     return result
+
+
+def summarise(row: dict, batch: int, flops: int, default: list[float] | None, ort_times: list[float] | None) -> None:
+    """A row's figures from its per-round `times` (kept in the JSON): medians, and its speed relative to the
+    default and to onnxruntime, each the median of per-round ratios with its interval."""
+    times, cpu = row["times"], row["cpu_times"]
+    row["seconds"] = statistics.median(times)
+    row["cpu_seconds"] = statistics.median(cpu)  # this process's CPU time per call: / seconds = cores kept busy
+    row["spread"] = max(times) / min(times) - 1
+    row["images_per_s"] = batch / row["seconds"]
+    row["gflops"] = flops / row["seconds"] / 1e9
+    for key, base in (("vs_default", default), ("vs_onnxruntime", ort_times)):
+        stats = ratio_stats(base, times) if base else None
+        row[key] = stats[0] if stats else None
+        row[f"{key}_interval"] = list(stats[1:]) if stats else None
+
+
+def _is_steady(row: dict, key: str, *others: dict) -> bool:
+    """The row's ratio `key` is steady: by its interval, or, in JSON written before intervals, by the raw
+    spread of its and the others' times."""
+    interval = row.get(f"{key}_interval")
+    if interval is not None:
+        return steady((row[key], *interval))
+    return max(r.get("spread", 0.0) for r in (row, *others)) <= UNSTABLE_SPREAD
+
+
+def _interval(row: dict, key: str) -> str:
+    interval = row.get(f"{key}_interval")
+    return "" if interval is None else f" [{interval[0]:.2f}-{interval[1]:.2f}]"
 
 
 def first_prediction(framework: str, model_name: str) -> dict:
@@ -222,23 +267,30 @@ def format_results(results: list[dict], machine: str, markdown: bool = False) ->
                     cells.append("failed: " + row["error"])
                     continue
                 spread = max(row.get("spread", 0.0), c["rows"][default].get("spread", 0.0))
-                if spread > UNSTABLE_SPREAD:  # this row's or the default's times: either makes the ratio noise
+                if "vs_default_interval" not in row and spread > UNSTABLE_SPREAD:  # JSON written before intervals
                     ratio = f"x? (unsteady {spread:.0%})"
                     unsteady.append(f"{name}, b{c['batch']} {c['size']}x{c['size']}")
                 elif row["vs_default"] is None:
                     ratio = "  n/a"
+                elif name == default:
+                    ratio = "x1.00"
+                elif not _is_steady(row, "vs_default", c["rows"][default]):
+                    ratio = f"x? (unsteady{_interval(row, 'vs_default')})"
+                    unsteady.append(f"{name}, b{c['batch']} {c['size']}x{c['size']}")
                 else:
-                    ratio = f"x{row['vs_default']:.2f}"
+                    ratio = f"x{row['vs_default']:.2f}{_interval(row, 'vs_default')}"
                 cells.append(f"{row['images_per_s']:.1f}  {ratio}  "
                              f"{row['gflops']:.1f}" + ("" if row["max_abs_diff"] < 1e-3 else
                                                         f"  (differs by {row['max_abs_diff']:.1e})"))
             body.append(cells)
         lines += ["", *_table(head, body, markdown), ""] if markdown else _table(head, body, markdown)
         if unsteady:
-            lines.append(f"unsteady: times per call varied by more than {UNSTABLE_SPREAD:.0%} between rounds in "
-                         f"{len(unsteady)} cell(s) ({'; '.join(unsteady[:4])}{' ...' if len(unsteady) > 4 else ''}), "
-                         f"so their ratios are not given: the machine was busy. Rerun on an idle machine, "
-                         f"with more --rounds.")
+            old = "interval" not in str(cases[0]["rows"][default])  # JSON written before intervals
+            why = (f"times per call varied by more than {UNSTABLE_SPREAD:.0%} between rounds" if old else
+                   f"the 90% interval of the per-round ratios is wider than {UNSTEADY_WIDTH:.0%} of the ratio")
+            lines.append(f"unsteady: {why} in {len(unsteady)} cell(s) ({'; '.join(unsteady[:4])}"
+                         f"{' ...' if len(unsteady) > 4 else ''}), so their ratios are not given: the machine was "
+                         f"busy. Rerun on an idle machine, with more --rounds.")
         if res.get("onnxruntime_row") == REFERENCE:
             ratios = [f"b{c['batch']} {c['size']}x{c['size']} {_vs_onnxruntime(c, default, res)}" for c in cases]
             lines.append(f"{REFERENCE}: the zoo's ONNX model on the same weights, timed here in the same rounds; "
@@ -259,9 +311,9 @@ def _vs_onnxruntime(case: dict, name: str, res: dict) -> str:
     row, ort_row = case["rows"][name], case["rows"].get(res.get("onnxruntime_row"), {})
     if row.get("vs_onnxruntime") is None or "error" in ort_row:
         return "n/a"
-    if max(row["spread"], ort_row["spread"]) > UNSTABLE_SPREAD:
-        return "x? (unsteady)"
-    return f"x{row['vs_onnxruntime']:.2f}"
+    if not _is_steady(row, "vs_onnxruntime", ort_row):
+        return f"x? (unsteady{_interval(row, 'vs_onnxruntime') or ''})"
+    return f"x{row['vs_onnxruntime']:.2f}{_interval(row, 'vs_onnxruntime')}"
 
 
 def _against_onnxruntime(results: list[dict], markdown: bool) -> list[str]:

@@ -47,7 +47,10 @@ def inference(files: list[dict]) -> str:
 
 
 def onnxruntime(files: list[dict]) -> str:
-    """Per model and case: onnxruntime's images/s, each framework's default as a multiple of it, the fastest."""
+    """Per model and case: onnxruntime's images/s, each framework's default as a multiple of it (with its 90%
+    interval where the JSON has one; `x?` where that interval is too wide to trust), the fastest."""
+    from zoo.bench import steady
+
     targets = list(dict.fromkeys(r["target"] for f in files for r in f["results"] if r["framework"] != "onnx"))
     lines = ["| model | input | batch | onnxruntime img/s | " + " | ".join(targets) + " | fastest |",
              "|---" * (len(targets) + 5) + "|"]
@@ -62,8 +65,12 @@ def onnxruntime(files: list[dict]) -> str:
             for target in targets:
                 res = by_target.get(target)
                 row = next(iter(res["cases"][i]["rows"].values()), {}) if res else {}
-                ratio = row.get("vs_onnxruntime")
-                cells.append("" if ratio is None else f"x{ratio:.2f}")
+                ratio, interval = row.get("vs_onnxruntime"), row.get("vs_onnxruntime_interval")
+                if ratio is not None and interval is not None and not steady((ratio, *interval)):
+                    cells.append(f"x? [{interval[0]:.2f}-{interval[1]:.2f}]")  # unsteady: no figure, no winner
+                    continue
+                cells.append("" if ratio is None else f"x{ratio:.2f}" + (
+                    "" if interval is None else f" [{interval[0]:.2f}-{interval[1]:.2f}]"))
                 if ratio is not None:
                     speeds[target] = ratio
             fastest = max(speeds, key=speeds.get)
