@@ -459,7 +459,8 @@ class ClassToken:
     dim: int
 
     def __post_init__(self):
-        require(_bounded(self.dim, 1, MAX_WIDTH), f"ClassToken dim must be an int in [1, {MAX_WIDTH}], got {self.dim!r}")
+        require(_bounded(self.dim, 1, MAX_WIDTH),
+                f"ClassToken dim must be an int in [1, {MAX_WIDTH}], got {self.dim!r}")
 
     def params(self) -> dict[str, Shape]:
         return {"": (1, 1, self.dim)}
@@ -751,7 +752,8 @@ class ModelSpec:
     @functools.cached_property
     def _param_shapes(self) -> dict[str, Shape]:
         ops = self.ops()
-        return {name: {**ops[path].params(), **ops[path].buffers()}[key] for name, (path, key) in self._tensor_keys.items()}
+        return {name: {**ops[path].params(), **ops[path].buffers()}[key]
+                for name, (path, key) in self._tensor_keys.items()}
 
     def tensor_keys(self) -> dict[str, tuple[str, str]]:
         """Each canonical tensor's name -> (its layer's path, the op's key for it), in layer order. A key

@@ -36,8 +36,8 @@ from zoo.spec import (
     ModelSpec,
     Parallel,
     PosEmbedding,
-    Seq,
     SelfAttention,
+    Seq,
     TakeToken,
     Tokens,
     require,
@@ -53,9 +53,9 @@ def encoder_block(dim: int, heads: int, mlp: int, dropout: float, eps: float, na
     m = names["mlp"]
     mlp_layers = Seq((m[0], Linear(dim, mlp)), (m[1], GELU("none")), (m[2], Dropout(dropout)), (m[3], Linear(mlp, dim)),
                      (m[4], Dropout(dropout)))
+    feed_forward = Seq((names["ln_2"], LayerNorm(dim, eps)), (names["mlp_name"], mlp_layers))
     return Seq(("add_1", Parallel("add", ("", attention), IDENTITY)),
-               ("add_2", Parallel("add", ("", Seq((names["ln_2"], LayerNorm(dim, eps)), (names["mlp_name"], mlp_layers))),
-                                  IDENTITY)))
+               ("add_2", Parallel("add", ("", feed_forward), IDENTITY)))
 
 
 TORCHVISION = {"ln_1": "ln_1", "attention": "self_attention", "dropout": True, "ln_2": "ln_2", "mlp_name": "mlp",
@@ -78,7 +78,8 @@ def vision_transformer(name: str, patch: Any, num_layers: Any, num_heads: Any, h
     p = dropout_rate(dropout)
     size, n = _tokens(input_size, patch)
     blocks = [(f"encoder_layer_{i}", encoder_block(d, heads, m, p, 1e-6, TORCHVISION)) for i in range(layers)]
-    body = Seq(("conv_proj", Conv(in_channels, d, patch, patch, 0)), ("tokens", Tokens()), ("class_token", ClassToken(d)),
+    body = Seq(("conv_proj", Conv(in_channels, d, patch, patch, 0)), ("tokens", Tokens()),
+               ("class_token", ClassToken(d)),
                ("encoder", Seq(("pos_embedding", PosEmbedding(n + 1, d)), ("dropout", Dropout(p)),
                                ("layers", Seq(*blocks)), ("ln", LayerNorm(d, 1e-6)))),
                ("class_token_out", TakeToken(0)), ("heads", Seq(("head", Linear(d, num_classes)))))
@@ -126,7 +127,8 @@ def vit_d2l(*, in_channels: int = 1, num_classes: int = 10, patch_size: int = 16
     body = Seq(("patch_embedding.conv", Conv(in_channels, d, patch, patch, 0)), ("tokens", Tokens()),
                ("cls_token", ClassToken(d)), ("pos_embedding", PosEmbedding(n + 1, d)),
                ("dropout", Dropout(dropout_rate(emb_dropout))), ("blks", Seq(*blocks)),
-               ("class_token_out", TakeToken(0)), ("head", Seq(("0", LayerNorm(d, 1e-5)), ("1", Linear(d, num_classes)))))
+               ("class_token_out", TakeToken(0)),
+               ("head", Seq(("0", LayerNorm(d, 1e-5)), ("1", Linear(d, num_classes)))))
     return ModelSpec(name="vit_d2l", family="vit", in_channels=in_channels, num_classes=num_classes, body=body,
                      input_size=size)
 
