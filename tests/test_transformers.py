@@ -324,3 +324,14 @@ def test_a_torchvision_state_dict_is_inferred_at_the_presets_head_count():
     for preset in ("vit_b_16", "vit_b_32", "convnext_tiny"):
         found = infer(zoo.get_spec(preset, num_classes=10).param_shapes())
         assert found.spec.name == preset and found.overrides == {"num_classes": 10}, found.describe()
+
+
+def test_torch_attention_as_matmuls_is_the_same_function(record_error):
+    """The alternative `zoo bench` times against nn.MultiheadAttention's fused path computes the same logits."""
+    pytest.importorskip("torch")
+    from zoo.frameworks import torch_model
+
+    spec, w, x = _case()
+    model = torch_model.build(spec, w, attention="matmul")
+    assert sorted(zoo.get_weights(model)) == sorted(w)
+    record_error("transformer_ops, attention as matmuls", "torch", zoo.predict(model, x), reference.forward(spec, w, x))

@@ -15,7 +15,7 @@ import torch
 
 import zoo
 from zoo.frameworks import torch_model
-from zoo.spec import Act, Parallel
+from zoo.spec import Act, Parallel, SelfAttention
 
 LAYOUT = "NCHW"
 
@@ -77,6 +77,9 @@ def alternatives(model) -> dict:
         "model(x), inference_mode": _run(model),
         "torch.compile(model)": _run(torch.compile(model, dynamic=False)),
     }
+    spec = zoo.spec_of(model)
+    if any(isinstance(op, SelfAttention) for op in spec.ops().values()):  # the fused kernel or plain matmuls
+        runs["attention as matmuls"] = _run(torch_model.build(spec, zoo.get_weights(model), attention="matmul"))
     if _sequential(model) is not None:
         nchw = _sequential(model).to(memory_format=torch.contiguous_format)
         channels_last = _sequential(model).to(memory_format=torch.channels_last)

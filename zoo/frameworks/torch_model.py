@@ -94,6 +94,20 @@ class SelfAttentionModule(nn.MultiheadAttention):
         return super().forward(x, x, x, need_weights=False)[0]
 
 
+class MatmulSelfAttention(SelfAttentionModule):
+    """The same attention, its parameters and names, written as plain matmuls and a float32 softmax: the
+    alternative `zoo bench` times against nn.MultiheadAttention's fused path (`build(..., attention='matmul')`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h = self.num_heads
+        qkv = nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)  # [3, B, heads, N, head_dim]
+        scores = (q * (d // h) ** -0.5) @ k.transpose(-2, -1)
+        y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
+        return self.out_proj(y)
+
+
 class ToTokens(nn.Module):
     """[B, C, H, W] -> [B, H*W, C], row by row (of a channels_last tensor, a view)."""
 
@@ -134,7 +148,10 @@ _ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU, "relu6"
                 "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid}
 
 
-def _module(op) -> nn.Module:
+ATTENTION = {"fused": SelfAttentionModule, "matmul": MatmulSelfAttention}
+
+
+def _module(op, attention: str = "fused") -> nn.Module:
     """The op table: one torch layer per spec op."""
     if isinstance(op, Conv):
         return nn.Conv2d(op.in_channels, op.out_channels, op.kernel_size, op.stride, op.padding,
@@ -157,7 +174,7 @@ def _module(op) -> nn.Module:
     if isinstance(op, GELU):
         return nn.GELU(approximate=op.approximate)
     if isinstance(op, SelfAttention):
-        return SelfAttentionModule(op)
+        return ATTENTION[attention](op)
     if isinstance(op, Tokens):
         return ToTokens()
     if isinstance(op, TakeToken):
@@ -176,7 +193,8 @@ _FRESH = (Conv, BatchNorm, Linear, Pool, AdaptivePool, Parallel)
 
 
 class ZooModel(nn.Module):
-    def __init__(self, spec: ModelSpec, memory_format: torch.memory_format = torch.channels_last):
+    def __init__(self, spec: ModelSpec, memory_format: torch.memory_format = torch.channels_last,
+                 attention: str = "fused"):
         super().__init__()
         self.spec = spec
         self.memory_format = memory_format  # of the activations, which forward turns its input into
@@ -188,7 +206,7 @@ class ZooModel(nn.Module):
                 owner.register_parameter(name, nn.Parameter(torch.zeros(shape)))
                 self._bare[layer.path] = BareTensorOp(layer.node, owner, name)
             elif not isinstance(layer.node, Parallel):
-                self._register(layer.path, _module(layer.node))
+                self._register(layer.path, _module(layer.node, attention))
         self._plan = self._compile(spec.body, "")
 
     def _owner(self, path: str) -> tuple[nn.Module, str]:
@@ -293,10 +311,11 @@ def _pool_relu(pool: nn.Module):
 # --------------------------------------------------------------------------- adapter
 
 def build(spec: ModelSpec, weights: dict[str, np.ndarray],
-          memory_format: torch.memory_format = torch.channels_last) -> ZooModel:
+          memory_format: torch.memory_format = torch.channels_last, attention: str = "fused") -> ZooModel:
     """The spec as a PyTorch module holding `weights`, in eval mode; its conv weights and activations in
-    `memory_format` (channels_last unless asked: the faster on CPUs, see the module's docstring)."""
-    model = ZooModel(spec, memory_format).to(memory_format=memory_format)
+    `memory_format` (channels_last unless asked: the faster on CPUs, see the module's docstring); its
+    attention nn.MultiheadAttention's ('fused') or plain matmuls ('matmul')."""
+    model = ZooModel(spec, memory_format, attention).to(memory_format=memory_format)
     set_weights(model, weights)
     return model.eval()
 
