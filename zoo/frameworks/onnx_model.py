@@ -2,7 +2,15 @@
 
 The op table (`_Graph.leaf`) writes each spec op as the ONNX nodes with its exact semantics.
 ONNX is NCHW and keeps PyTorch's weight layouts (conv OIHW, Gemm with transB holds [out, in]),
-so the graph's initializers are the canonical weights under their canonical names, unchanged.
+so the graph's initializers are the canonical weights under their canonical names, unchanged: where
+an op wants another layout (a Linear's weight transposed for MatMul, reshaped for a 1x1 Conv), the
+graph holds a Transpose or Reshape node of the initializer, which onnxruntime folds.
+
+Transformers (opset 17, which has no Gelu or attention op) are written as their formulas, in the
+patterns onnxruntime fuses: LayerNormalization over the last axis (an NCHW image's channels through a
+Transpose to NHWC and back: measured faster on ConvNeXt than a ReduceMean form, and onnxruntime
+keeps it channels last), GELU as 0.5 x (1 + erf(x / sqrt 2)), attention as MatMul, Softmax and
+MatMul over [B, heads, N, head_dim]. Tokens are [B, N, D]; their count is fixed by the input size.
 
 The batch axis is dynamic. The spatial size is fixed per graph (the spec's input size in a
 written file): pooling's ceil_mode windows, average-pool divisors and adaptive-pool bins are then
@@ -20,6 +28,7 @@ per input size it has seen (built on first use).
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -28,20 +37,29 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from zoo.spec import (
+    GELU,
     Act,
     AdaptivePool,
     BatchNorm,
+    ClassToken,
     Conv,
     Dropout,
     DropPath,
     Flatten,
+    LayerNorm,
+    LayerScale,
     Linear,
     ModelSpec,
     Parallel,
     Pool,
+    PosEmbedding,
+    SelfAttention,
+    TakeToken,
+    Tokens,
     adaptive_bins,
     join_shapes,
     run,
+    tensor_name,
 )
 
 LAYOUT = "NCHW"
@@ -49,9 +67,14 @@ OPSET = 17  # onnxruntime >= 1.13, OpenVINO, TensorRT 8.6 all run it
 IR_VERSION = 8  # the IR of opset 17: older runtimes refuse a newer IR even when they know the ops
 INPUT, OUTPUT = "input", "logits"
 # Every op a zoo graph is written with. A file holding others is not one the zoo wrote or can match.
-WRITTEN_OPS = frozenset({"Conv", "BatchNormalization", "Relu", "Sigmoid", "MaxPool", "AveragePool", "Mul",
-                         "GlobalAveragePool", "Slice", "ReduceMean", "Concat", "Gemm", "Flatten", "Identity",
-                         "Add", "Clip", "HardSigmoid", "HardSwish"})
+# CONV_OPS are those of convolutional networks (the ops the zoo also reads from other projects' files);
+# TRANSFORMER_OPS those that LayerNorm, GELU, tokens and attention add (ViT, ConvNeXt).
+CONV_OPS = frozenset({"Conv", "BatchNormalization", "Relu", "Sigmoid", "MaxPool", "AveragePool", "Mul",
+                      "GlobalAveragePool", "Slice", "ReduceMean", "Concat", "Gemm", "Flatten", "Identity",
+                      "Add", "Clip", "HardSigmoid", "HardSwish"})
+TRANSFORMER_OPS = frozenset({"LayerNormalization", "Transpose", "Reshape", "Div", "Erf", "Pow", "Tanh", "MatMul",
+                             "Shape", "Gather", "Expand", "Split", "Softmax"})
+WRITTEN_OPS = CONV_OPS | TRANSFORMER_OPS
 
 
 class _Graph:
@@ -71,13 +94,23 @@ class _Graph:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
+    def split(self, x: str, sizes: list[int], axis: int, path: str) -> list[str]:
+        """Split's several outputs, in order."""
+        outs = [self.name(path, "Split") for _ in sizes]
+        self.nodes.append(helper.make_node("Split", [x, self.const(path, "split", np.array(sizes, np.int64))], outs,
+                                           name=outs[0], axis=axis))
+        return outs
+
     def const(self, path: str, what: str, array: np.ndarray) -> str:
         name = f"{path}/{what}"
         self.consts.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
     def params(self, path: str, op) -> list[str]:
-        return [f"{path}.{k}" for k in (*op.params(), *op.buffers())]
+        return [tensor_name(path, k) for k in (*op.params(), *op.buffers())]
+
+    def scalar(self, path: str, what: str, value: float) -> str:
+        return self.const(path, what, np.array(value, np.float32))
 
     def leaf(self, path: str, op, x: tuple[str, tuple]) -> tuple[str, tuple]:
         name, shape = x
@@ -98,9 +131,27 @@ class _Graph:
         elif isinstance(op, AdaptivePool):
             y = self._adaptive(path, op, name, shape[1:])
         elif isinstance(op, Linear):
-            y = self.node("Gemm", [name, *self.params(path, op)], path, transB=1)
+            y = self._linear(path, op, name, len(shape))
         elif isinstance(op, Flatten):
             y = self.node("Flatten", [name], path, axis=1)  # NCHW order: PyTorch's
+        elif isinstance(op, LayerNorm):
+            y = self._layer_norm(path, op, name, len(shape))
+        elif isinstance(op, GELU):
+            y = self._gelu(path, op.approximate, name)
+        elif isinstance(op, LayerScale):
+            y = self.node("Mul", [name, path], path)  # [C, 1, 1] over [B, C, H, W]
+        elif isinstance(op, Tokens):  # [B, C, H, W] -> [B, C, H*W] -> [B, H*W, C], row by row
+            c, h, w = shape
+            flat = self.node("Reshape", [name, self.const(path, "shape", np.array([0, c, h * w], np.int64))], path)
+            y = self.node("Transpose", [flat], path, perm=[0, 2, 1])
+        elif isinstance(op, ClassToken):
+            y = self._class_token(path, name)
+        elif isinstance(op, PosEmbedding):
+            y = self.node("Add", [name, path], path)  # [1, N, D] over [B, N, D]
+        elif isinstance(op, TakeToken):  # a scalar index: [B, N, D] -> [B, D]
+            y = self.node("Gather", [name, self.const(path, "index", np.array(op.index, np.int64))], path, axis=1)
+        elif isinstance(op, SelfAttention):
+            y = self._attention(path, op, name, shape[0])
         elif isinstance(op, (Dropout, DropPath)):
             y = self.node("Identity", [name], path)  # inference: dropout and stochastic depth do nothing
         else:
@@ -122,6 +173,71 @@ class _Graph:
         if kind == "hardswish":  # x * relu6(x + 3) / 6, as torch's
             return self.node("HardSwish", [x], path)
         raise TypeError(f"no ONNX op for activation {kind!r}")
+
+    def _linear(self, path: str, op: Linear, x: str, rank: int) -> str:
+        """A vector: Gemm (transB holds the canonical [out, in]). Tokens: MatMul with the transposed weight, as
+        Gemm is 2-D only. An image's channels: a 1x1 Conv with the weight reshaped to [out, in, 1, 1]."""
+        weight, *bias = self.params(path, op)
+        if rank == 1:
+            return self.node("Gemm", [x, weight, *bias], path, transB=1)
+        if rank == 3:
+            shape = self.const(path, "conv_shape", np.array([op.out_features, op.in_features, 1, 1], np.int64))
+            kernel = self.node("Reshape", [weight, shape], path)
+            return self.node("Conv", [x, kernel, *bias], path, kernel_shape=[1, 1])
+        return self._matmul(path, x, weight, bias)
+
+    def _matmul(self, path: str, x: str, weight: str, bias: list[str]) -> str:
+        """x W^T (+ b) for x [B, N, in] and W [out, in]: the Transpose of an initializer, folded by onnxruntime."""
+        y = self.node("MatMul", [x, self.node("Transpose", [weight], path, perm=[1, 0])], path)
+        return self.node("Add", [y, *bias], path) if bias else y
+
+    def _layer_norm(self, path: str, op: LayerNorm, x: str, rank: int) -> str:
+        """Tokens and vectors: LayerNormalization over the last axis. An NCHW image over its channels:
+        transposed to NHWC and back."""
+        inputs = self.params(path, op)
+        if rank != 3:
+            return self.node("LayerNormalization", [x, *inputs], path, axis=-1, epsilon=op.eps)
+        nhwc = self.node("Transpose", [x], path, perm=[0, 2, 3, 1])
+        y = self.node("LayerNormalization", [nhwc, *inputs], path, axis=-1, epsilon=op.eps)
+        return self.node("Transpose", [y], path, perm=[0, 3, 1, 2])
+
+    def _gelu(self, path: str, approximate: str, x: str) -> str:
+        """0.5 x (1 + erf(x / sqrt 2)), or with tanh(sqrt(2 / pi) (x + 0.044715 x^3)): opset 17 has no Gelu,
+        and onnxruntime fuses these patterns into its own Gelu and FastGelu."""
+        if approximate == "tanh":
+            cube = self.node("Pow", [x, self.scalar(path, "three", 3.0)], path)
+            inner = self.node("Add", [x, self.node("Mul", [cube, self.scalar(path, "coefficient", 0.044715)], path)],
+                              path)
+            phi = self.node("Tanh", [self.node("Mul", [inner, self.scalar(path, "sqrt_2_over_pi",
+                                                                            np.sqrt(2.0 / np.pi))], path)], path)
+        else:
+            phi = self.node("Erf", [self.node("Div", [x, self.scalar(path, "sqrt_2", np.sqrt(2.0))], path)], path)
+        y = self.node("Mul", [x, self.node("Add", [phi, self.scalar(path, "one", 1.0)], path)], path)
+        return self.node("Mul", [y, self.scalar(path, "half", 0.5)], path)
+
+    def _class_token(self, path: str, x: str) -> str:
+        """The [1, 1, D] token expanded to [B, 1, D] (B read from x: the batch is dynamic), then first."""
+        first = self.const(path, "batch_axis", np.array([0], np.int64))
+        batch = self.node("Gather", [self.node("Shape", [x], path), first], path, axis=0)
+        shape = self.node("Concat", [batch, self.const(path, "ones", np.array([1, 1], np.int64))], path, axis=0)
+        return self.node("Concat", [self.node("Expand", [path, shape], path), x], path, axis=1)
+
+    def _attention(self, path: str, op: SelfAttention, x: str, n: int) -> str:
+        """torchvision's packed in_proj, split into q, k, v; each [B, N, D] -> [B, heads, N, head_dim] (head h holds
+        features h*hd to (h+1)*hd); softmax(q k^T / sqrt(hd)) v; the heads back in order; out_proj."""
+        d, heads, hd, bias = op.dim, op.num_heads, op.head_dim, op.bias
+        qkv = self._matmul(path, x, f"{path}.in_proj_weight", [f"{path}.in_proj_bias"] if bias else [])
+        split = self.const(path, "heads_shape", np.array([0, n, heads, hd], np.int64))
+        q, k, v = (self.node("Reshape", [t, split], path) for t in self.split(qkv, [d, d, d], 2, path))
+        q = self.node("Transpose", [q], path, perm=[0, 2, 1, 3])
+        k = self.node("Transpose", [k], path, perm=[0, 2, 3, 1])  # k^T: [B, heads, hd, N]
+        v = self.node("Transpose", [v], path, perm=[0, 2, 1, 3])
+        scale = self.scalar(path, "scale", 1.0 / np.sqrt(hd))
+        scores = self.node("Mul", [self.node("MatMul", [q, k], path), scale], path)
+        y = self.node("MatMul", [self.node("Softmax", [scores], path, axis=-1), v], path)  # [B, heads, N, hd]
+        y = self.node("Transpose", [y], path, perm=[0, 2, 1, 3])
+        y = self.node("Reshape", [y, self.const(path, "merged_shape", np.array([0, n, d], np.int64))], path)
+        return self._matmul(path, y, f"{path}.out_proj.weight", [f"{path}.out_proj.bias"] if bias else [])
 
     def _pool(self, path: str, op: Pool, x: str, hw: tuple[int, int]) -> str:
         extra = [op.extra(n, a) for a, n in enumerate(hw)]
@@ -277,9 +393,11 @@ def _nan_policy(x: np.ndarray, logits: np.ndarray) -> np.ndarray:
     """Non-finite input, the zoo's policy in every framework: an image holding NaN or Inf gets NaN
     logits. onnxruntime needs this: measured, its ReLU (max(x, 0), fused into the conv) turns NaN
     into 0, so an image with an Inf gave finite logits. One pass over the input, in NumPy."""
+    flat = x.reshape(-1)
+    if math.isfinite(np.dot(flat, flat)):  # NaN and Inf reach x . x (so may a huge value: then the exact check
+        return logits  # below); 1.6 us at LeNet's batch 1, where isfinite + all over each image took 6
     finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-    if not finite.all():
-        logits[~finite] = np.nan
+    logits[~finite] = np.nan
     return logits
 
 

@@ -1,6 +1,8 @@
 """ONNX files (.onnx): the zoo's own graph (zoo/frameworks/onnx_model.py), whose initializers are the canonical
 weights under their canonical names, with the model, spec and SHA-256 of the tensors in its metadata_props
-(as in the zoo's safetensors). Files from elsewhere (torch.onnx.export, either exporter) read too.
+(as in the zoo's safetensors). Files from elsewhere (torch.onnx.export, either exporter) of convolutional
+networks read too; other projects' transformers and ConvNeXts (LayerNormalization, MatMul, Softmax, Erf, ...)
+are refused, by name, with the way round (convert the PyTorch checkpoint).
 
 Reading runs none of the file's graph and reads nothing outside the model's folder:
   * the file's size is bounded before it is parsed, and it is parsed without its external data;
@@ -48,6 +50,9 @@ MIN_OPSET = 10
 GLUE_OPS = frozenset({"Reshape", "Shape", "Gather", "Unsqueeze", "Squeeze", "Constant", "Dropout", "Range",
                       "Expand", "CastLike"})
 READ_OPS = onnx_model.WRITTEN_OPS | GLUE_OPS
+# The ops of a file from elsewhere: a convolutional network's and the exporter's glue. The zoo's transformer ops
+# appear in its own files only: read from another project's, their weights (LayerNorm's, MatMul's) are not found.
+FOREIGN_OPS = onnx_model.CONV_OPS | GLUE_OPS
 # The inputs of each op that hold weights, by position (Conv's W and B, Gemm's B and C, BatchNorm's four)
 WEIGHT_INPUTS = {"Conv": (1, 2), "Gemm": (1, 2), "BatchNormalization": (1, 2, 3, 4)}
 FLOAT_TYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16",
@@ -90,6 +95,7 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None, *,
         check_digest(path, ckpt.weights, meta[DIGEST_KEY], meta["spec"], version)
         ckpt.notes.append(f"zoo ONNX file, {digest_note(version)}")
     else:
+        _check_foreign_ops(path, proto.graph)
         names = _weight_names(proto.graph, tensors)
         if not names:
             raise ConversionError(f"{path}: no Conv, Gemm or BatchNormalization in its graph takes a float tensor "
@@ -185,11 +191,29 @@ def _check_ops(path: Path, graph: onnx.GraphProto) -> None:
             name = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
             unknown[name] = unknown.get(name, 0) + 1
     if unknown:
+        _check_foreign_ops(path, graph, unknown)  # torch's export of a transformer holds others beside these
         listed = ", ".join(f"{_shown(k, 60)} ({n})" for k, n in list(unknown.items())[:8])
         raise ConversionError(f"{path}: its graph holds ops the zoo does not read: {listed}"
                               f"{' ...' if len(unknown) > 8 else ''}. The zoo reads convolutional networks of "
-                              f"{', '.join(sorted(onnx_model.WRITTEN_OPS))} (and the glue torch.onnx.export writes "
+                              f"{', '.join(sorted(onnx_model.CONV_OPS))} (and the glue torch.onnx.export writes "
                               f"around them); this is another kind of model")
+
+
+def _check_foreign_ops(path: Path, graph: onnx.GraphProto, unknown: dict[str, int] | None = None) -> None:
+    """Refuse a transformer or ConvNeXt the zoo did not write: their ops are read from its own files only (the
+    weights sit in LayerNormalization and MatMul nodes, in the layout torch's exporter chose). `unknown`: ops
+    outside READ_OPS too, listed after them."""
+    found: dict[str, int] = {}
+    for node in graph.node:
+        if node.domain in _DEFAULT_DOMAINS and node.op_type in onnx_model.WRITTEN_OPS - FOREIGN_OPS:
+            found[node.op_type] = found.get(node.op_type, 0) + 1
+    if found:
+        found.update(unknown or {})
+        listed = ", ".join(f"{_shown(k, 60)} ({n})" for k, n in list(found.items())[:8])
+        raise ConversionError(f"{path}: its graph holds {listed}{' ...' if len(found) > 8 else ''}: a transformer "
+                              f"or ConvNeXt (LayerNorm, GELU, attention) that the zoo did not write; the zoo reads "
+                              f"those from its own .onnx files, not yet from other projects' exports: convert the "
+                              f"PyTorch checkpoint instead (zoo convert MODEL model.pt out.onnx)")
 
 
 def _read_external(path: Path, graph: onnx.GraphProto) -> None:
