@@ -3,10 +3,15 @@
 Modules sit at their canonical paths split on dots, so `nnx.state(model)` reads like the
 canonical names: NiN's `blocks.0.conv0.weight` is `model.blocks[0].conv0.kernel` (the paths
 of the NiN-only module before it, so its Orbax checkpoints still read). Only ops with state or
-a mode are modules (Conv, Linear, BatchNorm, Dropout); the rest are functions of the op table.
-Layouts differ from the canonical ones in three ways, all handled by `to_canonical` and
-`from_canonical`: conv kernels are HWIO, linear kernels [in, out], and a Linear fed by a
-Flatten of an image takes its inputs in (H, W, C) order, so its columns are permuted.
+a mode are modules (Conv, Linear, BatchNorm, LayerNorm, SelfAttention, Dropout); an op whose one
+tensor the layer's path names (LayerScale, ClassToken, PosEmbedding) is an nnx.Param at that path
+(`model.class_token`, as torchvision's bare nn.Parameter); the rest are functions of the op table.
+Tokens are [B, N, D] as everywhere; images NHWC, so every op "on the feature axis" (Linear,
+LayerNorm) acts on the last axis of both. Layouts differ from the canonical ones as the table
+`LAYOUTS` says, applied by `to_canonical` and `from_canonical`: conv kernels are HWIO, linear
+kernels [in, out] (a Linear fed by a Flatten of an image takes its inputs in (H, W, C) order, so its
+columns are permuted), a layer scale is (C,) to broadcast over NHWC, and attention is
+nnx.MultiHeadAttention's three kernels [D, heads, head_dim] and out kernel [heads, head_dim, D].
 
 BatchNorm is written here rather than taken from nnx.BatchNorm, whose momentum weighs the old
 statistics, whose running variance is the biased one and whose batch variance is E[x^2] - E[x]^2
@@ -25,21 +30,33 @@ from flax import nnx
 from jax import lax
 
 from zoo.spec import (
+    ATTENTION_PARTS,
+    GELU,
     Act,
     AdaptivePool,
     BatchNorm,
+    ClassToken,
     Conv,
     Dropout,
     DropPath,
     Flatten,
+    LayerNorm,
+    LayerScale,
     Linear,
     ModelSpec,
     Parallel,
     Pool,
+    PosEmbedding,
+    SelfAttention,
+    TakeToken,
+    Tokens,
     adaptive_bins,
+    attention_from_heads,
+    attention_to_heads,
     nchw_to_nhwc_columns,
     nhwc_to_nchw_columns,
     run,
+    tensor_name,
 )
 
 LAYOUT = "NHWC"
@@ -74,9 +91,18 @@ def shape_only(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax
     return jax.ShapeDtypeStruct(shape, dtype)
 
 
-def _module(op, rngs: nnx.Rngs, values: bool = True) -> nnx.Module | None:
-    """The op table's modules: one per op that holds weights or has a training mode; `values=False`
-    gives their variables shapes only."""
+def zeros(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """For nnx.MultiHeadAttention under `values=False`: its LinearGenerals reshape what their
+    initializer returns, which a ShapeDtypeStruct cannot be; zeros cost no draws."""
+    return jnp.zeros(shape, dtype)
+
+
+BARE = (LayerScale, ClassToken, PosEmbedding)  # one tensor, named by the layer's path
+
+
+def _module(op, rngs: nnx.Rngs, values: bool = True) -> nnx.Module | nnx.Param | None:
+    """The op table's modules: one per op that holds weights or has a training mode (for a BARE op, its
+    tensor's nnx.Param); `values=False` gives their variables shapes only."""
     inits = {} if values else {"kernel_init": shape_only, "bias_init": shape_only}
     if isinstance(op, Conv):
         (ph, pw) = op.padding  # explicit: 'SAME' pads unevenly under strides, unlike torch
@@ -86,8 +112,18 @@ def _module(op, rngs: nnx.Rngs, values: bool = True) -> nnx.Module | None:
                         **inits)
     if isinstance(op, BatchNorm):
         return TorchBatchNorm(op, values)
-    if isinstance(op, Linear):
+    if isinstance(op, Linear):  # on the last axis: tokens' features, an NHWC image's channels
         return nnx.Linear(op.in_features, op.out_features, use_bias=op.bias, rngs=rngs, **inits)
+    if isinstance(op, LayerNorm):  # two passes, (x - mean) * (scale / sqrt(var + eps)) + bias, as TorchBatchNorm
+        return nnx.LayerNorm(op.num_features, epsilon=op.eps, use_fast_variance=False, rngs=rngs,
+                             **({} if values else {"scale_init": shape_only, "bias_init": shape_only}))
+    if isinstance(op, SelfAttention):
+        return nnx.MultiHeadAttention(op.num_heads, op.dim, op.dim, op.dim, use_bias=op.bias, decode=False,
+                                      deterministic=True, rngs=rngs,
+                                      **({} if values else {"kernel_init": zeros, "bias_init": zeros}))
+    if isinstance(op, BARE):
+        shape = (op.num_features,) if isinstance(op, LayerScale) else op.params()[""]  # (C,): over NHWC
+        return nnx.Param(jnp.zeros(shape) if values else jax.ShapeDtypeStruct(shape, jnp.float32))
     if isinstance(op, Dropout):
         # Its random keys come with each training call (`model(x, rngs=...)`): the model holds no RNG state.
         return nnx.Dropout(op.rate)
@@ -132,6 +168,23 @@ def _function(op, x: jax.Array) -> jax.Array:
     if isinstance(op, Flatten):
         # (H, W, C) order: the next Linear's columns are permuted to match. No -1: a batch may be empty.
         return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
+    if isinstance(op, GELU):  # jax.nn.gelu's own default is the tanh form: always say which
+        return jax.nn.gelu(x, approximate=(op.approximate == "tanh"))
+    if isinstance(op, Tokens):  # [B, H, W, C] -> [B, H*W, C], row by row
+        return x.reshape(x.shape[0], x.shape[1] * x.shape[2], x.shape[3])
+    if isinstance(op, TakeToken):  # [B, N, D] -> [B, D]
+        return x[:, op.index]
+    raise TypeError(f"no Flax layer for {op!r}")
+
+
+def _with_tensor(op, t: jax.Array, x: jax.Array) -> jax.Array:
+    """The BARE ops, given their tensor."""
+    if isinstance(op, LayerScale):  # (C,) over [B, H, W, C]
+        return x * t
+    if isinstance(op, ClassToken):  # [1, 1, D] prepended to [B, N, D]
+        return jnp.concatenate([jnp.broadcast_to(t, (x.shape[0], 1, x.shape[2])), x], axis=1)
+    if isinstance(op, PosEmbedding):  # [1, N, D] over [B, N, D]
+        return x + t
     raise TypeError(f"no Flax layer for {op!r}")
 
 
@@ -187,7 +240,9 @@ class ZooModel(nnx.Module):
     def _leaf(self, path: str, op, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
         if isinstance(op, (Dropout, DropPath)):
             return self.layer(path)(x, rngs=rngs)
-        if isinstance(op, (Conv, BatchNorm, Linear)):
+        if isinstance(op, BARE):
+            return _with_tensor(op, self.layer(path)[...], x)
+        if isinstance(op, (Conv, BatchNorm, Linear, LayerNorm, SelfAttention)):
             return self.layer(path)(x)
         return _function(op, x)  # a Flatten gets the nominal map: spec.check_input refuses other sizes
 
@@ -201,46 +256,125 @@ def _check_name(owner: nnx.Module, name: str, path: str) -> None:
 
 # --------------------------------------------------------------------------- canonical weights
 
-# Flax's name of each tensor -> the canonical one (layouts: see to_canonical).
-NAMES = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean", "var": "running_var"}
-_BN_NAMES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+def _keep(a: np.ndarray, chw) -> np.ndarray:
+    return a
 
 
-def to_canonical(native: dict[str, np.ndarray], flatten_inputs: dict[str, tuple]) -> dict[str, np.ndarray]:
-    """Flax state paths ('blocks.0.conv0.kernel') to canonical names and layouts: conv kernels HWIO -> OIHW,
-    linear kernels [in, out] -> [out, in] with the columns of those in `flatten_inputs`
-    (spec.flatten_inputs()) put back in NCHW order. Arrays are not copied where no layout changes."""
+def _linear_to_flax(a: np.ndarray, chw) -> np.ndarray:
+    """[out, in] -> [in, out]; after a Flatten of an image (C, H, W), the inputs in Flax's (H, W, C) order."""
+    return (a if chw is None else nchw_to_nhwc_columns(a, chw)).T
+
+
+def _linear_from_flax(a: np.ndarray, chw) -> np.ndarray:
+    return a.T if chw is None else nhwc_to_nchw_columns(a.T, chw)
+
+
+# Each op's canonical tensor key -> (its Flax name under the layer's path, canonical -> Flax, Flax -> canonical).
+# A hook takes the array and, for a Linear fed by a Flatten of an image, that image's (C, H, W), else None.
+# '' names the layer's path itself (a BARE op's nnx.Param). SelfAttention's packed in_proj tensors are
+# nnx.MultiHeadAttention's 'query', 'key', 'value' and 'out' LinearGenerals: spec.attention_to_heads.
+_NORM = {"weight": ("scale", _keep, _keep), "bias": ("bias", _keep, _keep)}
+LAYOUTS = {
+    Conv: {"weight": ("kernel", lambda a, _: a.transpose(2, 3, 1, 0), lambda a, _: a.transpose(3, 2, 0, 1)),
+           "bias": ("bias", _keep, _keep)},  # OIHW <-> HWIO
+    Linear: {"weight": ("kernel", _linear_to_flax, _linear_from_flax), "bias": ("bias", _keep, _keep)},
+    BatchNorm: {**_NORM, "running_mean": ("mean", _keep, _keep), "running_var": ("var", _keep, _keep)},
+    LayerNorm: _NORM,
+    LayerScale: {"": ("", lambda a, _: a.reshape(-1), lambda a, _: a.reshape(-1, 1, 1))},  # [C, 1, 1] <-> (C,)
+    ClassToken: {"": ("", _keep, _keep)},
+    PosEmbedding: {"": ("", _keep, _keep)},
+}
+
+
+def flax_keys(op) -> list[str]:
+    """The Flax names of an op's tensors under its layer's path."""
+    if isinstance(op, SelfAttention):
+        return [f"{part}.{kind}" for part in ATTENTION_PARTS for kind in ("kernel", "bias")[:1 + op.bias]]
+    return [LAYOUTS[type(op)][k][0] for k in {**op.params(), **op.buffers()}]
+
+
+def _layer_to_flax(op, t: dict[str, np.ndarray], chw) -> dict[str, np.ndarray]:
+    """One layer's canonical tensors (by the op's keys) -> its Flax tensors (by flax_keys)."""
+    if isinstance(op, SelfAttention):
+        return attention_to_heads(t, op)
+    return {LAYOUTS[type(op)][k][0]: LAYOUTS[type(op)][k][1](a, chw) for k, a in t.items()}
+
+
+def _layer_from_flax(op, t: dict[str, np.ndarray], chw, path: str = "") -> dict[str, np.ndarray]:
+    if isinstance(op, SelfAttention):
+        # The canonical in_proj is [3D, D] for any head count; Flax's kernels show it, so it is checked here.
+        shape, expected = t["query.kernel"].shape, (op.dim, op.num_heads, op.head_dim)
+        if shape != expected:
+            raise KeyError(f"{tensor_name(path, 'query.kernel')} has shape {shape}, where the spec's attention "
+                           f"({op.num_heads} heads of {op.head_dim}) has {expected}: set the model's head count "
+                           f"to the file's")
+        return attention_from_heads(t, op)
+    return {k: LAYOUTS[type(op)][k][2](t[LAYOUTS[type(op)][k][0]], chw) for k in {**op.params(), **op.buffers()}}
+
+
+def to_canonical(native: dict[str, np.ndarray], spec: ModelSpec | None = None) -> dict[str, np.ndarray]:
+    """Flax state paths ('blocks.0.conv0.kernel') to canonical names and layouts, layer by layer as the
+    spec's ops say (LAYOUTS); tensors the spec has no layer for, or all of them without a spec, by their
+    Flax names alone (`by_name`), for the caller to match against a spec. Arrays are not copied where
+    no layout changes."""
+    out, rest = {}, dict(native)
+    if spec is not None:
+        flatten_inputs = spec.flatten_inputs()
+        for path, op in spec.ops().items():
+            names = {tensor_name(path, k): k for k in flax_keys(op)}
+            if names.keys() <= rest.keys():
+                t = _layer_from_flax(op, {k: np.asarray(rest.pop(n)) for n, k in names.items()},
+                                     flatten_inputs.get(path), path)
+                out.update({tensor_name(path, k): a for k, a in t.items()})
+    return {**out, **by_name(rest)}
+
+
+def by_name(native: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Canonical names and layouts from Flax names and ranks alone, for a checkpoint without its spec: a
+    'kernel' of 4 dims is a conv's, of 2 a linear's (the columns as Flax orders them: after a Flatten of an
+    image only the spec can put them back); 'scale', 'bias', 'mean', 'var' a norm's or a bias; the parts of
+    a layer with a 3-dim 'query.kernel' an attention's; any other name a bare tensor (of 1 dim, a layer scale)."""
+    heads = {n.removesuffix(".query.kernel") for n, a in native.items()
+             if n.endswith(".query.kernel") and np.ndim(a) == 3}
+    attention: dict[str, dict[str, np.ndarray]] = {}
     out = {}
-    for path, a in native.items():
-        prefix, _, leaf = path.rpartition(".")
-        if leaf not in NAMES or not prefix:
-            raise KeyError(f"{path!r} is not a zoo tensor of Flax's ('<layer>.' + one of {', '.join(NAMES)})")
+    for name, a in native.items():
         a = np.asarray(a)
-        if leaf == "kernel" and a.ndim == 4:
-            a = a.transpose(3, 2, 0, 1)
-        elif leaf == "kernel" and a.ndim == 2:
-            a = a.T if prefix not in flatten_inputs else nhwc_to_nchw_columns(a.T, flatten_inputs[prefix])
-        elif leaf == "kernel":
-            raise KeyError(f"{path!r} has shape {a.shape}: a kernel of Flax's has 4 dims (conv) or 2 (linear)")
-        out[f"{prefix}.{NAMES[leaf]}"] = a
+        prefix, _, leaf = name.rpartition(".")
+        owner = prefix.rpartition(".")[0]
+        if owner in heads and prefix.rpartition(".")[2] in ATTENTION_PARTS:
+            attention.setdefault(owner, {})[f"{prefix.rpartition('.')[2]}.{leaf}"] = a
+            continue
+        if leaf == "kernel":
+            kind = {4: Conv, 2: Linear}.get(a.ndim)
+            if kind is None:
+                raise KeyError(f"{name!r} has shape {a.shape}: a kernel of Flax's has 4 dims (conv), 2 (linear) "
+                               f"or 3 (an attention's query, key, value or out)")
+        else:
+            kind = BatchNorm if leaf in ("scale", "bias", "mean", "var") else LayerScale if a.ndim == 1 else ClassToken
+        if kind in BARE:
+            prefix, leaf = name, ""
+        elif not prefix:
+            raise KeyError(f"{name!r} is not a zoo tensor of Flax's (a layer's path, then its tensor's name)")
+        key, (_, _, hook) = next((k, v) for k, v in LAYOUTS[kind].items() if v[0] == leaf)
+        out[tensor_name(prefix, key)] = hook(a, None)
+    for path, t in attention.items():
+        d, h, _ = t["query.kernel"].shape
+        op = SelfAttention(d, h, "query.bias" in t)
+        out.update({tensor_name(path, k): a for k, a in attention_from_heads(t, op).items()})
     return out
 
 
 def from_canonical(weights: dict[str, np.ndarray], spec: ModelSpec) -> dict[str, np.ndarray]:
-    """Canonical weights to Flax state paths and layouts (the inverse of to_canonical)."""
-    ops, flatten_inputs, out = spec.ops(), spec.flatten_inputs(), {}
+    """Canonical weights to Flax state paths and layouts (the inverse of to_canonical), layer by layer."""
+    ops, keys, flatten_inputs = spec.ops(), spec.tensor_keys(), spec.flatten_inputs()
+    layers: dict[str, dict[str, np.ndarray]] = {}
     for name, a in weights.items():
-        prefix, _, leaf = name.rpartition(".")
-        a = np.asarray(a)
-        if isinstance(ops[prefix], BatchNorm):
-            out[f"{prefix}.{_BN_NAMES[leaf]}"] = a
-        elif leaf == "bias":
-            out[f"{prefix}.bias"] = a
-        elif a.ndim == 4:
-            out[f"{prefix}.kernel"] = a.transpose(2, 3, 1, 0)
-        else:
-            a = a if prefix not in flatten_inputs else nchw_to_nhwc_columns(a, flatten_inputs[prefix])
-            out[f"{prefix}.kernel"] = a.T
+        path, key = keys[name]
+        layers.setdefault(path, {})[key] = np.asarray(a)
+    out = {}
+    for path, t in layers.items():
+        out.update({tensor_name(path, k): a for k, a in _layer_to_flax(ops[path], t, flatten_inputs.get(path)).items()})
     return out
 
 
@@ -272,7 +406,7 @@ def spec_of(model: ZooModel) -> ModelSpec:
 
 def get_weights(model: ZooModel) -> dict[str, np.ndarray]:
     native = {k: np.asarray(v.get_value()) for k, v in _variables(model).items()}
-    canonical = to_canonical(native, model.spec.flatten_inputs())
+    canonical = to_canonical(native, model.spec)
     return {k: np.array(canonical[k], np.float32, order="C") for k in model.spec.param_shapes()}  # in layer order
 
 

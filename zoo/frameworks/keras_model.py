@@ -13,7 +13,13 @@ The op table (`_layer`) and its layout rules, where Keras and the canonical weig
   * BatchNorm is `TorchBatchNorm`: torch's eps and momentum conventions, never Keras' own;
   * a Flatten feeding a Linear (`spec.flatten_inputs()`) flattens natively, (H, W, C), and that
     Linear's kernel rows are permuted on the way in and out; any other Flatten of an image
-    transposes to (C, H, W) first, so that its output is in the canonical order.
+    transposes to (C, H, W) first, so that its output is in the canonical order;
+  * LayerNorm and Linear act on the last axis, the feature axis of tokens [B, N, D] and of NHWC
+    images alike; LayerNorm is Keras' own with the spec's eps (its variance two-pass on TensorFlow
+    and JAX, torch's layer_norm on PyTorch: measured within 4e-7 of float64 on centred features of std 1e-3);
+  * layer scales are (C,) here ([C, 1, 1] canonical); SelfAttention is Keras' MultiHeadAttention on
+    (x, x), its packed in_proj split into query, key and value kernels [D, heads, head_dim]
+    (`spec.attention_to_heads`). Tokens need no layout: [B, N, D] in every framework.
 """
 
 from __future__ import annotations
@@ -25,21 +31,33 @@ import numpy as np
 from keras import ops
 
 from zoo.spec import (
+    ATTENTION_PARTS,
+    GELU,
     Act,
     AdaptivePool,
     BatchNorm,
+    ClassToken,
     Conv,
     Dropout,
     DropPath,
     Flatten,
+    LayerNorm,
+    LayerScale,
     Linear,
     ModelSpec,
     Parallel,
     Pool,
+    PosEmbedding,
+    SelfAttention,
+    TakeToken,
+    Tokens,
     adaptive_bins,
+    attention_from_heads,
+    attention_to_heads,
     nchw_to_nhwc_columns,
     nhwc_to_nchw_columns,
     run,
+    tensor_name,
 )
 
 LAYOUT = "NHWC"
@@ -270,6 +288,119 @@ class FlattenNCHW(keras.layers.Layer):
         return (shape[0], None if None in shape[1:] else int(np.prod(shape[1:])))
 
 
+@keras.saving.register_keras_serializable(package="zoo")
+class GELUActivation(keras.layers.Layer):
+    """GELU, exact (erf) or its tanh approximation, as the spec's `approximate` says ('none' or 'tanh')."""
+
+    def __init__(self, approximate: str, **kwargs):
+        super().__init__(**kwargs)
+        self.op = GELU(approximate)
+
+    def call(self, x):
+        return keras.activations.gelu(x, approximate=self.op.approximate == "tanh")
+
+    def compute_output_shape(self, shape):
+        return shape
+
+    def get_config(self):
+        return {**super().get_config(), "approximate": self.op.approximate}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class LayerScale2D(keras.layers.Layer):
+    """x * gamma over the channels (the last axis); gamma is (C,) here, [C, 1, 1] canonical."""
+
+    def __init__(self, num_features: int, **kwargs):
+        super().__init__(**kwargs)
+        self.op = LayerScale(int(num_features))
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(self.op.num_features,), initializer="ones", name="gamma")
+
+    def call(self, x):
+        return x * self.gamma
+
+    def compute_output_shape(self, shape):
+        return shape
+
+    def get_config(self):
+        return {**super().get_config(), "num_features": self.op.num_features}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class ImageTokens(keras.layers.Layer):
+    """[B, H, W, C] -> [B, H*W, C]: row by row, the order of torchvision's NCHW flatten(2).transpose(1, 2)."""
+
+    def call(self, x):
+        return ops.reshape(x, (ops.shape(x)[0], -1, x.shape[-1]))
+
+    def compute_output_shape(self, shape):
+        b, h, w, c = shape
+        return b, None if h is None or w is None else h * w, c
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class PrependClassToken(keras.layers.Layer):
+    """[B, N, D] -> [B, N + 1, D], a learned token [1, 1, D] first; broadcast over a batch known only at run time."""
+
+    def __init__(self, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.op = ClassToken(int(dim))
+
+    def build(self, input_shape):
+        self.token = self.add_weight(shape=(1, 1, self.op.dim), initializer="zeros", name="token")
+
+    def call(self, x):
+        token = ops.broadcast_to(ops.cast(self.token, x.dtype), (ops.shape(x)[0], 1, self.op.dim))
+        return ops.concatenate([token, x], axis=1)
+
+    def compute_output_shape(self, shape):
+        return shape[0], None if shape[1] is None else shape[1] + 1, shape[2]
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.op.dim}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class AddPosEmbedding(keras.layers.Layer):
+    """x + a learned table [1, N, D] (the class token's row first)."""
+
+    def __init__(self, num_tokens: int, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.op = PosEmbedding(int(num_tokens), int(dim))
+
+    def build(self, input_shape):
+        self.embedding = self.add_weight(shape=(1, self.op.num_tokens, self.op.dim), initializer="zeros",
+                                         name="embedding")
+
+    def call(self, x):
+        return x + self.embedding
+
+    def compute_output_shape(self, shape):
+        return shape[0], self.op.num_tokens, self.op.dim
+
+    def get_config(self):
+        return {**super().get_config(), "num_tokens": self.op.num_tokens, "dim": self.op.dim}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class TakeTokenAt(keras.layers.Layer):
+    """[B, N, D] -> [B, D]: token `index`."""
+
+    def __init__(self, index: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.op = TakeToken(int(index))
+
+    def call(self, x):
+        return x[:, self.op.index]
+
+    def compute_output_shape(self, shape):
+        return shape[0], shape[2]
+
+    def get_config(self):
+        return {**super().get_config(), "index": self.op.index}
+
+
 def _tuple(v):
     return tuple(v) if isinstance(v, (list, tuple)) else v
 
@@ -297,6 +428,23 @@ def _layer(path: str, op, name: str, initializer: str, spec: ModelSpec) -> keras
         # built now: a Flatten of an image of unknown size has no known width in the functional graph
         dense.build((None, op.in_features))
         return dense
+    if isinstance(op, LayerNorm):  # Keras' default epsilon is 1e-3: always the spec's
+        return keras.layers.LayerNormalization(axis=-1, epsilon=op.eps, name=name)
+    if isinstance(op, GELU):
+        return GELUActivation(op.approximate, name=name)
+    if isinstance(op, LayerScale):
+        return LayerScale2D(op.num_features, name=name)
+    if isinstance(op, Tokens):
+        return ImageTokens(name=name)
+    if isinstance(op, ClassToken):
+        return PrependClassToken(op.dim, name=name)
+    if isinstance(op, PosEmbedding):
+        return AddPosEmbedding(op.num_tokens, op.dim, name=name)
+    if isinstance(op, TakeToken):
+        return TakeTokenAt(op.index, name=name)
+    if isinstance(op, SelfAttention):  # called on (x, x): see _call
+        return keras.layers.MultiHeadAttention(op.num_heads, key_dim=op.head_dim, use_bias=op.bias, name=name,
+                                               kernel_initializer=initializer)
     if isinstance(op, Dropout):
         return keras.layers.Dropout(op.rate, name=name)
     if isinstance(op, DropPath):  # one mask value per sample: torchvision's 'row' mode, scaled by 1 / (1 - rate)
@@ -307,6 +455,11 @@ def _layer(path: str, op, name: str, initializer: str, spec: ModelSpec) -> keras
 
 
 _ACTIVATIONS = {"sigmoid": "sigmoid", "silu": "silu", "hardswish": "hard_silu", "hardsigmoid": "hard_sigmoid"}
+
+
+def _call(layer: keras.layers.Layer, op, x, **kwargs):
+    """Run an op's layer on x: self-attention is Keras' MultiHeadAttention on (query, value) = (x, x)."""
+    return layer(x, x, **kwargs) if isinstance(op, SelfAttention) else layer(x, **kwargs)
 
 
 def _join_layer(par: Parallel, name: str) -> keras.layers.Layer:
@@ -335,7 +488,7 @@ class ZooModel(keras.Model):
         names, joins = layer_names(spec), iter(_join_paths(spec))
         inputs = keras.Input((None, None, spec.in_channels), name=INPUT_NAME)
         outputs = run(spec.body, inputs,
-                      lambda path, op, x: _layer(path, op, names[path], initializer, spec)(x),
+                      lambda path, op, x: _call(_layer(path, op, names[path], initializer, spec), op, x),
                       lambda par, outs: _join_layer(par, names[next(joins)])(outs))
         super().__init__(inputs, outputs, name=kwargs.pop("name", spec.name), **kwargs)
         self.spec = spec
@@ -362,45 +515,93 @@ def check_input(spec: ModelSpec, shape: tuple) -> None:
 
 
 # --------------------------------------------------------------------------- canonical layout
-# One rule per tensor rank, as Keras stores it: conv kernels HWIO <-> OIHW, dense kernels [in, out] <->
-# [out, in] (rows in (H, W, C) order when a Flatten feeds it); vectors as they are.
+# An op's canonical tensors (keyed as op.params() and op.buffers()) <-> its Keras variables, as three tables:
+#   _SPLITS     where one canonical tensor is several Keras variables: SelfAttention's packed in_proj is
+#               three kernels [D, heads, head_dim] ('query.kernel', 'key.kernel', 'value.kernel'; spec's
+#               attention_to_heads, whose 'out.*' is Keras' attention_output); other ops keep their keys;
+#   _LAYOUTS    (op, key) -> (canonical -> Keras, Keras -> canonical) for an array stored otherwise: conv
+#               kernels OIHW <-> HWIO, dense kernels [out, in] <-> [in, out] (rows in (H, W, C) order when
+#               a Flatten feeds it), layer scales [C, 1, 1] <-> (C,); every other tensor as it is;
+#   _VARIABLES  key -> the Keras variable, an attribute of the layer ('sub/attr': of its sublayer `sub`, as
+#               a .weights.h5 groups it), in Keras' order: the order a .weights.h5 numbers them.
 
-_TO_CANONICAL = {4: (3, 2, 0, 1), 2: (1, 0)}
-_TO_KERAS = {4: (2, 3, 1, 0), 2: (1, 0)}
+_SPLITS = {SelfAttention: (attention_to_heads, attention_from_heads)}
 
-# canonical tensor name -> Keras variable attribute, per op that holds tensors
+_LAYOUTS = {
+    (Conv, "weight"): (lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1)),
+    (Linear, "weight"): (lambda a: a.T, lambda a: a.T),
+    (LayerScale, ""): (lambda a: a.reshape(-1), lambda a: a.reshape(-1, 1, 1)),
+}
+
+_ATTENTION_DENSE = dict(zip(ATTENTION_PARTS, ("query_dense", "key_dense", "value_dense", "output_dense")))
 _VARIABLES = {
     Conv: {"weight": "kernel", "bias": "bias"},
     Linear: {"weight": "kernel", "bias": "bias"},
     BatchNorm: {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_var"},
+    LayerNorm: {"weight": "gamma", "bias": "beta"},
+    LayerScale: {"": "gamma"},
+    ClassToken: {"": "token"},
+    PosEmbedding: {"": "embedding"},
+    SelfAttention: {f"{part}.{v}": f"{dense}/{v}" for part, dense in _ATTENTION_DENSE.items()
+                    for v in ("kernel", "bias")},
 }
 
 
-def canonical_shape(keras_shape: tuple[int, ...]) -> tuple[int, ...]:
-    perm = _TO_CANONICAL.get(len(keras_shape))
-    return tuple(keras_shape) if perm is None else tuple(keras_shape[i] for i in perm)
-
-
-def to_canonical(array: np.ndarray, chw: tuple[int, int, int] | None = None) -> np.ndarray:
-    """A Keras variable's value in canonical layout, float32, C-contiguous (a copy); `chw` for a flatten-fed Linear."""
-    perm = _TO_CANONICAL.get(array.ndim)
-    out = array if perm is None else array.transpose(perm)
-    if chw is not None:
-        out = nhwc_to_nchw_columns(out, chw)
-    return np.array(out, dtype=np.float32, order="C")
-
-
-def to_keras(array: np.ndarray, chw: tuple[int, int, int] | None = None) -> np.ndarray:
-    """The inverse of `to_canonical`."""
-    if chw is not None:
-        array = nchw_to_nhwc_columns(array, chw)
-    perm = _TO_KERAS.get(array.ndim)
-    return np.ascontiguousarray(array if perm is None else array.transpose(perm))
-
-
 def tensor_names(op) -> list[str]:
-    """The op's canonical tensor names (without the path), in Keras' variable order (as a .weights.h5 numbers them)."""
+    """The op's canonical tensor keys (without the path), in `spec.tensor_keys()` order."""
     return [*op.params(), *op.buffers()]
+
+
+def _native(op, tensors: dict[str, np.ndarray], chw) -> dict[str, np.ndarray]:
+    """The op's canonical tensors in Keras' layout (views where the layout allows), by key, in Keras' order."""
+    split = _SPLITS.get(type(op))
+    if chw is not None:
+        tensors = {**tensors, "weight": nchw_to_nhwc_columns(tensors["weight"], chw)}
+    native = split[0](tensors, op) if split else tensors
+    out = {k: native[k] for k in _VARIABLES[type(op)] if k in native}
+    return {k: _LAYOUTS[type(op), k][0](a) if (type(op), k) in _LAYOUTS else a for k, a in out.items()}
+
+
+def keras_tensors(op, tensors: dict[str, np.ndarray], chw: tuple[int, int, int] | None = None) -> dict[str, np.ndarray]:
+    """An op's canonical tensors (by key) as its Keras variables hold them: by `variables(op)`'s keys, in
+    that order, C-contiguous; `chw` for a flatten-fed Linear."""
+    return {k: np.ascontiguousarray(a) for k, a in _native(op, tensors, chw).items()}
+
+
+def _canonical(op, native: dict[str, np.ndarray], chw) -> dict[str, np.ndarray]:
+    """The inverse of `_native`: by canonical key, in `tensor_names(op)` order (views where the layout allows)."""
+    native = {k: _LAYOUTS[type(op), k][1](a) if (type(op), k) in _LAYOUTS else a for k, a in native.items()}
+    split = _SPLITS.get(type(op))
+    tensors = split[1](native, op) if split else native
+    if chw is not None:
+        tensors = {**tensors, "weight": nhwc_to_nchw_columns(tensors["weight"], chw)}
+    return {k: tensors[k] for k in tensor_names(op)}
+
+
+def canonical_tensors(op, native: dict[str, np.ndarray],
+                      chw: tuple[int, int, int] | None = None) -> dict[str, np.ndarray]:
+    """The inverse of `keras_tensors`: by canonical key, in `tensor_names(op)` order, float32 C-contiguous copies."""
+    return {k: np.array(a, dtype=np.float32, order="C") for k, a in _canonical(op, native, chw).items()}
+
+
+def variables(op) -> dict[str, str]:
+    """The op's Keras variables: key -> attribute ('sub/attr' for a sublayer's), in Keras' order."""
+    return {k: _VARIABLES[type(op)][k] for k in native_shapes(op)}
+
+
+def native_shapes(op) -> dict[str, tuple[int, ...]]:
+    """The shapes of the op's Keras variables, by key, in Keras' order."""
+    return {k: a.shape for k, a in _native(op, _zeros({**op.params(), **op.buffers()}), None).items()}
+
+
+def canonical_shapes(op, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The op's canonical shapes, by key, from its Keras variables' (by key)."""
+    return {k: a.shape for k, a in _canonical(op, _zeros(shapes), None).items()}
+
+
+def _zeros(shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Zero-strided arrays of these shapes: the layouts applied to them give the shapes, in no memory."""
+    return {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}
 
 
 # --------------------------------------------------------------------------- adapter
@@ -421,25 +622,35 @@ def spec_of(model: ZooModel) -> ModelSpec:
     return model.spec
 
 
-def _variables(model: ZooModel):
-    """(canonical name, Keras variable, chw of a flatten-fed Linear or None) for every canonical tensor, in order."""
+def _layers(model: ZooModel):
+    """(layer path, op, Keras layer, chw of a flatten-fed Linear or None) for every op holding tensors, in order."""
     spec, names = model.spec, layer_names(model.spec)
     flat = spec.flatten_inputs()
     for path, op in spec.ops().items():
-        layer = model.get_layer(names[path])
-        for key in tensor_names(op):
-            chw = flat.get(path) if key == "weight" else None
-            yield f"{path}.{key}", getattr(layer, _VARIABLES[type(op)][key]), chw
+        yield path, op, model.get_layer(names[path]), flat.get(path)
+
+
+def _variable(layer: keras.layers.Layer, attribute: str) -> keras.Variable:
+    """A layer's variable by `_VARIABLES`' attribute: 'kernel', or 'query_dense/kernel' of a sublayer."""
+    for name in attribute.split("/"):
+        layer = getattr(layer, name)
+    return layer
 
 
 def get_weights(model: ZooModel) -> dict[str, np.ndarray]:
     """Canonical weights (BatchNorm statistics included), in `spec.param_shapes()` order, float32 copies."""
-    return {name: to_canonical(ops.convert_to_numpy(v), chw) for name, v, chw in _variables(model)}
+    out = {}
+    for path, op, layer, chw in _layers(model):
+        native = {k: ops.convert_to_numpy(_variable(layer, v)) for k, v in variables(op).items()}
+        out.update({tensor_name(path, k): a for k, a in canonical_tensors(op, native, chw).items()})
+    return out
 
 
 def set_weights(model: ZooModel, weights: dict[str, np.ndarray]) -> None:
-    for name, v, chw in _variables(model):
-        v.assign(to_keras(np.asarray(weights[name], np.float32), chw))
+    for path, op, layer, chw in _layers(model):
+        tensors = {k: np.asarray(weights[tensor_name(path, k)], np.float32) for k in tensor_names(op)}
+        for k, a in keras_tensors(op, tensors, chw).items():
+            _variable(layer, _VARIABLES[type(op)][k]).assign(a)
 
 
 def predict(model: ZooModel, x: np.ndarray) -> np.ndarray:
@@ -461,8 +672,7 @@ def _run_layers(model: ZooModel, x: np.ndarray, train_bn: bool, after=None, flat
     def leaf(path, op, t):
         if flatten_in is not None and isinstance(op, Flatten):
             flatten_in[path] = tuple(t.shape[1:])
-        layer = model.get_layer(names[path])
-        return layer(t, training=train_bn) if isinstance(op, BatchNorm) else layer(t, training=False)
+        return _call(model.get_layer(names[path]), op, t, training=train_bn and isinstance(op, BatchNorm))
 
     def join(par, outs):
         return model.get_layer(names[next(joins)])(outs)

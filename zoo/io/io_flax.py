@@ -4,6 +4,8 @@ spec in its custom metadata.
 A Flax user restores it into the zoo's model with
 `nnx.update(model, ocp.StandardCheckpointer().restore(path, nnx.state(model, (nnx.Param, nnx.BatchStat))))`.
 Checkpoints written before the zoo had BatchNorm hold parameters only, at the same paths: they still read.
+Tensors map to canonical ones layer by layer as the spec says (flax_model.to_canonical); a checkpoint
+without a spec is read by its Flax names, and its spec inferred where a Linear's column order needs it.
 """
 
 from __future__ import annotations
@@ -149,9 +151,9 @@ def read(path: Path, spec: ModelSpec | None = None, model: str | None = None) ->
         # back needs the spec (given, stored, or else inferred from the shapes, which the order does not change).
         layout_spec = spec or stored
         if layout_spec is None and any(k.endswith(".kernel") and a.ndim == 2 for k, a in native.items()):
-            shapes = {k: tuple(a.shape) for k, a in flax_model.to_canonical(native, {}).items()}
+            shapes = {k: tuple(a.shape) for k, a in flax_model.to_canonical(native).items()}
             layout_spec = infer_spec(shapes, model)
-        weights = flax_model.to_canonical(native, layout_spec.flatten_inputs() if layout_spec else {})
+        weights = flax_model.to_canonical(native, layout_spec)
     except ConversionError:
         raise
     except KeyError as e:

@@ -1,9 +1,13 @@
 """Keras files: weights (.weights.h5, model.save_weights) and the whole-model archive (.keras, model.save).
 
 Keras 3 keeps each layer's variables in a .weights.h5 under `layers/<class name, numbered in
-layer order>/vars/<0, 1, ...>`, the layer's name as that group's `name` attribute. The readers
-find every layer by that name (`keras_model.layer_names`: the canonical path, dots doubled),
-never by the numbering, and check every dataset (float32, its values in the file) before reading it.
+layer order>/vars/<0, 1, ...>`, the layer's name as that group's `name` attribute, and a sublayer's
+under `layers/<...>/<attribute>/vars/<0, 1, ...>` (MultiHeadAttention's query_dense, key_dense,
+value_dense, output_dense). The readers find every layer by that name (`keras_model.layer_names`:
+the canonical path, dots doubled), never by the numbering, each variable by its (sub)layer and place
+in Keras' order (`keras_model.variables`), check every dataset (float32, its values in the file, its
+shape) before reading it, and turn each layer's variables into its canonical tensors at once
+(`keras_model.canonical_tensors`: attention's three kernels are one canonical in_proj_weight).
 """
 
 from __future__ import annotations
@@ -33,7 +37,19 @@ from zoo.io.checkpoint import (
 )
 from zoo.io.formats import sniff
 from zoo.io.infer import infer_spec
-from zoo.spec import ModelSpec, SpecError
+from zoo.spec import (
+    BatchNorm,
+    ClassToken,
+    Conv,
+    LayerNorm,
+    LayerScale,
+    Linear,
+    ModelSpec,
+    PosEmbedding,
+    SelfAttention,
+    SpecError,
+    tensor_name,
+)
 
 MAX_CONFIG_BYTES = 1_000_000  # a .keras archive's config.json; the zoo's is a few KB
 MAX_RATIO = 20  # a .keras member's declared size over its compressed size (Keras stores them uncompressed)
@@ -48,30 +64,57 @@ LEGACY_CLASS = "NiN"
 LEGACY_NAME = re.compile(r"blocks_(\d+)_conv(\d)")  # multizoo 0.1's Keras NiN layers, the only ones with variables
 
 
-def _h5_layers(f: h5py.File, path: Path) -> dict[str, tuple[str, h5py.Group]]:
-    """Keras layer name -> (its place in the file, its variables' group), for every layer holding variables;
-    each dataset checked to be float32 and to hold its values in the file, before anything reads it."""
+def _h5_layers(f: h5py.File, path: Path) -> dict[str, tuple[str, dict[str, h5py.Dataset]]]:
+    """Keras layer name -> (its place in the file, its variables), for every layer holding variables; each
+    dataset checked to be float32 and to hold its values in the file, before anything reads it.
+
+    A layer's variables are keyed as the file numbers them: '0', '1', ... under its `vars`, and 'sub/0', ...
+    for a sublayer's (MultiHeadAttention keeps its kernels in query_dense, key_dense, value_dense, output_dense)."""
     layers = f.get("layers")
     if not isinstance(layers, h5py.Group):
         raise ConversionError(f"{path} holds no Keras layers; was it saved from a model zoo.load built?")
     out = {}
     for key, group in layers.items():
-        variables = group.get("vars") if isinstance(group, h5py.Group) else None
-        if not isinstance(variables, h5py.Group) or not len(variables):
+        own = group.get("vars") if isinstance(group, h5py.Group) else None
+        if not isinstance(own, h5py.Group):
+            continue
+        variables = dict(own.items())
+        for sub, child in group.items():
+            inner = child.get("vars") if sub != "vars" and isinstance(child, h5py.Group) else None
+            if isinstance(inner, h5py.Group):
+                variables.update({f"{sub}/{i}": ds for i, ds in inner.items()})
+        if not variables:
             continue  # a layer without variables (activation, pool, ...)
-        where = f"layers/{key}/vars"
-        name = variables.attrs.get("name")
+        where = f"layers/{key}"
+        name = own.attrs.get("name")
         name = name.decode() if isinstance(name, bytes) else name
         if not isinstance(name, str):
-            raise ConversionError(f"{path}: {where} holds variables but no layer name (written by an older "
+            raise ConversionError(f"{path}: {where}/vars holds variables but no layer name (written by an older "
                                   f"Keras?); load it into the model with Keras and save it again")
         if name in out:
             raise ConversionError(f"{path}: layers {out[name][0]} and {where} are both named {name!r}")
         for v, ds in variables.items():
-            _check_dataset(ds, f"{where}/{v}", path)
+            _check_dataset(ds, f"{where}/{_vars_path(v)}", path)
         out[name] = (where, variables)
     if not out:
         raise ConversionError(f"{path} holds no Keras layer with variables; was it saved from a model zoo.load built?")
+    return out
+
+
+def _vars_path(key: str) -> str:
+    """A variable's key ('0', 'query_dense/1') as its dataset's path under the layer's group."""
+    sub, _, i = key.rpartition("/")
+    return f"{sub}/vars/{i}" if sub else f"vars/{i}"
+
+
+def _file_keys(op) -> dict[str, str]:
+    """The op's Keras variables (keras_model.variables: key -> 'attr' or 'sub/attr') -> the keys the file
+    numbers them by: each (sub)layer's variables 0, 1, ... in Keras' order."""
+    out, count = {}, {}
+    for key, attribute in keras_model.variables(op).items():
+        sub = attribute.rpartition("/")[0]
+        out[key] = f"{sub}/{count.get(sub, 0)}" if sub else str(count.get(sub, 0))
+        count[sub] = count.get(sub, 0) + 1
     return out
 
 
@@ -97,55 +140,87 @@ def _layer_names(layers: dict, spec: ModelSpec) -> dict[str, str]:
     return legacy if all(n in layers for n in legacy.values()) else names
 
 
-def _h5_datasets(layers: dict, spec: ModelSpec, path: Path) -> dict[str, h5py.Dataset]:
-    """Canonical name -> its dataset, for every tensor of `spec`; a missing, extra or misshapen one refused."""
+def _h5_datasets(layers: dict, spec: ModelSpec, path: Path) -> dict[str, dict[str, h5py.Dataset]]:
+    """Layer path -> its Keras variables' datasets (by keras_model.variables' keys), for every op of `spec`
+    that holds tensors; a missing, extra or misshapen one refused."""
     names, ops = _layer_names(layers, spec), spec.ops()
     extra = sorted(set(layers) - {names[p] for p in ops})
     if extra:
         raise ConversionError(f"{path}: layer(s) {', '.join(extra[:5])} hold variables that {spec.name} has no "
                               f"place for; is the file of another model?")
-    out, expected = {}, spec.param_shapes()
+    out = {}
     for p, op in ops.items():
         if names[p] not in layers:
             raise ConversionError(f"{path}: no layer {names[p]!r} (the spec's {p}) in the file")
-        where, group = layers[names[p]]
-        keys = keras_model.tensor_names(op)
-        if set(group) != {str(i) for i in range(len(keys))}:
-            raise ConversionError(f"{path}: layer {where} should hold {len(keys)} variables ({', '.join(keys)}), "
-                                  f"it holds {sorted(group)}")
-        for i, key in enumerate(keys):
-            ds, name = group[str(i)], f"{p}.{key}"
-            shape = keras_model.canonical_shape(ds.shape)
-            if shape != expected[name]:
-                raise ConversionError(f"{path}: {name} has shape {shape}, the spec says {expected[name]}")
-            out[name] = ds
+        where, variables = layers[names[p]]
+        keys, shapes = _file_keys(op), keras_model.native_shapes(op)
+        if set(variables) != set(keys.values()):
+            what = ", ".join(k or "its tensor" for k in keys)
+            raise ConversionError(f"{path}: layer {where} should hold {len(keys)} variables ({what}) as "
+                                  f"{', '.join(map(_vars_path, keys.values()))}, it holds "
+                                  f"{', '.join(map(_vars_path, sorted(variables)))}")
+        for key, file_key in keys.items():
+            ds = variables[file_key]
+            if ds.shape != shapes[key]:
+                raise ConversionError(f"{path}: {where}/{_vars_path(file_key)} ({p}'s {key or 'tensor'}) has shape "
+                                      f"{ds.shape}, the spec makes it {shapes[key]}")
+        out[p] = {key: variables[file_key] for key, file_key in keys.items()}
     return out
 
 
 def _guess_shapes(layers: dict, path: Path) -> dict[str, tuple[int, ...]]:
     """Canonical shapes from a file that carries no spec: names from the layer names, roles from the variables."""
     shapes = {}
-    for name, (where, group) in layers.items():
-        if set(group) != {str(i) for i in range(len(group))}:
-            raise ConversionError(f"{path}: {where} holds variables named {sorted(group)}, not 0, 1, ...")
-        ranks = [group[str(i)].ndim for i in range(len(group))]
-        if len(ranks) == 4 and ranks == [1, 1, 1, 1]:
-            keys = ["weight", "bias", "running_mean", "running_var"]  # TorchBatchNorm
-        elif len(ranks) <= 2 and ranks[0] in (2, 4) and ranks[1:] in ([], [1]):
-            keys = ["weight", "bias"][:len(ranks)]  # a conv or dense kernel and its bias
-        else:
-            raise ConversionError(f"{path}: {where} holds variables of ranks {ranks}, no zoo layer's")
+    for name, (where, variables) in layers.items():
         m = LEGACY_NAME.fullmatch(name)
         layer = f"blocks.{m[1]}.conv{m[2]}" if m else name.replace("__", ".")
-        for i, key in enumerate(keys):
-            shapes[f"{layer}.{key}"] = keras_model.canonical_shape(group[str(i)].shape)
+        op = _guess_op(variables, where, path)
+        native = {key: variables[file_key].shape for key, file_key in _file_keys(op).items()}
+        shapes.update({tensor_name(layer, key): s for key, s in keras_model.canonical_shapes(op, native).items()})
     return shapes
 
 
-def _read(datasets: dict[str, h5py.Dataset], spec: ModelSpec) -> dict[str, np.ndarray]:
-    flat = spec.flatten_inputs()
-    return {name: keras_model.to_canonical(ds[()], flat.get(name.rpartition(".")[0]) if ds.ndim == 2 else None)
-            for name, ds in datasets.items()}
+def _guess_op(variables: dict[str, h5py.Dataset], where: str, path: Path):
+    """An op with the variables' shapes, guessed from their ranks: enough to name and shape its canonical tensors."""
+    try:
+        return _guess(variables, where, path)
+    except SpecError as e:
+        raise ConversionError(f"{path}: {where} holds variables of shapes no zoo layer has ({e})") from None
+
+
+def _guess(variables: dict[str, h5py.Dataset], where: str, path: Path):
+    if "query_dense/0" in variables:  # MultiHeadAttention: query kernel [D, heads, head_dim]
+        d, heads, _ = variables["query_dense/0"].shape
+        return SelfAttention(d, heads, bias="query_dense/1" in variables)
+    if set(variables) != {str(i) for i in range(len(variables))}:
+        raise ConversionError(f"{path}: {where} holds variables {sorted(variables)}, not vars/0, 1, ...")
+    shapes = [variables[str(i)].shape for i in range(len(variables))]
+    ranks = [len(s) for s in shapes]
+    if ranks == [1, 1, 1, 1]:
+        return BatchNorm(shapes[0][0])  # TorchBatchNorm
+    if ranks in ([4], [4, 1]):  # a conv kernel HWIO (groups 1: only its shapes are used) and its bias
+        kh, kw, i, o = shapes[0]
+        return Conv(i, o, (kh, kw), bias=len(ranks) == 2)
+    if ranks in ([2], [2, 1]):
+        return Linear(*shapes[0], bias=len(ranks) == 2)
+    if ranks == [1, 1]:
+        return LayerNorm(shapes[0][0], 1e-5)  # the eps shows in no tensor
+    if ranks == [1]:
+        return LayerScale(shapes[0][0])
+    if ranks == [3] and shapes[0][:2] == (1, 1):
+        return ClassToken(shapes[0][2])
+    if ranks == [3] and shapes[0][0] == 1:
+        return PosEmbedding(*shapes[0][1:])
+    raise ConversionError(f"{path}: {where} holds variables of ranks {ranks}, no zoo layer's")
+
+
+def _read(datasets: dict[str, dict[str, h5py.Dataset]], spec: ModelSpec) -> dict[str, np.ndarray]:
+    """Canonical weights, in `spec.param_shapes()` order (layer by layer, each op's keys in order)."""
+    ops, flat, out = spec.ops(), spec.flatten_inputs(), {}
+    for p, variables in datasets.items():
+        tensors = keras_model.canonical_tensors(ops[p], {key: ds[()] for key, ds in variables.items()}, flat.get(p))
+        out.update({tensor_name(p, key): a for key, a in tensors.items()})
+    return out
 
 
 def read_weights(path: Path, spec: ModelSpec | None = None, model: str | None = None) -> Checkpoint:
