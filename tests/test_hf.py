@@ -171,7 +171,8 @@ def test_only_what_timm_can_build_is_written(tmp_path):
     spec = zoo.get_spec("nin")
     io_safetensors.write(random_weights(spec, 0), spec, nin)
     with pytest.raises(conversion.ConversionError, match=r"nin has no timm names in the zoo, so no Hugging Face "
-                                                         r"folder can be written for it \(--to hf writes: densenet121"):
+                                                         r"folder can be written for it \(--to hf writes: "
+                                                         r"convnext_small, convnext_tiny, densenet121"):
         conversion.convert(nin, tmp_path / "out", dst_format="hf")
     tiny = zoo.get_spec("resnet18", **TINY["resnet18"])
     io_safetensors.write(random_weights(tiny, 0), tiny, tmp_path / "tiny.safetensors")
