@@ -94,8 +94,7 @@ def test_torchvision_key_counts():
 
 
 def _ops(preset, kind):
-    return [op for op in zoo.get_spec(preset).ops().values() if isinstance(op, kind)] or [
-        layer.node for layer in zoo.get_spec(preset).layers() if isinstance(layer.node, kind)]
+    return [layer.node for layer in zoo.get_spec(preset).layers() if isinstance(layer.node, kind)]
 
 
 def test_settings_per_family():
