@@ -325,12 +325,21 @@ def test_a_torchvision_state_dict_is_inferred_at_the_presets_head_count():
         assert found.spec.name == preset and found.overrides == {"num_classes": 10}, found.describe()
 
 
-def test_torch_attention_as_matmuls_is_the_same_function(record_error):
-    """The alternative `zoo bench` times against nn.MultiheadAttention's fused path computes the same logits."""
-    pytest.importorskip("torch")
-    from zoo.frameworks import torch_model
+# The attention alternative each framework's bench times beside the default: torch's plain matmuls against
+# nn.MultiheadAttention's fused path, Flax's jax.nn.dot_product_attention against nnx.dot_product_attention's
+# einsums, Keras' explicit scores against its ops.dot_product_attention.
+ATTENTION_ROWS = {"torch": "attention as matmuls", "flax": "attention: jax.nn.dot_product_attention",
+                  "keras": "attention as einsums (Keras' explicit scores)"}
 
+
+@pytest.mark.parametrize("fw", sorted(ATTENTION_ROWS))
+def test_bench_attention_alternative_is_the_same_function(fw, record_error):
+    """What `zoo bench` times as the other attention computes the reference's logits on every new op."""
+    bench = pytest.importorskip(f"zoo.frameworks.{fw}_bench")
     spec, w, x = _case()
-    model = torch_model.build(spec, w, attention="matmul")
-    assert sorted(zoo.get_weights(model)) == sorted(w)
-    record_error("transformer_ops, attention as matmuls", "torch", zoo.predict(model, x), reference.forward(spec, w, x))
+    model = zoo.load(spec, fw, weights=w)
+    alternatives = bench.alternatives(model)
+    assert ATTENTION_ROWS[fw] in alternatives, sorted(alternatives)
+    batch = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if bench.LAYOUT == "NHWC" else x
+    out = np.asarray(alternatives[ATTENTION_ROWS[fw]](batch)())
+    record_error(f"transformer_ops, {ATTENTION_ROWS[fw]}", fw, out, reference.forward(spec, w, x))

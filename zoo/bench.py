@@ -55,6 +55,9 @@ UNSTEADY_WIDTH = 0.20
 # fastest - 1) marked its ratios unsteady.
 UNSTABLE_SPREAD = 0.25
 BOOTSTRAP = 2000  # resamples of the rounds
+# A pause between two alternatives' turns: thread pools that spin after their work (OpenMP's in torch,
+# onnxruntime's, Eigen's in XLA) go idle before the next alternative starts, so pools do not fight.
+SETTLE_S = 0.05
 
 
 class BenchError(RuntimeError):
@@ -65,8 +68,8 @@ class BenchError(RuntimeError):
 BARE_IMPORTS = {"torch": "import torch", "flax": "import jax, flax.nnx", "keras": "import keras",
                 "onnx": "import onnx, onnxruntime"}
 # The row every framework is also compared against, when onnxruntime is installed: the zoo's ONNX
-# model (its default session) on the same weights, timed in the same process and the same rounds.
-REFERENCE = "onnxruntime (zoo default)"
+# model on the same weights, timed in the same process and the same rounds, its pool not spinning.
+REFERENCE = "onnxruntime (zoo's model, no spinning)"
 
 
 def _target(text: str) -> tuple[str, dict[str, str]]:
@@ -117,7 +120,11 @@ def steady(stats) -> bool:
 def _onnxruntime_reference(model, layout: str):
     """make(x) -> run() for the zoo's ONNX model on `model`'s weights; x in `layout`. The transpose
     to NCHW is done once, untimed: an onnxruntime user holds NCHW images."""
-    onnx_model = zoo.load(zoo.spec_of(model), "onnx", weights=zoo.get_weights(model))
+    from zoo.frameworks.onnx_model import OnnxModel, session_options
+
+    # Spinning off: a guest's idle pool waits asleep, not on the cores the framework's turn is using.
+    # What that costs onnxruntime is the onnx framework's own "no spinning" row.
+    onnx_model = OnnxModel(zoo.spec_of(model), zoo.get_weights(model), options=session_options(spinning=False))
 
     def make(x):
         nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if layout == "NHWC" else x
@@ -173,6 +180,7 @@ def measure(framework: str, model_name: str, cases, rounds: int, min_time: float
             names = list(runs)
             names = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
             for name in names:
+                time.sleep(SETTLE_S)
                 wall, cpu = _time(runs[name], min_time)
                 rows[name]["times"].append(wall)
                 rows[name]["cpu_times"].append(cpu)
@@ -260,7 +268,7 @@ def format_results(results: list[dict], machine: str, markdown: bool = False) ->
         head = ["alternative"] + [f"b{c['batch']} {c['size']}x{c['size']}: img/s, x default, GFLOP/s" for c in cases]
         body, default, unsteady = [], next(iter(cases[0]["rows"])), []
         for name in cases[0]["rows"]:
-            cells = [name + (" [default]" if name == default else " [reference]" if name == REFERENCE else "")]
+            cells = [name + (" [default]" if name == default else " [reference]" if name == _guest(res) else "")]
             for c in cases:
                 row = c["rows"][name]
                 if "error" in row:
@@ -291,9 +299,9 @@ def format_results(results: list[dict], machine: str, markdown: bool = False) ->
             lines.append(f"unsteady: {why} in {len(unsteady)} cell(s) ({'; '.join(unsteady[:4])}"
                          f"{' ...' if len(unsteady) > 4 else ''}), so their ratios are not given: the machine was "
                          f"busy. Rerun on an idle machine, with more --rounds.")
-        if res.get("onnxruntime_row") == REFERENCE:
+        if _guest(res):
             ratios = [f"b{c['batch']} {c['size']}x{c['size']} {_vs_onnxruntime(c, default, res)}" for c in cases]
-            lines.append(f"{REFERENCE}: the zoo's ONNX model on the same weights, timed here in the same rounds; "
+            lines.append(f"{_guest(res)}: the zoo's ONNX model on the same weights, timed here in the same rounds; "
                          f"the default's speed / onnxruntime's: {', '.join(ratios)}")
         first = res.get("first")
         if first:
@@ -316,6 +324,12 @@ def _vs_onnxruntime(case: dict, name: str, res: dict) -> str:
     return f"x{row['vs_onnxruntime']:.2f}{_interval(row, 'vs_onnxruntime')}"
 
 
+def _guest(res: dict) -> str | None:
+    """The name of the onnxruntime row timed in another framework's process (None in onnx's own)."""
+    row = res.get("onnxruntime_row")
+    return row if row and row != next(iter(res["cases"][0]["rows"])) else None
+
+
 def _against_onnxruntime(results: list[dict], markdown: bool) -> list[str]:
     """One table: each framework's default and its fastest alternative, as multiples of onnxruntime."""
     cases = results[0]["cases"]
@@ -330,7 +344,7 @@ def _against_onnxruntime(results: list[dict], markdown: bool) -> list[str]:
             if "error" not in c["rows"][default] else "failed" for c in res["cases"]])
         cells = [f"{res['target']}: fastest alternative"]
         for c in res["cases"]:
-            timed = {name: row for name, row in c["rows"].items() if name != REFERENCE and "error" not in row}
+            timed = {name: row for name, row in c["rows"].items() if name != _guest(res) and "error" not in row}
             if not timed:
                 cells.append("failed")
                 continue
@@ -338,8 +352,9 @@ def _against_onnxruntime(results: list[dict], markdown: bool) -> list[str]:
             cells.append(f"{timed[best]['images_per_s']:.1f}  {_vs_onnxruntime(c, best, res)}  "
                          f"({'the default' if best == default else best})")
         body.append(cells)
-    return [f"Against onnxruntime ({REFERENCE}: the zoo's ONNX model on the same weights, timed in each framework's "
-            f"process in the same rounds; x1.20 = 1.2 times onnxruntime's speed):",
+    guests = sorted({_guest(res) for res in results if _guest(res)})
+    return [f"Against onnxruntime ({', '.join(guests) or 'its own default'}: the zoo's ONNX model on the same weights, "
+            f"timed in each framework's process in the same rounds; x1.20 = 1.2 times onnxruntime's speed):",
             *([""] if markdown else []), *_table(head, body, markdown), ""]
 
 

@@ -50,10 +50,32 @@ def alternatives(model) -> dict:
     cached = nnx.cached_partial(nnx.jit(lambda m, x: m(x)), model)
     graphdef, state = nnx.split(model)
     pure = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))  # the functional style, split once
-    return {
+    runs = {
         "zoo.predict(model, x)": lambda x: (lambda: zoo.predict(model, x)),
         "nnx.jit": _device_input(lambda a: jitted(model, a)),
         "nnx.cached_partial(nnx.jit)": _device_input(cached),
         "jax.jit, split once": _device_input(lambda a: pure(state, a)),
         "eager model(x)": _device_input(model),
     }
+    fused = _fused_attention(model)
+    if fused is not None:
+        fused_def, fused_state = nnx.split(fused)
+        call = jax.jit(lambda state, x: nnx.merge(fused_def, state)(x))
+        runs["attention: jax.nn.dot_product_attention"] = _device_input(lambda a: call(fused_state, a))
+    return runs
+
+
+def _dot_product_attention(query, key, value, mask=None, **_):
+    """nnx.MultiHeadAttention's attention_fn as JAX's fused attention ([B, N, heads, head_dim] in and out;
+    scaled by 1/sqrt(head_dim) there as in Flax's default); deterministic, as in eval."""
+    return jax.nn.dot_product_attention(query, key, value, mask=mask)
+
+
+def _fused_attention(model):
+    """A copy of the model whose attentions call jax.nn.dot_product_attention instead of Flax's
+    einsum-and-softmax nnx.dot_product_attention (the default); None without attention."""
+    copy = nnx.clone(model)
+    found = [m for _, m in nnx.iter_graph(copy) if isinstance(m, nnx.MultiHeadAttention)]
+    for m in found:
+        m.attention_fn = _dot_product_attention
+    return copy if found else None

@@ -65,6 +65,27 @@ def _graph_call(model):
     return lambda x: (lambda: call(x).numpy())
 
 
+def _with_scores(compute):
+    """Keras calls it as (query, key, value, mask, training, return_attention_scores)."""
+    def call(query, key, value, mask=None, training=None, *_, **kwargs):
+        return compute(query, key, value, mask, training, True, **kwargs)
+    return call
+
+
+def _explicit_attention(model):
+    """The model's MultiHeadAttentions computing their scores explicitly (einsum, softmax, einsum), the
+    path Keras takes when scores are asked for, instead of ops.dot_product_attention (its default here:
+    no dropout in eval); a second model on the same weights, through predict_on_batch. None without
+    attention."""
+    other = zoo.load(zoo.spec_of(model), "keras", weights=zoo.get_weights(model))
+    found = [layer for layer in other._flatten_layers() if isinstance(layer, keras.layers.MultiHeadAttention)]
+    if not found:
+        return None
+    for layer in found:
+        layer._compute_attention = _with_scores(layer._compute_attention)
+    return lambda x: (lambda: other.predict_on_batch(x))
+
+
 def alternatives(model) -> dict:
     """name -> make(x) -> run(); the first is the zoo's default call, as the README shows it."""
     out = {
@@ -74,5 +95,6 @@ def alternatives(model) -> dict:
         "direct call model(x)": lambda x: (lambda: ops.convert_to_numpy(model(x, training=False))),
         "XLA-compiled call": _xla_call(model),
         "tf.function, no XLA": _graph_call(model),
+        "attention as einsums (Keras' explicit scores)": _explicit_attention(model),
     }
     return {name: make for name, make in out.items() if make is not None}
