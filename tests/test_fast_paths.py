@@ -151,6 +151,21 @@ def test_bench_runs_every_alternative_and_they_agree(framework, tmp_path):
         assert name in proc.stdout  # the printed table has a row per alternative
 
 
+def test_the_onnxruntime_reference_runs_in_a_process_of_its_own():
+    """Its thread pool never shares the framework's process: measuring torch imports no onnxruntime there,
+    and the reference row still comes back, with the guest's own times and the same logits."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    code = ("import json, sys; from zoo.bench import REFERENCE, measure\n"
+            "res = measure('torch', 'lenet', [(2, 28)], rounds=2, min_time=0.01, only=['eager'])\n"
+            "row = res['cases'][0]['rows'][REFERENCE]\n"
+            "print(json.dumps(['onnxruntime' in sys.modules, row['max_abs_diff'], len(row['times'])]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported, diff, rounds = json.loads(proc.stdout.splitlines()[-1])
+    assert not imported and diff < 1e-4 and rounds == 2
+
+
 # --------------------------------------------------------------------------- the bench's statistics, on synthetic
 # timings: per-round times of a default A (1 ms a call) and an alternative B twice as fast, as the rounds would
 # record them on a quiet machine (1% jitter), with one slow round, on a drifting machine, and on a noisy one.
@@ -208,9 +223,22 @@ def test_the_intervals_are_deterministic_and_bracket_the_median():
     assert r == lo == hi == 2.0
 
 
+def test_a_variant_sets_its_environment_after_the_users(monkeypatch):
+    from zoo.bench import VARIANTS, _target
+
+    assert _target("keras[jax]@xla-onednn") == ("keras", {"KERAS_BACKEND": "jax",
+                                                        "XLA_FLAGS": VARIANTS["xla-onednn"][1]["XLA_FLAGS"]})
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    assert _target("flax@xla-xnnpack") == ("flax", {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false "
+                                                                 "--xla_cpu_use_xnnpack=true"})
+    assert _target("torch@omp-passive") == ("torch", {"OMP_WAIT_POLICY": "PASSIVE"})
+
+
 @pytest.mark.parametrize("args, message", [
     (["--frameworks", "tf"], "unknown framework 'tf'"),
     (["--frameworks", "keras[nonexistent_backend]"], "nonexistent_backend not installed"),
+    (["--frameworks", "torch@xla-onednn"], "no variant 'xla-onednn' for torch; the variants: xla-onednn (flax/"),
+    (["--frameworks", "flax@fast"], "no variant 'fast' for flax"),
     (["--cases", "1x32"], "nin does not take 32x32 input (its minimum is 67"),
     (["--json", "no/such/folder/out.json"], "its folder does not exist"),
     (["--rounds", "0"], "--rounds must be at least 1"),

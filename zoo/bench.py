@@ -14,9 +14,11 @@ For each framework, in a process of its own (so that imports don't interfere):
     the same process, as the ceiling;
   * the largest difference of its logits from the default's, so a fast but wrong path shows;
   * where onnxruntime is installed, one common yardstick: the zoo's ONNX model on the same
-    weights (the onnx framework's default) is one more row of every other framework, timed in
-    the same rounds, and each row's speed over its speed is kept; a last table gives, for each
+    weights (the onnx framework's default) is one more row of every other framework, taking its
+    turns in the same rounds in a process of its own (`Guest`: two thread pools never share a
+    process), and each row's speed over its speed is kept; a last table gives, for each
     framework, its default and its fastest alternative as multiples of onnxruntime's speed.
+    Before each turn the bench pauses SETTLE_S, so that a pool still spinning goes to sleep.
 Then, in fresh processes, the time to first prediction: the framework's bare import, and
 `zoo.load` to the first output (compilation included) on top of it.
 
@@ -24,11 +26,13 @@ Then, in fresh processes, the time to first prediction: the framework's bare imp
     zoo bench resnet18 --cases 1x224 32x224     # any model of the zoo
     zoo bench --frameworks torch --cases 32x224 --rounds 9
     zoo bench --frameworks keras[jax]           # Keras on another backend
+    zoo bench --frameworks flax flax@xla-onednn # a runtime setting only an environment variable reaches
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import json
@@ -37,6 +41,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,16 +73,39 @@ class BenchError(RuntimeError):
 BARE_IMPORTS = {"torch": "import torch", "flax": "import jax, flax.nnx", "keras": "import keras",
                 "onnx": "import onnx, onnxruntime"}
 # The row every framework is also compared against, when onnxruntime is installed: the zoo's ONNX
-# model on the same weights, timed in the same process and the same rounds, its pool not spinning.
-REFERENCE = "onnxruntime (zoo's model, no spinning)"
+# model on the same weights, in the same rounds, run and timed in a process of its own (`Guest`).
+REFERENCE = "onnxruntime (zoo default, own process)"
+
+
+# Runtime settings that only an environment variable reaches (each library reads it once, when it starts),
+# so each is a target of its own, `flax@xla-onednn`, measured in its own process against the same onnxruntime
+# row as the plain target: name -> (the targets it applies to, the environment it sets). XLA_FLAGS given by
+# the user are kept, the variant's flags after them.
+VARIANTS = {
+    "xla-onednn": (("flax", "keras[jax]"), {"XLA_FLAGS": "--xla_cpu_use_onednn=true"}),
+    "xla-onednn-calls": (("flax", "keras[jax]"), {"XLA_FLAGS": "--xla_cpu_experimental_onednn_custom_call=true"}),
+    "xla-xnnpack": (("flax", "keras[jax]"), {"XLA_FLAGS": "--xla_cpu_use_xnnpack=true"}),
+    "omp-passive": (("torch", "keras[torch]"), {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "tf-no-onednn": (("keras", "keras[tensorflow]"), {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+}
 
 
 def _target(text: str) -> tuple[str, dict[str, str]]:
-    """'keras[jax]' -> ('keras', {'KERAS_BACKEND': 'jax'}); 'torch' -> ('torch', {})."""
-    name, _, rest = text.partition("[")
+    """'keras[jax]' -> ('keras', {'KERAS_BACKEND': 'jax'}); 'torch' -> ('torch', {});
+    'flax@xla-onednn' -> ('flax', {'XLA_FLAGS': ...})."""
+    base, _, variant = text.partition("@")
+    name, _, rest = base.partition("[")
     if name not in FRAMEWORKS or (rest and (name != "keras" or not rest.endswith("]"))):
-        raise ValueError(f"unknown framework {text!r}; choose from {', '.join(FRAMEWORKS)} or keras[BACKEND]")
-    return name, ({"KERAS_BACKEND": rest[:-1]} if rest else {})
+        raise ValueError(f"unknown framework {text!r}; choose from {', '.join(FRAMEWORKS)} or keras[BACKEND], "
+                         f"each optionally @VARIANT")
+    env = {"KERAS_BACKEND": rest[:-1]} if rest else {}
+    if variant:
+        if variant not in VARIANTS or base not in VARIANTS[variant][0]:
+            known = ", ".join(f"{v} ({'/'.join(on)})" for v, (on, _) in VARIANTS.items())
+            raise ValueError(f"{text!r}: no variant {variant!r} for {base}; the variants: {known}")
+        for key, value in VARIANTS[variant][1].items():
+            env[key] = f"{os.environ[key]} {value}" if key == "XLA_FLAGS" and os.environ.get(key) else value
+    return name, env
 
 
 def _case(text: str) -> tuple[int, int]:
@@ -117,21 +145,81 @@ def steady(stats) -> bool:
     return bool(ratio > 0 and (high - low) / ratio <= UNSTEADY_WIDTH)
 
 
-def _onnxruntime_reference(model, layout: str):
-    """make(x) -> run() for the zoo's ONNX model on `model`'s weights; x in `layout`. The transpose
-    to NCHW is done once, untimed: an onnxruntime user holds NCHW images."""
-    from zoo.frameworks.onnx_model import OnnxModel, session_options
+class Guest:
+    """onnxruntime in a process of its own, beside a framework's process and driven by it turn by turn: the
+    framework's own thread pool and onnxruntime's never share a process. The guest times itself (wall and
+    CPU time of its process), so the pipe between the two costs nothing in the figures. The guest runs the
+    zoo's default session: the zoo's ONNX model on the framework model's weights, as `zoo.predict` calls it.
 
-    # Spinning off: a guest's idle pool waits asleep, not on the cores the framework's turn is using.
-    # What that costs onnxruntime is the onnx framework's own "no spinning" row.
-    onnx_model = OnnxModel(zoo.spec_of(model), zoo.get_weights(model), options=session_options(spinning=False))
+    Protocol, a JSON line each way: {"case": "x.npy"} -> {"first_call_s", "out": "out.npy"} (the first call
+    and a warm-up); {"time": min_time} -> {"wall", "cpu"}; the guest ends when its input closes."""
 
-    def make(x):
-        nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if layout == "NHWC" else x
-        return lambda: zoo.predict(onnx_model, nchw)
-    return make
+    def __init__(self, model, layout: str):
+        self.layout, self.folder = layout, tempfile.TemporaryDirectory(prefix="zoo-bench-")
+        weights = os.path.join(self.folder.name, "weights.npz")
+        np.savez(weights, **zoo.get_weights(model))
+        with open(os.path.join(self.folder.name, "spec.json"), "w") as f:
+            f.write(zoo.spec_of(model).to_json())
+        self.proc = subprocess.Popen([sys.executable, "-m", "zoo.bench", "--guest", self.folder.name],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def _ask(self, message: dict) -> dict:
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BenchError(f"the onnxruntime guest process ended (exit {self.proc.wait()}; its error is above)")
+        return json.loads(line)
+
+    def make(self, x: np.ndarray):
+        """make(x) -> run(), as a framework's alternatives: run() is the guest's output on x; run.timed(t)
+        one turn of at least t seconds there. The transpose to NCHW is done here, untimed: an onnxruntime
+        user holds NCHW images."""
+        path = os.path.join(self.folder.name, "x.npy")
+        np.save(path, np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.layout == "NHWC" else x)
+        answer = self._ask({"case": path})
+        out = np.load(answer["out"])
+
+        def run():
+            return out
+        run.first_call_s = answer["first_call_s"]
+        run.timed = lambda min_time: tuple(self._ask({"time": min_time})[k] for k in ("wall", "cpu"))
+        return run
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+        self.folder.cleanup()
 
 
+def serve_guest(folder: str) -> None:
+    """The guest's side of `Guest`: reads its requests from stdin, answers on stdout."""
+    from zoo.spec import ModelSpec
+
+    with open(os.path.join(folder, "spec.json")) as f:
+        spec = ModelSpec.from_json(f.read())
+    with np.load(os.path.join(folder, "weights.npz"), allow_pickle=False) as w:
+        model = zoo.load(spec, "onnx", weights=dict(w))
+    run = None
+    for line in sys.stdin:
+        message = json.loads(line)
+        if "case" in message:
+            run = functools.partial(zoo.predict, model, np.load(message["case"]))
+            t = time.perf_counter()
+            out = run()
+            first = time.perf_counter() - t
+            _time(run, 0.1)  # warm-up
+            np.save(os.path.join(folder, "out.npy"), out)
+            answer = {"first_call_s": first, "out": os.path.join(folder, "out.npy")}
+        else:
+            wall, cpu = _time(run, message["time"])
+            answer = {"wall": wall, "cpu": cpu}
+        print(json.dumps(answer), flush=True)
+
+
+def _turn(run, min_time: float) -> tuple[float, float]:
+    """One alternative's turn: timed here, or in the guest's process for the guest's row."""
+    return run.timed(min_time) if hasattr(run, "timed") else _time(run, min_time)
 
 
 def measure(framework: str, model_name: str, cases, rounds: int, min_time: float,
@@ -142,55 +230,59 @@ def measure(framework: str, model_name: str, cases, rounds: int, min_time: float
     spec = zoo.spec_of(model)
     # the framework's rows are also timed against onnxruntime's: the onnx framework's own default,
     # or an extra row, when onnxruntime is installed
-    reference = None
+    guest = None
     if framework != "onnx" and all(importlib.util.find_spec(p) for p in FRAMEWORKS["onnx"].packages):
-        reference = _onnxruntime_reference(model, bench.LAYOUT)
+        guest = Guest(model, bench.LAYOUT)
     result = {"framework": framework, "describe": bench.describe(), "matmul_gflops": bench.matmul_gflops(),
               "model": model_name, "cases": [],
-              "onnxruntime_row": REFERENCE if reference else "zoo.predict(model, x)" if framework == "onnx" else None}
+              "onnxruntime_row": REFERENCE if guest else "zoo.predict(model, x)" if framework == "onnx" else None}
     rng = np.random.default_rng(seed)
-    for batch, size in cases:
-        x = rng.standard_normal((batch, spec.in_channels, size, size), dtype=np.float32)
-        if bench.LAYOUT == "NHWC":
-            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        flops = spec.flops((size, size)) * batch
-        runs, rows, default_out = {}, {}, None
-        alternatives = bench.alternatives(model)
-        kept = [name for i, name in enumerate(alternatives)  # the first, the default, always stays
-                if not only or not i or any(text in name for text in only)]
-        makes = {name: alternatives[name] for name in kept}
-        if reference:
-            makes[REFERENCE] = reference
-        for name, make in makes.items():
-            try:
-                run = make(x)
-                t = time.perf_counter()
-                out = run()  # the first call compiles, where there is compiling to do
-                first = time.perf_counter() - t
-                _time(run, min_time / 2)  # warm-up
-            except Exception as e:  # reported in the table, e.g. torch.compile without a C++ compiler
-                rows[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
-                continue
-            out = np.asarray(out)
-            default_out = out if default_out is None else default_out
-            runs[name] = run
-            rows[name] = {"first_call_s": first, "max_abs_diff": float(np.abs(out - default_out).max()), "times": [],
-                          "cpu_times": []}
-        for r in range(rounds):
-            names = list(runs)
-            names = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
-            for name in names:
-                time.sleep(SETTLE_S)
-                wall, cpu = _time(runs[name], min_time)
-                rows[name]["times"].append(wall)
-                rows[name]["cpu_times"].append(cpu)
-        default = rows[next(iter(rows))].get("times")
-        ort_times = rows.get(result["onnxruntime_row"], {}).get("times")
-        for row in rows.values():
-            if "times" in row:
-                summarise(row, batch, flops, default, ort_times)
-        result["cases"].append({"batch": batch, "size": size, "flops": flops, "rows": rows})
-        print(f"  {framework}: {batch}x{size} done", file=sys.stderr, flush=True)
+    try:
+        for batch, size in cases:
+            x = rng.standard_normal((batch, spec.in_channels, size, size), dtype=np.float32)
+            if bench.LAYOUT == "NHWC":
+                x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            flops = spec.flops((size, size)) * batch
+            runs, rows, default_out = {}, {}, None
+            alternatives = bench.alternatives(model)
+            kept = [name for i, name in enumerate(alternatives)  # the first, the default, always stays
+                    if not only or not i or any(text in name for text in only)]
+            makes = {name: alternatives[name] for name in kept}
+            if guest:
+                makes[REFERENCE] = guest.make
+            for name, make in makes.items():
+                try:
+                    run = make(x)
+                    t = time.perf_counter()
+                    out = run()  # the first call compiles, where there is compiling to do
+                    first = getattr(run, "first_call_s", time.perf_counter() - t)
+                    _turn(run, min_time / 2)  # warm-up
+                except Exception as e:  # reported in the table, e.g. torch.compile without a C++ compiler
+                    rows[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+                    continue
+                out = np.asarray(out)
+                default_out = out if default_out is None else default_out
+                runs[name] = run
+                rows[name] = {"first_call_s": first, "max_abs_diff": float(np.abs(out - default_out).max()),
+                              "times": [], "cpu_times": []}
+            for r in range(rounds):
+                names = list(runs)
+                names = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
+                for name in names:
+                    time.sleep(SETTLE_S)
+                    wall, cpu = _turn(runs[name], min_time)
+                    rows[name]["times"].append(wall)
+                    rows[name]["cpu_times"].append(cpu)
+            default = rows[next(iter(rows))].get("times")
+            ort_times = rows.get(result["onnxruntime_row"], {}).get("times")
+            for row in rows.values():
+                if "times" in row:
+                    summarise(row, batch, flops, default, ort_times)
+            result["cases"].append({"batch": batch, "size": size, "flops": flops, "rows": rows})
+            print(f"  {framework}: {batch}x{size} done", file=sys.stderr, flush=True)
+    finally:
+        if guest:
+            guest.close()
     return result
 
 
@@ -263,7 +355,8 @@ def format_results(results: list[dict], machine: str, markdown: bool = False) ->
     lines = [f"Machine: {machine}", ""]
     for res in results:
         cases = res["cases"]
-        lines.append(f"{res['target']}: {res['describe']}; float32 matmul 2048x2048: "
+        settings = "".join(f"; {k}={v}" for k, v in res.get("environment", {}).items())
+        lines.append(f"{res['target']}: {res['describe']}{settings}; float32 matmul 2048x2048: "
                      f"{res['matmul_gflops']:.0f} GFLOP/s")
         head = ["alternative"] + [f"b{c['batch']} {c['size']}x{c['size']}: img/s, x default, GFLOP/s" for c in cases]
         body, default, unsteady = [], next(iter(cases[0]["rows"])), []
@@ -369,7 +462,8 @@ def _table(head: list[str], body: list[list[str]], markdown: bool) -> list[str]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default="nin")
     p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), metavar="FW",
-                   help="torch, flax, keras, onnx, or keras[BACKEND] (default: all four)")
+                   help="torch, flax, keras, onnx, or keras[BACKEND] (default: all four), each optionally @VARIANT, "
+                        "a runtime setting from VARIANTS: " + ", ".join(VARIANTS))
     p.add_argument("--cases", nargs="+", type=_case, default=None, metavar="BxS",
                    help="batch x input size (default: 1x96 32x96 1x224 32x224 where the model takes them, "
                         "else 1 and 32 at its nominal size)")
@@ -383,6 +477,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the time to first prediction (two fresh processes per framework)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--first", help=argparse.SUPPRESS)
+    p.add_argument("--guest", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -391,6 +486,9 @@ def run(args: argparse.Namespace) -> None:
         return
     if args.first:
         print(json.dumps(first_prediction(args.first, args.model)))
+        return
+    if args.guest:
+        serve_guest(args.guest)
         return
     spec = zoo.get_spec(args.model)  # an unknown model fails here, before any process starts
     if args.rounds < 1 or args.min_time <= 0:
@@ -407,7 +505,7 @@ def run(args: argparse.Namespace) -> None:
                              f"{spec.input_size[0]}x{spec.input_size[1]})")
     targets = [(text, *_target(text)) for text in args.frameworks]  # all checked before the first starts
     for text, framework, env in targets:
-        packages = FRAMEWORKS[framework].packages + tuple(env.values())  # keras[jax] needs jax too
+        packages = FRAMEWORKS[framework].packages + tuple(env.get("KERAS_BACKEND", "").split())  # keras[jax]: jax
         missing = [p for p in packages if importlib.util.find_spec(p) is None]
         if missing:
             raise ValueError(f"{text}: {', '.join(missing)} not installed; "
@@ -431,6 +529,7 @@ def run(args: argparse.Namespace) -> None:
         if args.first_prediction:
             res["first"] = _worker([args.model, "--first", framework], env)
         res["target"], res["nominal"] = text, "x".join(map(str, spec.input_size))
+        res["environment"] = {k: v for k, v in env.items() if k != "KERAS_BACKEND"}  # a variant's settings
         results.append(res)
         if len(targets) > 1:  # the whole table, every framework side by side, follows at the end
             print(format_results([res], machine, args.markdown), file=sys.stderr)
