@@ -242,9 +242,28 @@ class ZooModel(nnx.Module):
             return self.layer(path)(x, rngs=rngs)
         if isinstance(op, BARE):
             return _with_tensor(op, self.layer(path)[...], x)
+        if isinstance(op, Conv) and op.groups == op.in_channels > 1:
+            return depthwise(self.layer(path), op, x)
         if isinstance(op, (Conv, BatchNorm, Linear, LayerNorm, SelfAttention)):
             return self.layer(path)(x)
         return _function(op, x)  # a Flatten gets the nominal map: spec.check_input refuses other sizes
+
+
+def depthwise(conv: nnx.Conv, op: Conv, x: jax.Array) -> jax.Array:
+    """A depthwise convolution (groups == input channels, m = out / in outputs per channel) as kh * kw
+    shifted multiply-adds on the padded NHWC map, with the nnx.Conv's own kernel [kh, kw, 1, C * m] and bias.
+    XLA's CPU grouped convolution (feature_group_count) ran a 3x3 depthwise on [8, 56, 56, 144] at 0.6
+    GFLOP/s here; these, which XLA fuses into one loop, at 15-19 GFLOP/s. Output channel c * m + j reads
+    input channel c, as torch's grouped weight orders them."""
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = op.kernel_size, op.stride, op.dilation, op.padding
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    if op.out_channels > op.in_channels:
+        xp = jnp.repeat(xp, op.out_channels // op.in_channels, axis=-1)
+    ho, wo = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    kernel = conv.kernel[...]
+    out = sum(xp[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw, :] * kernel[i, j, 0]
+              for i in range(kh) for j in range(kw))
+    return out + conv.bias[...] if op.bias else out
 
 
 def _check_name(owner: nnx.Module, name: str, path: str) -> None:
