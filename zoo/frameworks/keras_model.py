@@ -130,7 +130,8 @@ class PaddedConv2D(keras.layers.Conv2D):
     Keras refuses strides > 1 with dilation_rate > 1; PyTorch does not. Such a layer convolves with
     stride 1 and keeps every `step`-th output (the same numbers, `step`^2 times the work). The
     grouped kernel is Keras' [kh, kw, I/groups, O] with torch's order of output channels; on
-    TensorFlow's CPU Keras runs grouped convolutions through XLA (TensorFlow has no CPU kernel).
+    TensorFlow's CPU Keras runs grouped convolutions through XLA (TensorFlow has no CPU kernel),
+    except depthwise ones (groups == input channels): see `_depthwise`.
     """
 
     def __init__(self, filters, kernel_size, strides=1, *, pad=(0, 0), step=(1, 1), **kwargs):
