@@ -68,6 +68,8 @@ def test_a_model_keeps_one_session_per_input_size_and_rebuilds_them_for_new_weig
     for size in (67, 96, 67):
         zoo.predict(model, rng.standard_normal((2, 1, size, size)).astype(np.float32))
     assert sorted(model._sessions) == [(67, 67), (96, 96)]
+    with pytest.raises(ValueError, match="channel"):  # a shape seen before skips the check; a new one does not
+        zoo.predict(model, np.zeros((2, 3, 67, 67), np.float32))
     w = zoo.init_weights(model.spec, 9)
     zoo.set_weights(model, w)
     assert not model._sessions

@@ -365,6 +365,9 @@ class OnnxModel:
         self.spec, self.options, self.providers = spec, options, providers
         self._weights = {k: np.array(weights[k], np.float32, order="C") for k in spec.param_shapes()}
         self._sessions: dict[tuple[int, int], ort.InferenceSession] = {}
+        # image shape (C, H, W) -> its session, once the shape has passed the spec's input check: a call on a
+        # shape seen before is one dict lookup (the check and the session lookup took 1.3 us of LeNet's 27)
+        self._ready: dict[tuple[int, ...], ort.InferenceSession] = {}
         self._lock = threading.Lock()
 
     def to_onnx(self, size: tuple[int, int] | None = None, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
@@ -379,11 +382,13 @@ class OnnxModel:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:  # [B, C, H, W] -> [B, num_classes]
         x = np.ascontiguousarray(x, np.float32)
-        self.spec.check_input(x.shape, LAYOUT)
-        if x.shape[0] == 0:  # onnxruntime's kernels do not all take an empty batch
-            return np.zeros((0, self.spec.num_classes), np.float32)
-        logits = self.session(tuple(x.shape[2:])).run([OUTPUT], {INPUT: x})[0]
-        return _nan_policy(x, logits)
+        sess = self._ready.get(x.shape[1:]) if x.ndim == 4 and len(x) else None
+        if sess is None:
+            self.spec.check_input(x.shape, LAYOUT)
+            if x.shape[0] == 0:  # onnxruntime's kernels do not all take an empty batch
+                return np.zeros((0, self.spec.num_classes), np.float32)
+            sess = self._ready[x.shape[1:]] = self.session(tuple(x.shape[2:]))
+        return _nan_policy(x, sess.run([OUTPUT], {INPUT: x})[0])
 
     def __repr__(self) -> str:
         return f"OnnxModel({self.spec.name}, {self.spec.num_params:,} parameters, onnxruntime {ort.__version__})"
@@ -423,6 +428,7 @@ def set_weights(model: OnnxModel, weights: dict[str, np.ndarray]) -> None:
     with model._lock:
         model._weights = {k: np.array(weights[k], np.float32, order="C") for k in model.spec.param_shapes()}
         model._sessions.clear()  # the initializers are part of each session's graph
+        model._ready = {}
 
 
 def predict(model: OnnxModel, x: np.ndarray) -> np.ndarray:
