@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 import zoo
+from zoo.spec import SelfAttention
 
 LAYOUT = "NHWC"
 
@@ -74,8 +75,10 @@ def _dot_product_attention(query, key, value, mask=None, **_):
 def _fused_attention(model):
     """A copy of the model whose attentions call jax.nn.dot_product_attention instead of Flax's
     einsum-and-softmax nnx.dot_product_attention (the default); None without attention."""
+    if not any(isinstance(op, SelfAttention) for op in zoo.spec_of(model).ops().values()):
+        return None  # decided from the spec: no copy of a model without attention
     copy = nnx.clone(model)
-    found = [m for _, m in nnx.iter_graph(copy) if isinstance(m, nnx.MultiHeadAttention)]
-    for m in found:
-        m.attention_fn = _dot_product_attention
-    return copy if found else None
+    for _, m in nnx.iter_graph(copy):
+        if isinstance(m, nnx.MultiHeadAttention):
+            m.attention_fn = _dot_product_attention
+    return copy

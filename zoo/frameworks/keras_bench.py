@@ -15,6 +15,7 @@ import numpy as np
 from keras import ops
 
 import zoo
+from zoo.spec import SelfAttention
 
 LAYOUT = "NHWC"
 
@@ -77,12 +78,12 @@ def _explicit_attention(model):
     path Keras takes when scores are asked for, instead of ops.dot_product_attention (its default here:
     no dropout in eval); a second model on the same weights, through predict_on_batch. None without
     attention."""
+    if not any(isinstance(op, SelfAttention) for op in zoo.spec_of(model).ops().values()):
+        return None  # decided from the spec: no second model without attention
     other = zoo.load(zoo.spec_of(model), "keras", weights=zoo.get_weights(model))
-    found = [layer for layer in other._flatten_layers() if isinstance(layer, keras.layers.MultiHeadAttention)]
-    if not found:
-        return None
-    for layer in found:
-        layer._compute_attention = _with_scores(layer._compute_attention)
+    for layer in other._flatten_layers():
+        if isinstance(layer, keras.layers.MultiHeadAttention):
+            layer._compute_attention = _with_scores(layer._compute_attention)
     return lambda x: (lambda: other.predict_on_batch(x))
 
 
