@@ -248,3 +248,48 @@ def test_bench_refuses_bad_arguments_before_measuring(args, message, capsys):
 
     assert main(["bench", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.torch
+def test_torch_device_is_kept_and_forgotten_when_the_model_moves():
+    """ZooModel.device is looked up once (next(parameters()) took 12-16 us of each LeNet call at batch 1), and
+    looked up again after anything that can move the parameters: .to / .cuda / .cpu (all through _apply), and
+    load_state_dict (assign=True replaces them)."""
+    torch = pytest.importorskip("torch")
+    model = zoo.load("lenet", "torch")
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    before = zoo.predict(model, x)
+    assert model.device == torch.device("cpu") and model._where is not None
+    model.to("meta")
+    assert model.device == torch.device("meta")
+    model.to_empty(device="cpu")
+    assert model.device == torch.device("cpu")
+    meta = {k: v.to("meta") for k, v in model.state_dict().items()}
+    model.load_state_dict(meta, assign=True)
+    assert model.device == torch.device("meta")
+    fresh = zoo.load("lenet", "torch")
+    model.load_state_dict(fresh.state_dict(), assign=True)
+    assert model.device == torch.device("cpu") and np.array_equal(zoo.predict(model, x), before)
+
+
+@pytest.mark.onnx
+def test_onnx_call_skips_only_the_python_checks_of_session_run():
+    """OnnxModel's call uses the session's C++ run (InferenceSession.run's Python checks cannot fail for the
+    zoo's own feed); where onnxruntime has no such attribute, the public run. Both give the same logits."""
+    pytest.importorskip("onnxruntime")
+    from zoo.frameworks import onnx_model
+
+    model = zoo.load("lenet", "onnx")
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    sess = model.session((28, 28))
+    public = sess.run([onnx_model.OUTPUT], {onnx_model.INPUT: x})[0]
+    fast = onnx_model._fast_run(sess)
+    assert fast is not sess.run and np.array_equal(fast([onnx_model.OUTPUT], {onnx_model.INPUT: x}, None)[0], public)
+
+    class Renamed:  # an onnxruntime whose session keeps no `_sess`
+        run = sess.run
+
+    assert onnx_model._fast_run(Renamed()) == Renamed().run
+    assert np.array_equal(zoo.predict(model, x), public)
+    x[1, 0, 3, 3] = np.inf  # the NaN policy holds on the fast path
+    assert np.isnan(zoo.predict(model, x)[1]).all() and np.isfinite(zoo.predict(model, x)[[0, 2]]).all()
