@@ -379,3 +379,35 @@ def test_build_makes_its_modules_without_tracing(monkeypatch):
     assert all(isinstance(v.get_value(), jax.Array) for v in flax_model._variables(model).values())
     err, tol = _error(flax_model.predict(model, _nhwc(x)), reference.forward(spec, weights, x))
     assert err <= tol
+
+
+@pytest.mark.parametrize("size, stride, pad, hw", [((3, 3), (2, 2), 1, (9, 8)), ((2, 3), (1, 2), 0, (5, 7))])
+def test_max_pool_gradient_goes_to_the_first_maximum(size, stride, pad, hw):
+    """jax_ops.max_pool's own gradient (shifted views, no select-and-scatter): on a map with ties, each window's
+    gradient reaches exactly one cell, its first maximum in row-major order, as PyTorch's does; elsewhere
+    the same as XLA's gradient of reduce_window."""
+    from jax import lax
+
+    from zoo.frameworks.jax_ops import max_pool
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, *hw, 3)).astype(np.float32)
+    x[0, :4, :4, :] = 1.5  # a block of ties
+    pads = ((0, 0), (pad, pad), (pad, pad), (0, 0))
+    y = max_pool(jnp.asarray(x), size, stride, pads)
+    want = lax.reduce_window(jnp.asarray(x), -jnp.inf, lax.max, (1, *size, 1), (1, *stride, 1), pads)
+    assert np.array_equal(np.asarray(y), np.asarray(want))
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    got = np.asarray(jax.grad(lambda a: (max_pool(a, size, stride, pads) * g).sum())(jnp.asarray(x)))
+    # by hand: each window's gradient to its first maximum
+    xp = np.pad(x, pads, constant_values=-np.inf)
+    hand = np.zeros_like(xp)
+    for b in range(y.shape[0]):
+        for i in range(y.shape[1]):
+            for j in range(y.shape[2]):
+                for c in range(y.shape[3]):
+                    win = xp[b, i * stride[0]:i * stride[0] + size[0], j * stride[1]:j * stride[1] + size[1], c]
+                    r, s = np.unravel_index(np.argmax(win), win.shape)  # argmax: the first maximum
+                    hand[b, i * stride[0] + r, j * stride[1] + s, c] += g[b, i, j, c]
+    hand = hand[:, pad:pad + hw[0], pad:pad + hw[1]]
+    assert np.abs(got - hand).max() <= 1e-6 and np.abs(hand[0, :4, :4]).sum() > 0

@@ -314,3 +314,46 @@ def test_the_test_specs_hold_every_op_kind_and_join():
     convs = [n for n in nodes if isinstance(n, Conv)]
     assert any(c.groups == c.in_channels and c.out_channels > c.in_channels for c in convs)  # a multiplier
     assert any(1 < c.groups < c.in_channels and c.dilation != (1, 1) and c.stride != (1, 1) for c in convs)
+
+
+# --------------------------------------------------------------------------- small maps
+
+SMALL_MAP_CASES = {  # (conv, input size): output maps of 2x2, 1x1, 2x1, a dilated and a strided one, no bias
+    "3x3_on_2x2": (Conv(4, 6, 3, 1, 1), (2, 2)),
+    "3x3_on_1x1": (Conv(4, 6, 3, 1, 1), (1, 1)),
+    "strided_4x3_to_2x2": (Conv(4, 6, 3, 2, 1), (4, 3)),
+    "dilated_no_bias": (Conv(4, 6, 3, 1, 2, bias=False, dilation=2), (2, 1)),
+    "2x3_kernel_stride_2x1": (Conv(4, 6, (2, 3), (2, 1), (0, 1)), (3, 2)),
+    "1x1_on_5x7": (Conv(4, 6, 1), (5, 7)),  # 1x1 convs at any size take the matmul form
+    "1x1_strided_padded": (Conv(4, 6, 1, 2, 1, bias=False), (5, 7)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SMALL_MAP_CASES))
+def test_convs_on_small_maps_in_every_framework(framework, case):
+    """Dense convs whose output map is SMALL_MAP cells or fewer, and 1x1 convs: Flax and Keras on JAX run them
+    as one matmul over the windows (XLA's CPU convolution is 10-30x slower on small maps), every tap kept."""
+    conv, size = SMALL_MAP_CASES[case]
+    spec = _one(Seq(("c", conv)), 4, size)
+    w = revealing_weights(spec, seed=5)
+    x = np.random.default_rng(6).standard_normal((3, 4, *size)).astype(np.float32)
+    ref = reference.forward(spec, w, x)
+    got = _run_all(spec, w, x, framework)
+    assert np.abs(got - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max()), float(np.abs(got - ref).max())
+
+
+def test_small_map_rule_takes_the_cases_it_is_for():
+    """The matmul form is taken for each case above, and not for a 4x4 output map: else the test above
+    would pass without running it."""
+    pytest.importorskip("flax")
+    from zoo.frameworks.flax_model import SMALL_MAP, small_map
+
+    assert all(small_map(conv, size) for conv, size in SMALL_MAP_CASES.values() if conv.kernel_size != (1, 1))
+    assert not small_map(Conv(4, 6, 3, 1, 1), (4, 4)) and SMALL_MAP == 4
+    pytest.importorskip("keras")
+    from zoo.frameworks.keras_model import SMALL_MAP as KERAS_SMALL_MAP
+    from zoo.frameworks.keras_model import PaddedConv2D
+
+    layer = PaddedConv2D(6, 3, 2, pad=1)  # the strided case above: a padded 6x5 map to 2x2
+    assert KERAS_SMALL_MAP == SMALL_MAP and layer._small((3, 6, 5, 4))
+    assert not PaddedConv2D(6, 3, 1, pad=1)._small((3, 6, 6, 4))

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from zoo.frameworks import jax_ops
 from zoo.spec import (
     ATTENTION_PARTS,
     GELU,
@@ -142,7 +143,7 @@ def pool2d(x: jax.Array, op: Pool) -> jax.Array:  # [B, H, W, C]
     pads = ((0, 0), *((p, p + op.extra(x.shape[1 + a], a)) for a, p in enumerate(op.padding)), (0, 0))
     window, strides = (1, *op.size, 1), (1, *op.stride, 1)
     if op.kind == "max":  # padded cells hold the initial value, -inf; NaN wins over every number
-        y = lax.reduce_window(x, -jnp.inf, lax.max, window, strides, pads)  # a Python scalar: differentiable
+        y = jax_ops.max_pool(x, op.size, op.stride, pads)  # its gradient without select-and-scatter: jax_ops
         return y[:, :outs[0], :outs[1]]
     sums = lax.reduce_window(x, 0.0, lax.add, window, strides, pads)[:, :outs[0], :outs[1]]
     counts = np.outer(op.divisors(x.shape[1], 0), op.divisors(x.shape[2], 1))
@@ -244,9 +245,45 @@ class ZooModel(nnx.Module):
             return _with_tensor(op, self.layer(path)[...], x)
         if isinstance(op, Conv) and op.groups == op.in_channels > 1:
             return depthwise(self.layer(path), op, x)
+        if isinstance(op, Conv) and op.groups == 1 and (op.kernel_size == (1, 1) or small_map(op, x.shape[1:3])):
+            return as_matmul(self.layer(path), op, x)
         if isinstance(op, (Conv, BatchNorm, Linear, LayerNorm, SelfAttention)):
             return self.layer(path)(x)
         return _function(op, x)  # a Flatten gets the nominal map: spec.check_input refuses other sizes
+
+
+# At most this many output cells (H x W), a dense convolution runs as one matmul (`as_matmul`); so does
+# every 1x1 convolution: XLA's CPU convolution ran them at 0.4-1x the speed of the same product as a matmul
+# (96 -> 96 on [32, 54, 54]: 28 vs 76 GFLOP/s; 256 -> 256 on [1, 26, 26]: 74 vs 183; never faster).
+SMALL_MAP = 4
+
+
+def small_map(op: Conv, hw: tuple[int, int]) -> bool:
+    """Whether the convolution's output map is SMALL_MAP cells or fewer (2x2, 1x1: a ResNet's last stages
+    at 32 px). XLA's CPU convolution collapses there: a 3x3, 256 -> 256 conv on a [128, 2, 2] map ran at
+    6.3 GFLOP/s forward and 21 with its gradients, 512 -> 512 on 1x1 at 15 / 37, where its matmul form
+    (`as_matmul`) ran at 169 / 205 and 171 / 220; from 4x4 maps up, XLA's conv was as fast or faster."""
+    _, ho, wo = op.out_shape((op.in_channels, *hw))
+    return ho * wo <= SMALL_MAP
+
+
+def windows(op: Conv, x: jax.Array) -> list[jax.Array]:
+    """The kh * kw shifted views of the zero-padded NHWC map that tap (i, j) of the kernel multiplies:
+    [B, Ho, Wo, C] each, strides and dilation applied, in row-major (i, j) order."""
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = op.kernel_size, op.stride, op.dilation, op.padding
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    ho, wo = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    return [xp[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw, :]
+            for i in range(kh) for j in range(kw)]
+
+
+def as_matmul(conv: nnx.Conv, op: Conv, x: jax.Array) -> jax.Array:
+    """A dense convolution (groups 1) as one matmul: the windows side by side, [B, Ho, Wo, kh * kw * C],
+    times the nnx.Conv's own kernel [kh, kw, C, O] read as [kh * kw * C, O] (the same (i, j, c) order).
+    Every tap is kept, those on the padding too, so the sum is the convolution's, term for term."""
+    kernel = conv.kernel[...]
+    out = jnp.concatenate(windows(op, x), axis=-1) @ kernel.reshape(-1, kernel.shape[-1])
+    return out + conv.bias[...] if op.bias else out
 
 
 def depthwise(conv: nnx.Conv, op: Conv, x: jax.Array) -> jax.Array:
@@ -255,14 +292,10 @@ def depthwise(conv: nnx.Conv, op: Conv, x: jax.Array) -> jax.Array:
     XLA's CPU grouped convolution (feature_group_count) ran a 3x3 depthwise on [8, 56, 56, 144] at 0.6
     GFLOP/s here; these, which XLA fuses into one loop, at 15-19 GFLOP/s. Output channel c * m + j reads
     input channel c, as torch's grouped weight orders them."""
-    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = op.kernel_size, op.stride, op.dilation, op.padding
-    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     if op.out_channels > op.in_channels:
-        xp = jnp.repeat(xp, op.out_channels // op.in_channels, axis=-1)
-    ho, wo = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
-    kernel = conv.kernel[...]
-    out = sum(xp[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw, :] * kernel[i, j, 0]
-              for i in range(kh) for j in range(kw))
+        x = jnp.repeat(x, op.out_channels // op.in_channels, axis=-1)
+    kernel = conv.kernel[...].reshape(-1, op.out_channels)  # [kh * kw, C * m], tap-major as `windows`
+    out = sum(view * kernel[k] for k, view in enumerate(windows(op, x)))
     return out + conv.bias[...] if op.bias else out
 
 

@@ -123,6 +123,11 @@ def _pad(x, pads, value: float = 0.0):
     return ops.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]], constant_values=value)
 
 
+# At most this many output cells (H x W), a dense convolution on JAX runs as one matmul (`_as_matmul`), and so
+# does every 1x1 one: XLA's CPU convolution is slower there (zoo/frameworks/flax_model.py, SMALL_MAP).
+SMALL_MAP = 4
+
+
 @keras.saving.register_keras_serializable(package="zoo")
 class PaddedConv2D(keras.layers.Conv2D):
     """Conv2D with explicit symmetric zero padding of `pad` = (ph, pw) pixels.
@@ -149,8 +154,36 @@ class PaddedConv2D(keras.layers.Conv2D):
 
     def call(self, x):
         x = _pad(x, [(self.pad[0],) * 2, (self.pad[1],) * 2])
-        y = self._depthwise(x) if self.groups > 1 and self.groups == x.shape[-1] else super().call(x)
+        if self.groups > 1 and self.groups == x.shape[-1]:
+            y = self._depthwise(x)
+        elif self.groups == 1 and keras.backend.backend() == "jax" and (self.kernel_size == (1, 1)
+                                                                        or self._small(x.shape)):
+            y = self._as_matmul(x)
+        else:
+            y = super().call(x)
         return y if self.step == (1, 1) else y[:, ::self.step[0], ::self.step[1], :]
+
+    def _windows(self, x):
+        """The kh * kw shifted views of the padded NHWC map that tap (i, j) multiplies, row-major (i, j)."""
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
+        ho, wo = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1, (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
+        return [x[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw, :]
+                for i in range(kh) for j in range(kw)]
+
+    def _small(self, padded_shape) -> bool:
+        """An output map of at most SMALL_MAP cells, on JAX: XLA's CPU convolution collapses there (as in
+        the Flax model: zoo/frameworks/flax_model.py, `small_map`), its matmul form does not."""
+        if padded_shape[1] is None or padded_shape[2] is None:
+            return False
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
+        ho, wo = (padded_shape[1] - dh * (kh - 1) - 1) // sh + 1, (padded_shape[2] - dw * (kw - 1) - 1) // sw + 1
+        return ho * wo <= SMALL_MAP
+
+    def _as_matmul(self, x):
+        """A dense convolution as one matmul: the windows side by side [B, Ho, Wo, kh * kw * C] times the
+        same kernel [kh, kw, C, O] read as [kh * kw * C, O]; every tap kept, those on the padding too."""
+        y = ops.matmul(ops.concatenate(self._windows(x), axis=-1), ops.reshape(self.kernel, (-1, self.filters)))
+        return y + self.bias if self.use_bias else y
 
     def _depthwise(self, x):
         """groups == input channels, from the same kernel [kh, kw, 1, C * m] (output c * m + j reads input c):
@@ -166,9 +199,8 @@ class PaddedConv2D(keras.layers.Conv2D):
         else:
             if self.filters > c:
                 x = ops.repeat(x, self.filters // c, axis=-1)
-            ho, wo = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1, (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
-            y = sum(x[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw, :]
-                    * self.kernel[i, j, 0] for i in range(kh) for j in range(kw))
+            kernel = ops.reshape(self.kernel, (kh * kw, self.filters))  # tap-major, as `_windows`
+            y = sum(view * kernel[k] for k, view in enumerate(self._windows(x)))
         return y + self.bias if self.use_bias else y
 
     def compute_output_shape(self, input_shape):
@@ -241,7 +273,11 @@ class Pool2D(keras.layers.Layer):
         # ceil_mode's last window may reach past the padding: pad stride - 1 more (its most), crop after
         extra = (sh - 1, sw - 1) if op.ceil_mode else (0, 0)
         pads = [(ph, ph + extra[0]), (pw, pw + extra[1])]
-        if op.kind == "max":
+        if op.kind == "max" and keras.backend.backend() == "jax":  # its gradient without select-and-scatter
+            from zoo.frameworks import jax_ops
+
+            y = jax_ops.max_pool(x, op.size, op.stride, ((0, 0), *pads, (0, 0)))
+        elif op.kind == "max":
             y = ops.max_pool(_pad(x, pads, -np.inf), op.size, op.stride, "valid")
         else:
             y = ops.average_pool(_pad(x, pads), op.size, op.stride, "valid")  # window sums / (kh * kw)

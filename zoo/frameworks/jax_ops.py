@@ -1,0 +1,51 @@
+"""JAX functions that both the Flax model and Keras on JAX use where XLA's own CPU kernel is slow.
+
+`max_pool`: max pooling whose gradient is computed from the windows' shifted views (compare, select,
+and the views' transposes, which XLA fuses) instead of XLA's select-and-scatter. Measured on this
+project's 2-core CPU, NiN's 3x3/2 pool on [128, 17, 17, 96]: forward 2.6 ms, gradient 57 ms through
+select-and-scatter, against PyTorch's forward and backward together in 14 ms. The gradient goes, as
+PyTorch's does, to the first maximum of each window in row-major order (ties: one cell, not shared).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def _windows(x: jax.Array, size, stride, pads) -> list[jax.Array]:
+    """The window's kh * kw shifted views of x padded with -inf, [B, Ho, Wo, C] each, row-major."""
+    xp = jnp.pad(x, pads, constant_values=-jnp.inf)
+    (kh, kw), (sh, sw) = size, stride
+    ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    return [xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :] for i in range(kh) for j in range(kw)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x: jax.Array, size: tuple[int, int], stride: tuple[int, int], pads) -> jax.Array:
+    """Max pooling of NHWC `x`, windows `size`, `stride`, `pads` ((0, 0), (top, bottom), (left, right), (0, 0))
+    of -inf. NaN in a window gives NaN (XLA's max propagates it)."""
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *size, 1), (1, *stride, 1), pads)
+
+
+def _max_pool_fwd(x, size, stride, pads):
+    y = max_pool(x, size, stride, pads)
+    return y, (x, y)
+
+
+def _max_pool_bwd(size, stride, pads, saved, g):
+    x, y = saved
+    views, pull = jax.vjp(lambda a: _windows(a, size, stride, pads), x)
+    taken = jnp.zeros(y.shape, bool)
+    parts = []
+    for view in views:  # the first view equal to the window's maximum takes the gradient
+        hit = (view == y) & ~taken
+        parts.append(jnp.where(hit, g, 0.0).astype(g.dtype))
+        taken = taken | hit
+    return (pull(parts)[0],)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
