@@ -293,3 +293,44 @@ def test_onnx_call_skips_only_the_python_checks_of_session_run():
     assert np.array_equal(zoo.predict(model, x), public)
     x[1, 0, 3, 3] = np.inf  # the NaN policy holds on the fast path
     assert np.isnan(zoo.predict(model, x)[1]).all() and np.isfinite(zoo.predict(model, x)[[0, 2]]).all()
+
+
+@pytest.mark.torch
+def test_torch_folds_batchnorm_in_inference_and_follows_every_weight_change():
+    """zoo.predict runs each Conv + BatchNorm as one folded conv (FoldedConvBN); the result is the two
+    modules' within float32 rounding, and the folded tensors follow in-place changes (an optimizer step, a
+    `mul_`, set_weights) and replacements (load_state_dict with assign); with gradients on, the modules run
+    and the BatchNorm's parameters get their gradients."""
+    torch = pytest.importorskip("torch")
+    from zoo.frameworks.torch_model import FoldedConvBN
+
+    spec = zoo.get_spec("resnet18_d2l", input_size=32)
+    model = zoo.load(spec, "torch", weights=random_weights(spec, 3))
+    folds = [s for s in model._plan if isinstance(s, FoldedConvBN)]
+    assert folds and folds[0].conv is model.conv1 and folds[0].bn is model.bn1
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+
+    def unfolded():
+        with torch.no_grad():
+            y = torch.from_numpy(x)
+            for step in model._plan:
+                y = step.bn(step.conv(y)) if isinstance(step, FoldedConvBN) else step(y)
+            return y.numpy()
+
+    def close(a, b):
+        return np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max())
+
+    ref = reference(spec, zoo.get_weights(model), x)
+    got = zoo.predict(model, x)
+    assert close(got, ref) and close(got, unfolded()) and folds[0]._key is not None
+    with torch.no_grad():
+        model.bn1.weight.mul_(3.0)  # in place, as an optimizer step
+    assert close(zoo.predict(model, x), unfolded()) and not close(zoo.predict(model, x), got)
+    zoo.set_weights(model, random_weights(spec, 4))
+    assert close(zoo.predict(model, x), reference(spec, random_weights(spec, 4), x))
+    state = {k: v.clone() for k, v in zoo.load(spec, "torch", weights=random_weights(spec, 5)).state_dict().items()}
+    model.load_state_dict(state, assign=True)
+    assert close(zoo.predict(model, x), reference(spec, random_weights(spec, 5), x))
+    out = model(torch.from_numpy(x))  # gradients on: the modules, not the folded copy
+    out.sum().backward()
+    assert model.bn1.weight.grad is not None and np.abs(model.bn1.weight.grad.numpy()).max() > 0
