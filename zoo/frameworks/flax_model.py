@@ -268,13 +268,9 @@ def small_map(op: Conv, hw: tuple[int, int]) -> bool:
 
 
 def windows(op: Conv, x: jax.Array) -> list[jax.Array]:
-    """The kh * kw shifted views of the zero-padded NHWC map that tap (i, j) of the kernel multiplies:
-    [B, Ho, Wo, C] each, strides and dilation applied, in row-major (i, j) order."""
-    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = op.kernel_size, op.stride, op.dilation, op.padding
-    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    ho, wo = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
-    return [xp[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw, :]
-            for i in range(kh) for j in range(kw)]
+    """The kh * kw shifted views of the zero-padded NHWC map that tap (i, j) of the conv's kernel multiplies."""
+    (ph, pw) = op.padding
+    return jax_ops.windows(x, op.kernel_size, op.stride, ((0, 0), (ph, ph), (pw, pw), (0, 0)), op.dilation)
 
 
 def as_matmul(conv: nnx.Conv, op: Conv, x: jax.Array) -> jax.Array:

@@ -16,12 +16,15 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def _windows(x: jax.Array, size, stride, pads) -> list[jax.Array]:
-    """The window's kh * kw shifted views of x padded with -inf, [B, Ho, Wo, C] each, row-major."""
-    xp = jnp.pad(x, pads, constant_values=-jnp.inf)
-    (kh, kw), (sh, sw) = size, stride
-    ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
-    return [xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :] for i in range(kh) for j in range(kw)]
+def windows(x: jax.Array, size, stride, pads, dilation=(1, 1), value: float = 0.0) -> list[jax.Array]:
+    """The kh * kw shifted views of NHWC `x` padded with `value` (`pads`: ((0, 0), (top, bottom), (left, right),
+    (0, 0))), that tap (i, j) of a window or kernel reads: [B, Ho, Wo, C] each, stride and dilation applied,
+    in row-major (i, j) order. The Flax model's convolutions use them too (flax_model.as_matmul, depthwise)."""
+    xp = jnp.pad(x, pads, constant_values=value)
+    (kh, kw), (sh, sw), (dh, dw) = size, stride, dilation
+    ho, wo = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    return [xp[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw, :]
+            for i in range(kh) for j in range(kw)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -38,7 +41,7 @@ def _max_pool_fwd(x, size, stride, pads):
 
 def _max_pool_bwd(size, stride, pads, saved, g):
     x, y = saved
-    views, pull = jax.vjp(lambda a: _windows(a, size, stride, pads), x)
+    views, pull = jax.vjp(lambda a: windows(a, size, stride, pads, value=-jnp.inf), x)
     taken = jnp.zeros(y.shape, bool)
     parts = []
     for view in views:  # the first view equal to the window's maximum takes the gradient

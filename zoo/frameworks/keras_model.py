@@ -163,10 +163,15 @@ class PaddedConv2D(keras.layers.Conv2D):
             y = super().call(x)
         return y if self.step == (1, 1) else y[:, ::self.step[0], ::self.step[1], :]
 
+    def _out_size(self, padded_shape) -> tuple[int, int]:
+        """(Ho, Wo) of the valid convolution of a padded NHWC map."""
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
+        return (padded_shape[1] - dh * (kh - 1) - 1) // sh + 1, (padded_shape[2] - dw * (kw - 1) - 1) // sw + 1
+
     def _windows(self, x):
         """The kh * kw shifted views of the padded NHWC map that tap (i, j) multiplies, row-major (i, j)."""
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
-        ho, wo = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1, (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
+        ho, wo = self._out_size(x.shape)
         return [x[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw, :]
                 for i in range(kh) for j in range(kw)]
 
@@ -175,8 +180,7 @@ class PaddedConv2D(keras.layers.Conv2D):
         the Flax model: zoo/frameworks/flax_model.py, `small_map`), its matmul form does not."""
         if padded_shape[1] is None or padded_shape[2] is None:
             return False
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
-        ho, wo = (padded_shape[1] - dh * (kh - 1) - 1) // sh + 1, (padded_shape[2] - dw * (kw - 1) - 1) // sw + 1
+        ho, wo = self._out_size(padded_shape)
         return ho * wo <= SMALL_MAP
 
     def _as_matmul(self, x):

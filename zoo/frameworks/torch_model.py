@@ -207,29 +207,26 @@ class ZooModel(nn.Module):
                 self._bare[layer.path] = BareTensorOp(layer.node, owner, name)
             elif not isinstance(layer.node, Parallel):
                 self._register(layer.path, _module(layer.node, attention))
-        self._where: torch.device | None = None  # the parameters' device, found on first use (`device`)
-        self._moves = [0]  # counts what can replace the parameters' tensors (_apply, load_state_dict): FoldedConvBN
-        self._plan = self._compile(spec.body, "")
+        self._moves = [0]  # counts what can move or replace the parameters (_apply, load_state_dict)
+        self._where: tuple[int, torch.device | None] = (-1, None)  # (moves, device) when `device` last looked
+        self._plan = self._compile(spec.body, "")  # its FoldedConvBN steps read `_moves` too
 
     @property
     def device(self) -> torch.device:
         """Where the model's tensors are (the CPU for a model that holds none, such as an activation alone).
         Kept after the first look: `next(self.parameters())` cost 12-16 us of each LeNet call (of ~190)
         at batch 1. Moving the model (`.to`, `.cuda`, `.cpu`: all through `_apply`) or loading a state
-        dict (whose `assign=True` replaces the parameters) forgets it."""
-        if self._where is None:
+        dict (whose `assign=True` replaces the parameters) counts in `_moves`, and the next look is fresh."""
+        if self._where[0] != self._moves[0]:
             first = next(self.parameters(), None)
-            self._where = first.device if first is not None else torch.device("cpu")
-        return self._where
+            self._where = self._moves[0], first.device if first is not None else torch.device("cpu")
+        return self._where[1]
 
     def _apply(self, fn, recurse=True):
-        self._where = None
-        if hasattr(self, "_moves"):
-            self._moves[0] += 1
+        self._moves[0] += 1
         return super()._apply(fn, recurse)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        self._where = None
         self._moves[0] += 1
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
