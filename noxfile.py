@@ -37,11 +37,12 @@ GPU_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_FORCE_GPU_ALLOW_GROWTH"
            "NVIDIA_TF32_OVERRIDE": "0", "JAX_DEFAULT_MATMUL_PRECISION": "float32", "TF_CPP_MIN_LOG_LEVEL": "3"}
 PROBE_PREFIX = "zoo-gpu-probe: "
 # What each other Keras backend must prove: every preset against the reference, the traps, the Keras model
-# itself (files included) and its errors. Conversions between formats, hostile files and the 10,000 test
-# images are the tests session's (Keras on TensorFlow, every other framework beside it): run with the
+# itself (files included), its errors, and its training steps against float64 (each backend trains with its
+# own kernels: zoo/frameworks/keras_torch_ops.py, jax_ops.py). Conversions between formats, hostile files and
+# the 10,000 test images are the tests session's (Keras on TensorFlow, every other framework beside it): run with the
 # backends alone they doubled CI's time.
 KERAS_BACKEND_TESTS = ["tests/test_agreement.py", "tests/test_traps.py", "tests/test_backend_keras.py",
-                       "tests/test_errors.py"]  # tests/gpu_probe.py's answer line
+                       "tests/test_errors.py", "tests/test_training.py"]  # tests/gpu_probe.py's answer line
 
 
 # Two worker processes (pytest-xdist), one per core of a small CI machine: most of the suite's time is
@@ -62,11 +63,12 @@ def tests(session: nox.Session) -> None:
 @nox.session
 @nox.parametrize("backend", [b for b in KERAS_BACKEND_PACKAGES if b != "tensorflow"])
 def keras(session: nox.Session, backend: str) -> None:
-    """The Keras tests under the other KERAS_BACKENDs (jax, torch), each backend installed alone.
+    """The Keras tests under the other KERAS_BACKENDs (jax, torch), each backend installed alone (and torch).
 
     `tests` runs them on TensorFlow, with every other framework beside it (conversions to and from Keras files).
     """
-    session.install(".", "keras", *KERAS_BACKEND_PACKAGES[backend], *TEST)
+    # torch beside the backend: tests/test_training.py's float64 reference steps are PyTorch's
+    session.install(".", "keras", *KERAS_BACKEND_PACKAGES[backend], *([] if backend == "torch" else [TORCH]), *TEST)
     named = any(a.startswith("tests/") for a in session.posargs)  # else options only: for the usual files
     session.run("pytest", *PARALLEL, "-m", "keras", *session.posargs, *([] if named else KERAS_BACKEND_TESTS),
                 env={"KERAS_BACKEND": backend})

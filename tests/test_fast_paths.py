@@ -334,3 +334,116 @@ def test_torch_folds_batchnorm_in_inference_and_follows_every_weight_change():
     out = model(torch.from_numpy(x))  # gradients on: the modules, not the folded copy
     out.sum().backward()
     assert model.bn1.weight.grad is not None and np.abs(model.bn1.weight.grad.numpy()).max() > 0
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("conv", [dict(in_channels=6, out_channels=8, kernel_size=3, stride=2, padding=1),
+                                  dict(in_channels=6, out_channels=12, kernel_size=3, padding=2, dilation=2, groups=6),
+                                  dict(in_channels=6, out_channels=4, kernel_size=(3, 1), stride=2, dilation=2,
+                                       padding=(2, 0), groups=2),
+                                  dict(in_channels=6, out_channels=5, kernel_size=1)])
+def test_keras_torch_conv_and_its_kernel_gradient_match_the_reference(conv):
+    """keras_torch_ops.conv2d (Keras on PyTorch): NHWC in and out, the HWIO kernel read in channels_last order
+    (`_KernelOHWI`, whose backward transposes the gradient back); dense, depthwise with a multiplier, grouped
+    and dilated under strides, 1x1: the output and the kernel's gradient equal the float64 reference's."""
+    torch = pytest.importorskip("torch")
+    from zoo.frameworks.keras_torch_ops import conv2d
+    from zoo.reference import conv2d as ref_conv
+    from zoo.spec import Conv
+
+    op = Conv(**conv)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 9, 8))
+    w = rng.standard_normal(op.params()["weight"])
+    b = rng.standard_normal(op.out_channels)
+    dy = rng.standard_normal(ref_conv(x, w, b, op).shape)
+    kernel = torch.tensor(np.ascontiguousarray(w.transpose(2, 3, 1, 0)), dtype=torch.float32, requires_grad=True)
+    xt = torch.tensor(x.transpose(0, 2, 3, 1), dtype=torch.float32)
+    y = conv2d(xt, kernel, torch.tensor(b, dtype=torch.float32), op.stride, op.padding, op.dilation, op.groups)
+    y.backward(torch.tensor(dy.transpose(0, 2, 3, 1), dtype=torch.float32))
+    ref = ref_conv(x, w, b, op)
+    assert np.abs(y.detach().numpy().transpose(0, 3, 1, 2) - ref).max() <= 1e-5 * np.abs(ref).max()
+    # d(sum(y * dy)) / dw from the reference, tap by tap: the conv of x with dy, as the reference computes it
+    eps = np.zeros_like(w)
+    grad = np.zeros_like(w)
+    for idx in np.ndindex(w.shape):
+        eps[idx] = 1.0
+        grad[idx] = (ref_conv(x, eps, None, op) * dy).sum()  # linear in w: exact, no finite difference
+        eps[idx] = 0.0
+    assert tuple(kernel.grad.shape) == tuple(kernel.shape)
+    assert np.abs(kernel.grad.numpy() - grad.transpose(2, 3, 1, 0)).max() <= 1e-5 * np.abs(grad).max()
+
+
+@pytest.mark.torch
+def test_keras_torch_batchnorm_trains_as_exactly_as_nchw():
+    """keras_torch_ops.batch_norm in training on an NHWC tensor (channels_last underneath), mean 1, std 3:
+    its output and the scale's gradient within float32 rounding of float64, where torch's own batch_norm on the
+    channels_last view is measurably further (the reason for the NCHW copy); running statistics by torch's rule."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    from zoo.frameworks.keras_torch_ops import batch_norm
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 16, 16, 8)) * 3 + 1
+    gamma, beta, dy = rng.uniform(0.5, 1.5, 8), rng.standard_normal(8), rng.standard_normal(x.shape)
+    mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+    xhat = (x - mean) / np.sqrt(var + 1e-5)
+    ref_y, ref_dgamma = xhat * gamma + beta, (dy * xhat).sum((0, 1, 2))
+    n = x.size // 8
+
+    def run(fn):
+        xt = torch.tensor(x, dtype=torch.float32)
+        g = torch.tensor(gamma, dtype=torch.float32, requires_grad=True)
+        y, rm, rv = fn(xt, g, torch.tensor(beta, dtype=torch.float32))
+        y.backward(torch.tensor(dy, dtype=torch.float32))
+        return (np.abs(y.detach().numpy() - ref_y).max() / np.abs(ref_y).max(),
+                np.abs(g.grad.numpy() - ref_dgamma).max() / np.abs(ref_dgamma).max(), rm, rv)
+
+    def torch_channels_last(xt, g, b):
+        rm, rv = torch.zeros(8), torch.ones(8)
+        return F.batch_norm(xt.permute(0, 3, 1, 2), rm, rv, g, b, True, 0.1, 1e-5).permute(0, 2, 3, 1), rm, rv
+
+    y_err, g_err, rm, rv = run(lambda xt, g, b: batch_norm(xt, g, b, torch.zeros(8), torch.ones(8), True, 0.1, 1e-5))
+    assert y_err <= 2e-7 and g_err <= 2e-7, (y_err, g_err)
+    assert np.abs(rm.numpy() - 0.1 * mean).max() <= 1e-6
+    assert np.abs(rv.numpy() - (0.9 + 0.1 * var * n / (n - 1))).max() <= 1e-6
+    cl_y, cl_g, _, _ = run(torch_channels_last)
+    assert cl_y > 2 * y_err and cl_g > 2 * g_err, (cl_y, y_err, cl_g, g_err)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_keras_torch_optimizer_steps_are_the_formulas(optimizer):
+    """keras_torch_ops.sgd_step / adamw_step (Keras on PyTorch, every tensor at once in place) against the
+    formulas of zoo.training in float64 over three steps, a zero gradient included; the gradients are not
+    changed."""
+    torch = pytest.importorskip("torch")
+    from zoo.frameworks.keras_torch_ops import adamw_step, sgd_step
+
+    rng = np.random.default_rng(1)
+    shapes = [(3, 3, 4, 5), (5,)]
+    w = [rng.standard_normal(s) for s in shapes]
+    s1, s2 = [np.zeros(s) for s in shapes], [np.zeros(s) for s in shapes]
+    tw, t1, t2 = ([torch.tensor(a, dtype=torch.float32) for a in arrays] for arrays in (w, s1, s2))
+    lr, mom, decay, b1, b2, eps = 0.1, 0.9, 5e-4, 0.9, 0.999, 1e-8
+    for step in (1, 2, 3):
+        g = [rng.standard_normal(s) * (step != 2) for s in shapes]
+        tg = [torch.tensor(a, dtype=torch.float32) for a in g]
+        before = [t.clone() for t in tg]
+        if optimizer == "sgd":
+            sgd_step(tw, tg, t1, lr, mom, decay)
+            for i in range(len(w)):
+                gi = g[i] + decay * w[i]
+                s1[i] = mom * s1[i] + gi
+                w[i] = w[i] - lr * (gi + mom * s1[i])
+        else:
+            adamw_step(tw, tg, t1, t2, lr, step, decay, b1, b2, eps)
+            for i in range(len(w)):
+                w[i] = w[i] * (1 - lr * decay)
+                s1[i] = b1 * s1[i] + (1 - b1) * g[i]
+                s2[i] = b2 * s2[i] + (1 - b2) * g[i] ** 2
+                w[i] = w[i] - lr * (s1[i] / (1 - b1 ** step)) / (np.sqrt(s2[i] / (1 - b2 ** step)) + eps)
+        assert all(torch.equal(a, b) for a, b in zip(tg, before)), "the step changed the gradients"
+        for a, ref in zip(tw, w):
+            assert np.abs(a.numpy() - ref).max() <= 1e-6 * max(1.0, np.abs(ref).max())

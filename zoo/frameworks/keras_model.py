@@ -11,6 +11,8 @@ The op table (`_layer`) and its layout rules, where Keras and the canonical weig
   * convs and pools pad explicitly, as the spec says: Keras has only 'valid' and 'same',
     and 'same' pads unevenly under strides; max pooling pads with -inf;
   * BatchNorm is `TorchBatchNorm`: torch's eps and momentum conventions, never Keras' own;
+  * on the torch backend, convs, pools and BatchNorm call torch's own kernels on the NHWC tensor's
+    channels_last view (zoo/frameworks/keras_torch_ops.py): Keras' torch ops copy to NCHW and back;
   * a Flatten feeding a Linear (`spec.flatten_inputs()`) flattens natively, (H, W, C), and that
     Linear's kernel rows are permuted on the way in and out; any other Flatten of an image
     transposes to (C, H, W) first, so that its output is in the canonical order;
@@ -136,7 +138,8 @@ class PaddedConv2D(keras.layers.Conv2D):
     stride 1 and keeps every `step`-th output (the same numbers, `step`^2 times the work). The
     grouped kernel is Keras' [kh, kw, I/groups, O] with torch's order of output channels; on
     TensorFlow's CPU Keras runs grouped convolutions through XLA (TensorFlow has no CPU kernel),
-    except depthwise ones (groups == input channels): see `_depthwise`.
+    except depthwise ones (groups == input channels): see `_depthwise`. On the torch backend every conv is
+    torch's conv2d (`keras_torch_ops.conv2d`), the padding, strides and dilation passed as they are.
     """
 
     def __init__(self, filters, kernel_size, strides=1, *, pad=(0, 0), step=(1, 1), **kwargs):
@@ -153,6 +156,12 @@ class PaddedConv2D(keras.layers.Conv2D):
         super().build(self._padded(input_shape))
 
     def call(self, x):
+        if keras.backend.backend() == "torch":  # every conv: torch's own on the channels_last view
+            from zoo.frameworks import keras_torch_ops
+
+            stride = tuple(s * k for s, k in zip(self.strides, self.step))  # torch takes strides with dilation
+            return keras_torch_ops.conv2d(x, self.kernel.value, self.bias.value if self.use_bias else None, stride,
+                                          self.pad, self.dilation_rate, self.groups)
         x = _pad(x, [(self.pad[0],) * 2, (self.pad[1],) * 2])
         if self.groups > 1 and self.groups == x.shape[-1]:
             y = self._depthwise(x)
@@ -191,10 +200,11 @@ class PaddedConv2D(keras.layers.Conv2D):
 
     def _depthwise(self, x):
         """groups == input channels, from the same kernel [kh, kw, 1, C * m] (output c * m + j reads input c):
-        TensorFlow's and PyTorch's own depthwise kernels (ops.depthwise_conv, kernel [kh, kw, C, m]: the same
-        numbers), and on JAX kh * kw shifted multiply-adds, as the Flax model does. Keras' grouped Conv2D ran
-        a 3x3 depthwise on [8, 56, 56, 144] at 0.5-0.6 GFLOP/s on TensorFlow and JAX here (XLA's grouped
-        convolution); these at 6.8 (TensorFlow), 7.7 (JAX) and 5.3 (PyTorch), and a 7x7 at 37, 17 and 28."""
+        TensorFlow's own depthwise kernel (ops.depthwise_conv, kernel [kh, kw, C, m]: the same numbers), and on
+        JAX kh * kw shifted multiply-adds, as the Flax model does (PyTorch takes `call`'s torch path). Keras'
+        grouped Conv2D ran a 3x3 depthwise on [8, 56, 56, 144] at 0.5-0.6 GFLOP/s on TensorFlow and JAX here
+        (XLA's grouped convolution); these at 6.8 (TensorFlow), 7.7 (JAX) and 5.3 (PyTorch's ops.depthwise_conv),
+        and a 7x7 at 37, 17 and 28."""
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
         c = x.shape[-1]
         if keras.backend.backend() != "jax" and sh == sw:
@@ -242,6 +252,16 @@ class TorchBatchNorm(keras.layers.Layer):
         self.moving_var = self.add_weight(shape=c, initializer="ones", trainable=False, name="moving_var")
 
     def call(self, x, training=None):
+        if keras.backend.backend() == "torch":  # torch's own batch_norm: one kernel forward, one backward
+            from zoo.frameworks import keras_torch_ops
+
+            y, mean, var = keras_torch_ops.batch_norm(x, self.gamma.value, self.beta.value, self.moving_mean.value,
+                                                      self.moving_var.value, bool(training), self.op.momentum,
+                                                      self.op.eps)
+            if training:
+                self.moving_mean.assign(mean)
+                self.moving_var.assign(var)
+            return y
         if training:
             mean = ops.mean(x, axis=(0, 1, 2))
             var = ops.mean(ops.square(x - mean), axis=(0, 1, 2))  # biased, two passes: what normalises
@@ -277,6 +297,10 @@ class Pool2D(keras.layers.Layer):
         # ceil_mode's last window may reach past the padding: pad stride - 1 more (its most), crop after
         extra = (sh - 1, sw - 1) if op.ceil_mode else (0, 0)
         pads = [(ph, ph + extra[0]), (pw, pw + extra[1])]
+        if keras.backend.backend() == "torch":  # torch's own pools: the spec's semantics are PyTorch's
+            from zoo.frameworks import keras_torch_ops
+
+            return keras_torch_ops.pool2d(x, op)
         if op.kind == "max" and keras.backend.backend() == "jax":  # its gradient without select-and-scatter
             from zoo.frameworks import jax_ops
 

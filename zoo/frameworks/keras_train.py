@@ -13,9 +13,11 @@ it puts `test_loss` and `test_acc` into the epoch's logs for them). `Trainer.ste
 Keras' own optimizers do not do PyTorch's arithmetic (its SGD keeps the learning rate inside the
 momentum buffer and decays weights decoupled; its Adam adds epsilon to sqrt(v) before the bias
 correction), so two small `keras.optimizers.Optimizer` subclasses do, `TorchSGD` and `TorchAdamW`
-(the formulas are in `zoo.training`). Clipping is the base optimizer's `global_clipnorm` (PyTorch
-divides by the norm + 1e-6, Keras by the norm alone: a relative 1e-6 / norm apart), and the learning
-rate `TableSchedule`, the recipe's table indexed by the optimizer's iteration count.
+(the formulas are in `zoo.training`); on the torch backend each updates every tensor at once, in place
+(`zoo.frameworks.keras_torch_ops`, torch.optim's foreach form), as Keras' own torch optimizers do.
+Clipping is the base optimizer's `global_clipnorm` (PyTorch divides by the norm + 1e-6, Keras by the
+norm alone: a relative 1e-6 / norm apart), and the learning rate `TableSchedule`, the recipe's table
+indexed by the optimizer's iteration count.
 
 The batches are a function of their index in the run (`Batches`), not of when Keras asks for them:
 it peeks at the first ones to trace the model, TensorFlow's tf.data prefetches from another thread,
@@ -94,6 +96,15 @@ class TorchSGD(keras.optimizers.Optimizer):
         self.assign(buf, new_buf)
         self.assign(variable, variable - (g + new_buf * self.momentum) * lr)
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if keras.backend.backend() != "torch":
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        from zoo.frameworks import keras_torch_ops  # every tensor at once, in place (torch.optim's foreach form)
+
+        bufs = [self.slots["momentum"][self._get_variable_index(v)].value for v in trainable_variables]
+        keras_torch_ops.sgd_step([v.value for v in trainable_variables], grads, bufs, float(learning_rate),
+                                 self.momentum, self.decay)
+
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "weight_decay": self.decay}
 
@@ -127,6 +138,15 @@ class TorchAdamW(keras.optimizers.Optimizer):
         correction_2 = -ops.expm1(t * math.log(self.beta_2))
         denominator = ops.sqrt(new_v) / ops.sqrt(correction_2) + self.epsilon
         self.assign(variable, variable * (1 - lr * self.decay) - (lr / correction_1) * new_m / denominator)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if keras.backend.backend() != "torch":
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        from zoo.frameworks import keras_torch_ops  # every tensor at once, in place (torch.optim's foreach form)
+
+        slots = [[self.slots[k][self._get_variable_index(v)].value for v in trainable_variables] for k in ("m", "v")]
+        keras_torch_ops.adamw_step([v.value for v in trainable_variables], grads, *slots, float(learning_rate),
+                                   int(self.iterations.value) + 1, self.decay, self.beta_1, self.beta_2, self.epsilon)
 
     def get_config(self):
         return {**super().get_config(), "weight_decay": self.decay, "beta_1": self.beta_1, "beta_2": self.beta_2,
