@@ -392,3 +392,4 @@ def test_layer_names_are_one_to_one_and_refused_when_they_meet():
         ModelSpec(name="clash", family="test", in_channels=1, num_classes=1, input_size=4,
                   body=Seq(("a", Seq(("b", BatchNorm(1)))), ("a__b", BatchNorm(1)), ("p", AdaptivePool(1)),
                            ("f", Flatten())))
+

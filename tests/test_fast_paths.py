@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -447,3 +448,52 @@ def test_keras_torch_optimizer_steps_are_the_formulas(optimizer):
         assert all(torch.equal(a, b) for a, b in zip(tg, before)), "the step changed the gradients"
         for a, ref in zip(tw, w):
             assert np.abs(a.numpy() - ref).max() <= 1e-6 * max(1.0, np.abs(ref).max())
+
+
+# A 3x3 conv with padding 1 on [2, 8, 8, 3], and every_op's model, under the backend named: JAX's compiled input
+# gradient (the shapes of its convolutions, whether a pad op is left), torch's calls into keras_torch_ops.
+_KERAS_KERNELS = """
+import json, sys
+import numpy as np
+import keras
+sys.path.insert(0, "tests")
+from op_specs import every_op, revealing_weights
+from zoo.frameworks import keras_model as km
+layer = km.PaddedConv2D(4, 3, pad=(1, 1), name="c")
+layer.build((None, 8, 8, 3))
+x = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype(np.float32)
+if keras.backend.backend() == "jax":
+    import jax
+    hlo = jax.jit(jax.grad(lambda a: (layer(a) ** 2).sum())).lower(x).compile().as_text()
+    out = {"convs": [l.split(" = ")[1].split(" ")[0] for l in hlo.splitlines() if " convolution(" in l],
+           "pad": " pad(" in hlo}
+else:
+    from zoo.frameworks import keras_torch_ops
+    calls = []
+    def counted(name, fn):
+        return lambda *a: calls.append(name) or fn(*a)
+    for name in ("conv2d", "pool2d", "batch_norm"):
+        setattr(keras_torch_ops, name, counted(name, getattr(keras_torch_ops, name)))
+    spec = every_op()
+    km.predict(km.build(spec, revealing_weights(spec)), np.zeros((2, 12, 12, spec.in_channels), np.float32))
+    out = {"calls": sorted(set(calls))}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_keras_convs_take_each_backends_own_kernel(backend):
+    """On JAX the padding is inside the convolution: the input's gradient is a convolution of the input's own
+    size, not one over the padded map (10x10 here) whose result a pad op's gradient slices. On PyTorch every
+    conv, pool and BatchNorm is keras_torch_ops'. (Their numbers: the keras sessions' agreement and training
+    tests.) Each in a process of its own, KERAS_BACKEND set."""
+    pytest.importorskip("keras")
+    pytest.importorskip(backend)
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", _KERAS_KERNELS], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    if backend == "jax":
+        assert out["convs"] and all(s.startswith("f32[2,8,8,") for s in out["convs"]) and not out["pad"], out
+    else:
+        assert out["calls"] == ["batch_norm", "conv2d", "pool2d"], out

@@ -1,4 +1,5 @@
-"""JAX functions that both the Flax model and Keras on JAX use where XLA's own CPU kernel is slow.
+"""JAX functions that both the Flax model and Keras on JAX use where XLA's own CPU kernel is slow, and
+Keras on JAX's convolution (`conv2d`), whose padding Keras itself cannot pass.
 
 `max_pool`: max pooling whose gradient is computed from the windows' shifted views (compare, select,
 and the views' transposes, which XLA fuses) instead of XLA's select-and-scatter. Measured on this
@@ -25,6 +26,15 @@ def windows(x: jax.Array, size, stride, pads, dilation=(1, 1), value: float = 0.
     ho, wo = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
     return [xp[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw, :]
             for i in range(kh) for j in range(kw)]
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride, padding, dilation, groups: int) -> jax.Array:
+    """Convolution of NHWC `x` with an HWIO kernel, symmetric zero `padding` (ph, pw) inside the convolution, as
+    Flax's nnx.Conv passes it. Keras on JAX pads first and convolves 'valid': the gradient with respect to the
+    input is then a convolution over the padded map. NiN's 5x5 conv (96 -> 256, 8x8 at 75 px) had its input
+    gradient computed on 12x12, 2.25 times the work: Keras on JAX trained NiN at 0.65x of Flax's speed."""
+    return lax.conv_general_dilated(x, kernel, tuple(stride), [(p, p) for p in padding], rhs_dilation=tuple(dilation),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))

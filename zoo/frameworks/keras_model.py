@@ -162,11 +162,18 @@ class PaddedConv2D(keras.layers.Conv2D):
             stride = tuple(s * k for s, k in zip(self.strides, self.step))  # torch takes strides with dilation
             return keras_torch_ops.conv2d(x, self.kernel.value, self.bias.value if self.use_bias else None, stride,
                                           self.pad, self.dilation_rate, self.groups)
+        depthwise = self.groups > 1 and self.groups == x.shape[-1]
+        matmul = self.groups == 1 and (self.kernel_size == (1, 1) or self._small(self._padded(x.shape)))
+        if keras.backend.backend() == "jax" and not depthwise and not matmul:  # the padding inside the conv
+            from zoo.frameworks import jax_ops
+
+            stride = tuple(s * k for s, k in zip(self.strides, self.step))
+            y = jax_ops.conv2d(x, self.kernel.value, stride, self.pad, self.dilation_rate, self.groups)
+            return y + self.bias.value if self.use_bias else y
         x = _pad(x, [(self.pad[0],) * 2, (self.pad[1],) * 2])
-        if self.groups > 1 and self.groups == x.shape[-1]:
+        if depthwise:
             y = self._depthwise(x)
-        elif self.groups == 1 and keras.backend.backend() == "jax" and (self.kernel_size == (1, 1)
-                                                                        or self._small(x.shape)):
+        elif matmul and keras.backend.backend() == "jax":
             y = self._as_matmul(x)
         else:
             y = super().call(x)
