@@ -125,8 +125,12 @@ def _pad(x, pads, value: float = 0.0):
     return ops.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]], constant_values=value)
 
 
-# At most this many output cells (H x W), a dense convolution on JAX runs as one matmul (`_as_matmul`), and so
-# does every 1x1 one: XLA's CPU convolution is slower there (zoo/frameworks/flax_model.py, SMALL_MAP).
+# At most this many output cells (H x W), a dense convolution on JAX and TensorFlow runs as one matmul
+# (`_as_matmul`), and on JAX so does every 1x1 one: XLA's CPU convolution is slower there
+# (zoo/frameworks/flax_model.py, SMALL_MAP), and so is TensorFlow's oneDNN one on small maps: resnet18_d2l's
+# 3x3, 512 -> 512 convs on its 1x1 maps at 32 px (batch 128) took 25 ms for the input's gradient alone
+# (24 GFLOP/s), and its training step on TensorFlow went from 471 to 275 ms as matmuls. As 1x1 convs,
+# TensorFlow's matmul gained nothing more (281 ms).
 SMALL_MAP = 4
 
 
@@ -162,9 +166,10 @@ class PaddedConv2D(keras.layers.Conv2D):
             stride = tuple(s * k for s, k in zip(self.strides, self.step))  # torch takes strides with dilation
             return keras_torch_ops.conv2d(x, self.kernel.value, self.bias.value if self.use_bias else None, stride,
                                           self.pad, self.dilation_rate, self.groups)
+        jax = keras.backend.backend() == "jax"
         depthwise = self.groups > 1 and self.groups == x.shape[-1]
-        matmul = self.groups == 1 and (self.kernel_size == (1, 1) or self._small(self._padded(x.shape)))
-        if keras.backend.backend() == "jax" and not depthwise and not matmul:  # the padding inside the conv
+        matmul = self.groups == 1 and (self._small(self._padded(x.shape)) or (jax and self.kernel_size == (1, 1)))
+        if jax and not depthwise and not matmul:  # the padding inside the conv
             from zoo.frameworks import jax_ops
 
             stride = tuple(s * k for s, k in zip(self.strides, self.step))
@@ -173,7 +178,7 @@ class PaddedConv2D(keras.layers.Conv2D):
         x = _pad(x, [(self.pad[0],) * 2, (self.pad[1],) * 2])
         if depthwise:
             y = self._depthwise(x)
-        elif matmul and keras.backend.backend() == "jax":
+        elif matmul:
             y = self._as_matmul(x)
         else:
             y = super().call(x)
@@ -192,8 +197,8 @@ class PaddedConv2D(keras.layers.Conv2D):
                 for i in range(kh) for j in range(kw)]
 
     def _small(self, padded_shape) -> bool:
-        """An output map of at most SMALL_MAP cells, on JAX: XLA's CPU convolution collapses there (as in
-        the Flax model: zoo/frameworks/flax_model.py, `small_map`), its matmul form does not."""
+        """An output map of at most SMALL_MAP cells: XLA's and TensorFlow's CPU convolutions collapse there (as in
+        the Flax model: zoo/frameworks/flax_model.py, `small_map`), their matmul forms do not."""
         if padded_shape[1] is None or padded_shape[2] is None:
             return False
         ho, wo = self._out_size(padded_shape)
