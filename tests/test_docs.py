@@ -114,7 +114,7 @@ def test_tables_render_from_json(tmp_path: Path):
                            "<!-- bench:onnxruntime nin lenet -->\n<!-- /bench -->\n\n"
                            "<!-- bench:training r18 -->\n<!-- /bench -->",
                  nin=_inference_json("nin", 150.0), lenet=_inference_json("lenet", 50.0),
-                 r18={"model": "resnet18_d2l", "input_size": 32, "batch_size": 128,
+                 r18={"model": "resnet18_d2l", "input_size": 32, "batch_size": 128, "machine": "a test machine",
                       "images_per_s": {"torch": [500, 504, 510], "flax": [95, 96, 94]}})
     assert docs_tables.main(["--check", str(page)]) == 1  # the typed table differs from its JSON
     assert docs_tables.main([str(page)]) == 0
@@ -122,7 +122,7 @@ def test_tables_render_from_json(tmp_path: Path):
     assert "old, typed by hand" not in text and text.startswith("# Speed\n\nBefore.") and text.endswith("After.\n")
     assert "| zoo.predict(model, x) [default] | 150.0  x1.00  30.0 |" in text  # zoo bench's own table
     assert "| nin | 96x96 | 1 | 100 | x1.50 | torch |" in text and "| lenet | 96x96 | 1 | 100 | x0.50 | onnx |" in text
-    assert "| resnet18_d2l, 32 x 32 (3 rounds) | **504** | 95 (x0.19) |" in text
+    assert "| resnet18_d2l, 32 x 32 (3 rounds) | **504** | 95 (x0.19) |\n\nMachine: a test machine" in text
     assert docs_tables.main(["--check", str(page)]) == 0  # and now it is in step
 
 

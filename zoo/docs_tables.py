@@ -80,7 +80,7 @@ def onnxruntime(files: list[dict]) -> str:
 
 
 def training(files: list[dict]) -> str:
-    """A row per train_bench file: the median images/s per framework, the fastest in bold."""
+    """A row per train_bench file: the median images/s per framework, the fastest in bold; the machines below."""
     frameworks = list(dict.fromkeys(fw for f in files for fw in f["images_per_s"]))
     lines = ["| model, input | " + " | ".join(frameworks) + " |", "|---" * (len(frameworks) + 1) + "|"]
     for f in files:
@@ -91,7 +91,8 @@ def training(files: list[dict]) -> str:
                  f"{medians[fw]:.0f} (x{medians[fw] / best:.2f})" for fw in frameworks]
         side = f"{f['input_size']} x {f['input_size']}"
         lines.append(f"| {f['model']}, {side} ({rounds} rounds) | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    machines = list(dict.fromkeys(f["machine"] for f in files))  # each file's own; ratios hold within a row only
+    return "\n".join(lines) + "\n\nMachine: " + "; ".join(machines)
 
 
 # the frameworks' columns of the agreement tables, in this order (others after them)
