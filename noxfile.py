@@ -67,8 +67,10 @@ def keras(session: nox.Session, backend: str) -> None:
 
     `tests` runs them on TensorFlow, with every other framework beside it (conversions to and from Keras files).
     """
-    # torch beside the backend: tests/test_training.py's float64 reference steps are PyTorch's
-    session.install(".", "keras", *KERAS_BACKEND_PACKAGES[backend], *([] if backend == "torch" else [TORCH]), *TEST)
+    # torch beside the backend: tests/test_training.py's float64 reference steps are PyTorch's; the data extra:
+    # a training run's folder holds its curves' plot (matplotlib)
+    reference = [] if backend == "torch" else [TORCH]
+    session.install(".[data]", "keras", *KERAS_BACKEND_PACKAGES[backend], *reference, *TEST)
     named = any(a.startswith("tests/") for a in session.posargs)  # else options only: for the usual files
     session.run("pytest", *PARALLEL, "-m", "keras", *session.posargs, *([] if named else KERAS_BACKEND_TESTS),
                 env={"KERAS_BACKEND": backend})
