@@ -187,7 +187,7 @@ def test_resume_is_exact(framework, tmp_path):
 
 
 def test_refuses_to_mix_runs(framework, tmp_path):
-    other = "flax" if framework != "flax" else "torch"
+    other = "torch" if framework != "torch" else "flax"  # torch: installed in every session (the keras ones too)
     _run(framework, tmp_path / "run", epochs=1)
     with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
         _run(framework, tmp_path / "run", epochs=1)
